@@ -1,0 +1,64 @@
+# multisite-drp: every target installs what it needs, so a fresh clone works.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ROOT := $(CURDIR)
+DATA ?= $(ROOT)/var/embedded
+CAMPAIGN ?= include/campaigns/minidrp_embedded.yaml
+
+export PYTHONPATH := $(ROOT)/plugins:$(ROOT)/include:$(ROOT)
+export AIRFLOW_HOME ?= $(ROOT)/var/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(ROOT)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(ROOT)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+# pandaclient resolves a host at import time; keep it on loopback unless told otherwise.
+export PANDA_BEHIND_REAL_LB ?= 1
+export PANDA_URL ?= http://127.0.0.1:25080/server/panda
+export PANDA_URL_SSL ?= http://127.0.0.1:25080/server/panda
+
+.PHONY: venv test test-fast demo sites single-site up airflow-settings bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt
+	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -c constraints.txt
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+
+sites: venv
+	$(BIN)/python -m minidrp build --root $(DATA)
+
+single-site: sites
+	$(BIN)/python -m minidrp validate --root $(DATA)
+
+demo: venv
+	$(BIN)/python -m multisite_drp.demo --campaign $(CAMPAIGN) --data-root $(DATA)
+
+airflow-settings: venv
+	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml
+
+up: venv
+	$(BIN)/airflow db migrate >/dev/null
+	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml
+	$(BIN)/python -m minidrp build --root $(DATA)
+	$(BIN)/airflow standalone
+
+bench: venv
+	$(BIN)/python bench/planner_scale.py
+	$(BIN)/python bench/orchestration_overhead.py
+
+lint: venv
+	$(BIN)/ruff check plugins include dags tests bench
+
+clean:
+	rm -rf var .pytest_cache

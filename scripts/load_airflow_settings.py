@@ -1,0 +1,59 @@
+"""Load an Astro-CLI-format airflow_settings.yaml into a plain Airflow.
+
+Writes the three JSON files that `airflow connections import`, `airflow pools import`
+and `airflow variables import` read, then runs those commands, so no Astro CLI is
+needed. Existing connections are overwritten (``--overwrite``) so re-running is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+
+def convert(settings: dict) -> tuple[dict, dict, dict]:
+    """Return (connections, pools, variables) in the shapes the airflow CLI imports."""
+    section = settings.get("airflow") or {}
+    connections = {}
+    for c in section.get("connections") or []:
+        entry = {"conn_type": c.get("conn_type", "generic")}
+        for key in ("host", "schema", "login", "password", "port"):
+            if c.get(f"conn_{key}") is not None:
+                entry[key] = c[f"conn_{key}"]
+        if c.get("conn_extra") is not None:
+            entry["extra"] = json.dumps(c["conn_extra"], sort_keys=True)
+        connections[c["conn_id"]] = entry
+    pools = {
+        p["pool_name"]: {"slots": int(p["pool_slot"]), "description": p.get("pool_description", "")}
+        for p in section.get("pools") or []
+    }
+    variables = {v["variable_name"]: v["variable_value"] for v in section.get("variables") or []}
+    return connections, pools, variables
+
+
+def main(argv: list[str]) -> int:
+    path = Path(argv[1] if len(argv) > 1 else "airflow_settings.yaml")
+    connections, pools, variables = convert(yaml.safe_load(path.read_text()))
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, payload, cmd in (
+            ("connections.json", connections, ["connections", "import", "--overwrite"]),
+            ("pools.json", pools, ["pools", "import"]),
+            ("variables.json", variables, ["variables", "import"]),
+        ):
+            if not payload:
+                continue
+            f = Path(tmp) / name
+            f.write_text(json.dumps(payload, indent=2))
+            subprocess.run([airflow, *cmd, str(f)], check=True)
+    print(f"loaded {len(connections)} connections, {len(pools)} pools, {len(variables)} variables from {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
