@@ -1,0 +1,384 @@
+"""The campaign's actions, one function per DAG task, each idempotent.
+
+Operators are thin: they build a ``CampaignContext`` from Airflow Connections and call
+one of these. Every function looks before it acts (deterministic names from
+``campaign.names``; the butler, the replica catalogue and the workflow system are
+asked what already exists), so a cleared or retried task continues earlier work and
+never duplicates a submission, a rule or a dataset.
+
+Data flow per step and site (DMTN-213), all addressed through the ports:
+
+1. ``generate_qg``: build the predicted graph against the hub butler (the hub holds
+   every input and every returned output), keep it at the hub as provenance and
+   distribute a checksummed copy to the site's work area.
+2. ``replicate_inputs``: the graph's overall inputs that the site's butler lacks
+   become one Rucio dataset with a rule to the site.
+3. ``submit``: the workflow service runs the graph at the site.
+4. (wait: deferrable trigger)
+5. ``merge``: confirm the outputs are in the site butler; run the merge if the
+   workflow's final job did not.
+6. ``register``: the outputs become a Rucio dataset at the site's RSE.
+7. ``replicate_outputs``: a rule returns them to the hub (for a global step: fans them
+   out to every remote site); then wait until the destination butler has them.
+
+No Airflow imports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from lsst.daf.butler import CollectionType
+
+from multisite_drp.campaign import names
+from multisite_drp.campaign.config import CampaignConfig, SiteRole
+from multisite_drp.services import middleware
+from multisite_drp.services.butler import SiteButler
+from multisite_drp.services.fileio import atomic_write_json, read_json, sha256_of
+from multisite_drp.services.qgraph import read_graph
+from multisite_drp.services.replica.base import ReplicaService, RuleRef
+from multisite_drp.services.workflow.base import WmsStates, WorkflowRef, WorkflowService, WorkflowSpec
+from multisite_drp.services.workflow.runner import merge_argv
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CampaignContext", "StepSiteResult"]
+
+RAW = "raw"
+
+
+@dataclasses.dataclass
+class CampaignContext:
+    """Everything an action needs: the validated config, the plan and the ports."""
+
+    config: CampaignConfig
+    workflows: Mapping[str, WorkflowService]
+    replica: ReplicaService
+    butlers: Mapping[str, SiteButler]
+    generation: int = 0
+
+    @property
+    def hub(self) -> str:
+        return self.config.hub.name
+
+    def plan(self):  # -> CampaignPlan (imported lazily: the planner pulls in numpy/pipe_base)
+        from multisite_drp.campaign.plan import CampaignPlan
+
+        return CampaignPlan.load(self.config.work_path / "plan")
+
+
+@dataclasses.dataclass
+class StepSiteResult:
+    """Small record of one (step, site) stage, for XCom and the report."""
+
+    step: str
+    site: str
+    data: dict
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "site": self.site, **self.data}
+
+
+# -- campaign start: distribute what every site needs before step 1 ---------------------------
+
+
+def _non_raw_types(ctx: CampaignContext) -> list[str]:
+    hub = ctx.butlers[ctx.hub]
+    types: set[str] = set()
+    for coll in ctx.config.input_collections:
+        for child in hub.butler.collections.query(coll, flatten_chains=True):
+            types.update(hub.dataset_types_in(child))
+    return sorted(t for t in types if t != RAW)
+
+
+def distribute_bootstrap(ctx: CampaignContext, site: str) -> dict | None:
+    """Calibrations, refcat and skymap (every non-raw input) to a remote site."""
+    if site == ctx.hub:
+        return None
+    hub = ctx.butlers[ctx.hub]
+    refs = [r for t in _non_raw_types(ctx) for r in hub.refs(t, ctx.config.input_collections)]
+    dataset = names.rucio_dataset(ctx.config, "bootstrap", site, "inputs")
+    reg = ctx.replica.register(ctx.hub, dataset, refs)
+    rule = ctx.replica.add_rule(dataset, site)
+    log.info("bootstrap %s: %d files (%d bytes) -> rule %s", site, reg.files, reg.bytes, rule.rule_id)
+    return rule.to_dict()
+
+
+def distribute_raws(ctx: CampaignContext, site: str) -> dict | None:
+    """The raws of the visits the plan assigns to ``site`` (none to move for the hub)."""
+    if site == ctx.hub:
+        return None
+    plan = ctx.plan()
+    visits = plan.site_visits(site)
+    if not visits:
+        return None
+    hub = ctx.butlers[ctx.hub]
+    refs = hub.refs(RAW, ctx.config.input_collections, where=f"exposure IN ({', '.join(map(str, visits))})")
+    dataset = names.rucio_dataset(ctx.config, "raws", site, "raw")
+    reg = ctx.replica.register(ctx.hub, dataset, refs)
+    rule = ctx.replica.add_rule(dataset, site)
+    log.info("raws for %s: %d visits, %d files (%d bytes) -> rule %s",
+             site, len(visits), reg.files, reg.bytes, rule.rule_id)
+    return rule.to_dict()
+
+
+def ensure_input_chain(ctx: CampaignContext, site: str) -> None:
+    """Recreate the campaign's input chains at a site once their members arrived."""
+    if site == ctx.hub:
+        return
+    hub, local = ctx.butlers[ctx.hub], ctx.butlers[site]
+    local.refresh()
+    for coll in ctx.config.input_collections:
+        info = hub.butler.collections.get_info(coll)
+        if info.type is CollectionType.CHAINED:
+            local.ensure_chain(coll, list(info.children))
+
+
+# -- per step, per site -----------------------------------------------------------------------
+
+
+def _earlier_output_runs(ctx: CampaignContext, step: str) -> list[str]:
+    """Output RUNs of earlier steps present at the hub, newest generation first."""
+    order = [s.name for s in ctx.config.steps]
+    earlier = order[: order.index(step)]
+    hub = ctx.butlers[ctx.hub]
+    hub.refresh()
+    runs = []
+    for name in reversed(earlier):
+        found = hub.butler.collections.query(f"{ctx.config.output_prefix}/{name}/*/g*",
+                                             collection_types={CollectionType.RUN})
+        runs.extend(sorted(found, key=lambda r: (-int(r.rsplit("/g", 1)[1]), r)))
+    return runs
+
+
+def data_query(ctx: CampaignContext, step: str, site: str) -> str:
+    """The step's butler query at a site: the plan's restriction ANDed with the campaign's."""
+    return ctx.plan().data_query(step, site)
+
+
+def generate_qg(ctx: CampaignContext, step: str, site: str, *, processes: int = 1) -> dict:
+    """Build the predicted graph at the hub and distribute it to the site (idempotent)."""
+    cfg = ctx.config
+    path = names.graph_path(cfg, step, site, ctx.generation)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".partial.qg")
+        argv = middleware.qgraph_argv(
+            cfg.repo_of(ctx.hub),
+            cfg.pipeline_path,
+            [*_earlier_output_runs(ctx, step), *cfg.input_collections],
+            names.output_chain(cfg, step, site),
+            names.output_run(cfg, step, site, ctx.generation),
+            tmp,
+            subset=cfg.step(step).subset,
+            data_query=data_query(ctx, step, site),
+        )
+        middleware.run_command(argv, path.with_suffix(".log"))
+        tmp.rename(path)
+    contents = read_graph(path)
+    # Distribute: the site's copy is what its workflow reads (PanDA ships it the same way).
+    dest = names.site_work_dir(cfg, site) / "graphs" / path.name
+    digest = sha256_of(path)
+    if not dest.exists() or sha256_of(dest) != digest:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest.with_suffix(".tmp"))
+        dest.with_suffix(".tmp").rename(dest)
+    return {"qgraph": str(path), "site_qgraph": str(dest), "sha256": digest, "quanta": contents.n_quanta,
+            "quanta_by_task": contents.quanta_by_task, "inputs": contents.input_types,
+            "predicted_outputs": contents.predicted_outputs}
+
+
+def replicate_inputs(ctx: CampaignContext, step: str, site: str) -> dict | None:
+    """A rule bringing the graph's missing overall inputs to the site; None if it has them all."""
+    cfg = ctx.config
+    contents = read_graph(names.graph_path(cfg, step, site, ctx.generation))
+    local = ctx.butlers[site]
+    local.refresh()
+    if site != ctx.hub:
+        # The merge at the site will need the visit records of every visit-keyed output.
+        local.sync_visit_records(ctx.butlers[ctx.hub], contents.visits, cfg.instrument)
+    missing = local.missing(contents.overall_inputs)
+    dataset = names.rucio_dataset(cfg, step, site, "inputs")
+    if not missing:
+        existing = ctx.replica.find_rule(dataset, site)
+        return existing.to_dict() if existing else None
+    reg = ctx.replica.register(ctx.hub, dataset, missing)
+    rule = ctx.replica.add_rule(dataset, site)
+    log.info("%s inputs for %s: %d of %d datasets missing there (%d bytes) -> rule %s",
+             step, site, len(missing), len(contents.overall_inputs), reg.bytes, rule.rule_id)
+    return rule.to_dict()
+
+
+def workflow_spec(ctx: CampaignContext, step: str, site: str, processes: int = 2) -> WorkflowSpec:
+    cfg = ctx.config
+    return WorkflowSpec(
+        name=names.workflow_name(cfg, step, site, ctx.generation),
+        site=site,
+        qgraph=str(names.site_work_dir(cfg, site) / "graphs" / names.graph_path(cfg, step, site, ctx.generation).name),
+        butler_repo=cfg.repo_of(site),
+        output_run=names.output_run(cfg, step, site, ctx.generation),
+        submit_dir=str(names.submit_dir(cfg, step, site, ctx.generation)),
+        processes=processes,
+    )
+
+
+def submit(ctx: CampaignContext, step: str, site: str, *, processes: int = 2, restart_failed: bool = True) -> dict:
+    """Submit once; a failed earlier submission is restarted (not resubmitted)."""
+    spec = workflow_spec(ctx, step, site, processes)
+    service = ctx.workflows[site]
+    ref = service.find(spec)
+    if ref is None:
+        ref = service.submit(spec)
+        log.info("submitted %s", ref.name)
+    else:
+        st = service.status([ref])[ref.run_id]
+        if st.state in (WmsStates.FAILED, WmsStates.DELETED) and restart_failed:
+            log.info("%s found in state %s (%s): restarting", ref.name, st.state.name, st.message)
+            ref = service.restart(ref)
+        else:
+            log.info("%s already submitted, state %s: not submitting again", ref.name, st.state.name)
+    return ref.to_dict()
+
+
+def accept(ctx: CampaignContext, ref: WorkflowRef) -> dict:
+    """Apply the partial-success policy to a finished workflow; raise if rejected."""
+    st = ctx.workflows[ref.site].report(ref)
+    threshold = ctx.config.failed_quanta_threshold
+    accepted = st.state is WmsStates.SUCCEEDED or (
+        st.state is WmsStates.FAILED and st.merged and st.failed_fraction <= threshold and st.quanta_total > 0
+    )
+    decision = {"workflow": ref.name, "state": st.state.name, "accepted": accepted,
+                "failed_fraction": round(st.failed_fraction, 6), "threshold": threshold, **st.to_dict()}
+    log.info("partial-success policy for %s: %s", ref.name, decision)
+    atomic_write_json(Path(ref.submit_dir) / "decision.json", decision)
+    return decision
+
+
+def merge(ctx: CampaignContext, step: str, site: str) -> dict:
+    """Make sure the site butler holds the workflow's outputs; merge now if it does not."""
+    cfg = ctx.config
+    spec = workflow_spec(ctx, step, site)
+    contents = read_graph(spec.qgraph)
+    local = ctx.butlers[site]
+    local.refresh()
+    counts = local.count(contents.predicted_outputs, spec.output_run)
+    if any(counts[t] < n for t, n in contents.predicted_outputs.items()):
+        state = read_json(Path(spec.submit_dir) / "state.json") or {}
+        if not state.get("merged"):
+            log.info("%s/%s: outputs not merged yet, running the merge", step, site)
+            with local.write_lock():
+                middleware.run_command(merge_argv(spec.butler_repo, spec.qgraph),
+                                       Path(spec.submit_dir) / "logs" / "merge.task.log")
+            local.refresh()
+            counts = local.count(contents.predicted_outputs, spec.output_run)
+    local.ensure_chain(names.output_chain(cfg, step, site), [spec.output_run])
+    return {"output_run": spec.output_run, "counts": counts, "predicted": contents.predicted_outputs}
+
+
+def _returned_types(ctx: CampaignContext, step: str, site: str) -> list[str]:
+    run = names.output_run(ctx.config, step, site, ctx.generation)
+    present = ctx.butlers[site].dataset_types_in(run)
+    wanted = ctx.config.step(step).returns
+    return [t for t in present if not wanted or t in wanted]
+
+
+def register(ctx: CampaignContext, step: str, site: str) -> dict:
+    """Register the step's outputs at the site as one Rucio dataset (lsst-rucio-register style)."""
+    cfg = ctx.config
+    run = names.output_run(cfg, step, site, ctx.generation)
+    local = ctx.butlers[site]
+    local.refresh()
+    refs = [r for t in _returned_types(ctx, step, site) for r in local.refs(t, run)]
+    dataset = names.rucio_dataset(cfg, step, site, "outputs")
+    reg = ctx.replica.register(site, dataset, refs)
+    return dataclasses.asdict(reg)
+
+
+def replicate_outputs(ctx: CampaignContext, step: str, site: str) -> list[dict]:
+    """Return outputs to the hub; for a global step, fan them out to every remote site."""
+    cfg = ctx.config
+    dataset = names.rucio_dataset(cfg, step, site, "outputs")
+    if cfg.step(step).is_global:
+        targets = [s.name for s in cfg.sites if s.role is SiteRole.remote]
+    else:
+        targets = [] if site == ctx.hub else [ctx.hub]
+    return [ctx.replica.add_rule(dataset, t).to_dict() for t in targets]
+
+
+def verify_ingest(ctx: CampaignContext, rules: list[dict]) -> list[dict]:
+    """Raise unless every rule's datasets are in its destination butler."""
+    out = []
+    for r in rules:
+        check = ctx.replica.verify_ingested(RuleRef.from_dict(r))
+        if not check.complete:
+            raise RuntimeError(f"{check.dataset}: {check.found} of {check.expected} datasets ingested at {check.site}")
+        out.append(dataclasses.asdict(check))
+    if rules:
+        ctx.butlers[rules[0]["site"]].refresh()
+    return out
+
+
+def step_rules(ctx: CampaignContext, step: str) -> list[RuleRef]:
+    """Every rule of a step in the replica catalogue (inputs, returns, fan-outs)."""
+    refs = []
+    for site in ctx.config.sites:
+        for role in ("inputs", "outputs"):
+            dataset = names.rucio_dataset(ctx.config, step, site.name, role)
+            for dest in ctx.config.sites:
+                rule = ctx.replica.find_rule(dataset, dest.name)
+                if rule is not None:
+                    refs.append(rule)
+    return refs
+
+
+def barrier(ctx: CampaignContext, step: str) -> dict:
+    """Hold the next step until every transfer of this one is OK."""
+    rules = step_rules(ctx, step)
+    status = ctx.replica.rule_status(rules)
+    bad = {r.dataset + "@" + r.site: status[r.rule_id].state.value for r in rules
+           if status[r.rule_id].state.value != "OK"}
+    if bad:
+        raise RuntimeError(f"{step}: transfers not quiescent: {bad}")
+    return {"step": step, "rules_ok": len(rules)}
+
+
+# -- campaign end -----------------------------------------------------------------------------
+
+
+def chain_outputs(ctx: CampaignContext) -> dict:
+    """At the hub, chain every step's output RUNs (newest step first) under the campaign prefix."""
+    runs: list[str] = []
+    hub = ctx.butlers[ctx.hub]
+    hub.refresh()
+    for step in reversed(ctx.config.steps):
+        found = hub.butler.collections.query(f"{ctx.config.output_prefix}/{step.name}/*/g*",
+                                             collection_types={CollectionType.RUN})
+        runs.extend(sorted(found))
+    chain = names.campaign_chain(ctx.config)
+    hub.ensure_chain(chain, [*runs, *ctx.config.input_collections])
+    return {"chain": chain, "runs": runs}
+
+
+def collect_provenance(ctx: CampaignContext) -> dict:
+    """Copy every site's graph, run summary and logs back to the hub's provenance area."""
+    cfg = ctx.config
+    dest_root = cfg.work_path / "provenance"
+    copied = 0
+    for step in cfg.steps:
+        for site in cfg.sites:
+            spec = workflow_spec(ctx, step.name, site.name)
+            src = Path(spec.submit_dir)
+            if not src.exists():
+                continue
+            dest = dest_root / step.name / site.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in [Path(spec.qgraph), *src.glob("*.json"), *src.glob("logs/*.log")]:
+                if f.exists():
+                    shutil.copy2(f, dest / f.name)
+                    copied += 1
+    return {"provenance_dir": str(dest_root), "files": copied, "at": time.time()}

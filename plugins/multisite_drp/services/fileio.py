@@ -1,0 +1,80 @@
+"""Small durable-file helpers shared by the embedded adapters.
+
+State files are the durable truth of the embedded services, so they are written
+atomically (temp file + fsync + rename) and merged under an exclusive lock: two
+processes updating the same state file never lose each other's keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["adler32_of", "atomic_write_json", "file_lock", "read_json", "sha256_of"]
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Exclusive advisory lock on ``path`` (created if missing), released on exit."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None if the file does not exist."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: dict[str, Any], *, merge: bool = False) -> dict[str, Any]:
+    """Write ``data`` to ``path`` atomically; with ``merge`` update the existing object."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(p.with_name(p.name + ".lock")):
+        if merge:
+            data = {**(read_json(p) or {}), **data}
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh, indent=2, sort_keys=True, default=str)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    return data
+
+
+def adler32_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Rucio's default checksum: adler32 as 8 lowercase hex digits."""
+    value = 1
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            value = zlib.adler32(block, value)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def sha256_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

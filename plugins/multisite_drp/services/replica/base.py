@@ -1,0 +1,144 @@
+"""The replica port: register butler outputs as Rucio datasets, replicate them by rules,
+and confirm they were ingested at the destination.
+
+The vocabulary is Rucio's, so the production adapter (rucio-clients +
+lsst-rucio-register) drops in without the DAG changing:
+
+* ``register`` makes a *dataset* DID from butler datasets at a site: one file DID per
+  butler file, named by its path relative to the RSE root, carrying lsst-rucio-register's
+  ``rubin_butler`` / ``rubin_sidecar`` metadata so the destination can ingest without the
+  source registry.
+* ``add_rule`` asks for a dataset at a site's RSE. A rule is identified by (dataset, RSE)
+  and adding it twice returns the first rule: no duplicates, ever.
+* ``rule_status`` reports many rules in one call (Rucio's states).
+* ``verify_ingested`` queries the destination *butler*, because the ingest daemon at a
+  Data Facility (ctrl_ingestd) reports nothing back.
+
+No Airflow imports.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Sequence
+
+from lsst.daf.butler import DatasetRef
+
+__all__ = [
+    "IngestCheck",
+    "RegisteredDataset",
+    "ReplicaError",
+    "ReplicaService",
+    "RuleRef",
+    "RuleState",
+    "RuleStatus",
+]
+
+
+class ReplicaError(RuntimeError):
+    """The replica service refused a request."""
+
+
+class RuleState(str, enum.Enum):
+    """Rucio replication-rule states."""
+
+    REPLICATING = "REPLICATING"
+    OK = "OK"
+    STUCK = "STUCK"
+    SUSPENDED = "SUSPENDED"
+    WAITING_APPROVAL = "WAITING_APPROVAL"
+    INJECT = "INJECT"
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredDataset:
+    name: str
+    site: str
+    files: int
+    bytes: int
+    new_files: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleRef:
+    """A small, JSON-friendly handle for XCom."""
+
+    rule_id: str
+    dataset: str
+    site: str
+    rse: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> RuleRef:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass
+class RuleStatus:
+    rule_id: str
+    state: RuleState
+    locks_ok: int = 0
+    locks_replicating: int = 0
+    locks_stuck: int = 0
+    bytes: int = 0
+    error: str = ""
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["state"] = self.state.value
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestCheck:
+    """What the destination butler knows of a replicated dataset."""
+
+    dataset: str
+    site: str
+    expected: int
+    found: int
+
+    @property
+    def complete(self) -> bool:
+        return self.found == self.expected
+
+
+class ReplicaService(abc.ABC):
+    """One per campaign (Rucio is one service); sites are addressed by name, mapped to RSEs."""
+
+    @abc.abstractmethod
+    def register(self, site: str, dataset: str, refs: Sequence[DatasetRef]) -> RegisteredDataset:
+        """Register the files of ``refs`` (resolved in ``site``'s butler) into ``dataset``.
+
+        Idempotent: files already in the dataset are not added again; a dataset can
+        hold files first registered by other datasets (Rucio attaches existing DIDs).
+        """
+
+    @abc.abstractmethod
+    def add_rule(self, dataset: str, site: str) -> RuleRef:
+        """Require ``dataset`` at ``site``'s RSE; returns the existing rule if there is one."""
+
+    @abc.abstractmethod
+    def find_rule(self, dataset: str, site: str) -> RuleRef | None:
+        """The rule for (dataset, site) if it exists."""
+
+    @abc.abstractmethod
+    def rule_status(self, rules: Sequence[RuleRef]) -> dict[str, RuleStatus]:
+        """Many rules in one call, keyed by rule_id."""
+
+    @abc.abstractmethod
+    def dataset_refs(self, dataset: str) -> list[DatasetRef]:
+        """The butler datasets (from their sidecars) that make up ``dataset``."""
+
+    @abc.abstractmethod
+    def verify_ingested(self, rule: RuleRef) -> IngestCheck:
+        """Count the rule's datasets that the destination butler has ingested."""
+
+    def retry(self, rule: RuleRef) -> RuleRef:
+        """Re-evaluate a STUCK rule. Default: nothing to do."""
+        return rule

@@ -1,0 +1,139 @@
+"""The workflow port: submit a site's QuantumGraph, follow it, cancel or restart it.
+
+Shaped like lsst.ctrl.bps's ``BaseWmsService`` (submit, report, status, cancel,
+restart) with two additions an orchestrator needs:
+
+* ``find`` looks a workflow up by its deterministic name, so a retried Airflow task
+  finds the submission its earlier try made instead of making a second one;
+* ``status`` takes many workflows at once, so a trigger polls a whole site with one
+  call per interval instead of one call per workflow.
+
+States are ctrl_bps's own ``WmsStates``. No Airflow imports.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from lsst.ctrl.bps.wms_service import WmsStates
+
+__all__ = [
+    "TERMINAL_STATES",
+    "WmsStates",
+    "WorkflowError",
+    "WorkflowRef",
+    "WorkflowService",
+    "WorkflowSpec",
+    "WorkflowStatus",
+]
+
+TERMINAL_STATES = frozenset({WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED, WmsStates.PRUNED})
+
+
+class WorkflowError(RuntimeError):
+    """The workflow system refused or lost a request."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowSpec:
+    """Everything needed to run one (campaign, step, site, generation) workflow.
+
+    ``name`` is deterministic, so it doubles as the idempotency key: PanDA's request
+    name, the embedded runner's submit directory.
+    """
+
+    name: str
+    site: str
+    qgraph: str
+    butler_repo: str
+    output_run: str
+    submit_dir: str
+    bps_config: str | None = None
+    processes: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowRef:
+    """A small, JSON-friendly handle: what XCom carries."""
+
+    run_id: str
+    name: str
+    site: str
+    submit_dir: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> WorkflowRef:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass
+class WorkflowStatus:
+    """State and quantum counts of one workflow, as the trigger and the report see them."""
+
+    run_id: str
+    state: WmsStates
+    quanta_total: int = 0
+    quanta_succeeded: int = 0
+    quanta_failed: int = 0
+    quanta_blocked: int = 0
+    attempt: int = 1
+    started: float | None = None
+    finished: float | None = None
+    merged: bool = False
+    message: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def failed_fraction(self) -> float:
+        return (self.quanta_failed + self.quanta_blocked) / self.quanta_total if self.quanta_total else 0.0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["state"] = self.state.name
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WorkflowStatus:
+        data = dict(data)
+        data["state"] = WmsStates[data["state"]]
+        return cls(**data)
+
+
+class WorkflowService(abc.ABC):
+    """One per site. Implementations: embedded (local detached run-qbb), PanDA (ctrl_bps_panda)."""
+
+    @abc.abstractmethod
+    def find(self, spec: WorkflowSpec) -> WorkflowRef | None:
+        """The workflow already submitted under ``spec.name``, if any."""
+
+    @abc.abstractmethod
+    def submit(self, spec: WorkflowSpec) -> WorkflowRef:
+        """Submit, or return the existing submission of the same name (never a duplicate)."""
+
+    @abc.abstractmethod
+    def status(self, refs: Sequence[WorkflowRef]) -> dict[str, WorkflowStatus]:
+        """States of many workflows in one call, keyed by run_id."""
+
+    def report(self, ref: WorkflowRef) -> WorkflowStatus:
+        """Detailed status of one workflow (defaults to ``status``)."""
+        return self.status([ref])[ref.run_id]
+
+    @abc.abstractmethod
+    def cancel(self, ref: WorkflowRef) -> None:
+        """Stop the workflow's jobs. Safe to call on a finished workflow."""
+
+    @abc.abstractmethod
+    def restart(self, ref: WorkflowRef) -> WorkflowRef:
+        """Rerun the unfinished part of a failed workflow, as-is (``bps restart``)."""
+
+    def submit_dir(self, spec: WorkflowSpec) -> Path:
+        return Path(spec.submit_dir)
