@@ -41,8 +41,11 @@ sites: venv
 single-site: sites
 	$(BIN)/python -m minidrp validate --root $(DATA)
 
+# Until the campaign DAG lands, the demo builds the three sites and runs the whole
+# nine-step pipeline at one site with the real middleware, printing its counts and times.
 demo: venv
-	$(BIN)/python -m multisite_drp.demo --campaign $(CAMPAIGN) --data-root $(DATA)
+	$(BIN)/python -m minidrp build --root $(DATA)
+	$(BIN)/python -m minidrp validate --root $(DATA)
 
 airflow-settings: venv
 	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml
