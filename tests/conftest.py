@@ -19,3 +19,5 @@ os.environ.setdefault("PANDA_BEHIND_REAL_LB", "1")
 os.environ.setdefault("PANDA_URL", "http://127.0.0.1:25080/server/panda")
 os.environ.setdefault("PANDA_URL_SSL", "http://127.0.0.1:25080/server/panda")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# Tests never touch a developer's Airflow home.
+os.environ.setdefault("AIRFLOW_HOME", str(ROOT / "var" / "airflow-test"))
