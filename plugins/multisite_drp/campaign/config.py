@@ -177,6 +177,15 @@ class PlannerSettings(_Strict):
         default=50_000, gt=0, description="Largest number of data IDs in one BPS submission group."
     )
     seed: int = 0
+    share_tolerance: float = Field(
+        default=0.002, gt=0.0, lt=0.5,
+        description="Largest |achieved - target| share the planner's balancing passes aim for.",
+    )
+    orphan_visits: str = Field(
+        default="error", pattern=r"^(error|nearest|drop)$",
+        description="Visits that overlap no tract: 'error' (fail naming them), 'nearest' (give each to "
+        "the site owning the nearest tract; no coadd uses them) or 'drop' (leave them out of the plan).",
+    )
 
 
 class CampaignConfig(_Strict):

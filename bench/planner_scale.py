@@ -1,0 +1,236 @@
+"""Campaign planner at Data Release 1 scale: figures, not a timed test.
+
+Usage: ``.venv/bin/python bench/planner_scale.py [--visits N] [--small-visits M]``
+(with ``PYTHONPATH=plugins`` or run from the repo root; the script adds ``plugins``).
+
+1. Builds a synthetic LSST-like survey: a full-sky rings skymap like LSST's (~18,900
+   tracts), N visits (default 190,000) of a 189-detector focal plane drawn from a southern
+   footprint with sparser Galactic-plane coverage, and the exact (visit, tract, detectors)
+   overlap table streamed through the vectorised polygon test. Written as a parquet
+   dataset. This input preparation is timed separately: in production it is the butler
+   read (or a stored parquet) and happens once.
+2. Plans from the parquet dataset (load, partition, visit assignment, transfers, BPS
+   files, report with sky map): the "seconds" of the last line, with the process's peak
+   RSS.
+3. Plans the same inputs with the two baselines (RA stripes, round-robin tracts) and
+   prints the cross-site volume of each.
+4. At a smaller scale (M visits, default 150), inserts the same kind of survey into a
+   scratch butler repository and reads the spatial inputs twice: through the registry's
+   own spatial join (``overlaps="registry"``) and through the planner's path (regions read
+   from the registry, overlaps by the vectorised test); prints both times, their ratio
+   and whether the overlap tables and the plans agree.
+
+The last line is
+``planner: visits=N seconds=S peak_gb=G transfer_ratio_vs_stripes=R share_error=E connected=yes|no``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugins"))
+
+from multisite_drp.campaign import synthetic
+from multisite_drp.campaign.config import CampaignConfig
+from multisite_drp.campaign.dataflow import dataflow_from_mapping
+from multisite_drp.campaign.planner import plan_campaign, plan_to_directory
+from multisite_drp.campaign.spatial import from_butler, from_parquet, to_parquet
+
+MB = 1_000_000
+# Rough DP1/DRP-like per-dataset sizes (bytes); the metric's absolute value depends on them.
+DATASET_BYTES = {
+    "raw": 40 * MB, "pvi": 110 * MB, "src": 15 * MB, "sourceTable_visit": 60 * MB, "visitSummary": 1 * MB,
+    "photoCalib": 1 * MB, "deepCoadd": 250 * MB, "deepCoadd_meas": 60 * MB, "objectTable_tract": 3000 * MB,
+    "forcedSource": 8 * MB, "forcedSourceTable_visit": 150 * MB, "surveySummary": 10 * MB,
+    "bias": 2000 * MB, "flat": 20000 * MB, "refcat": 500_000 * MB, "skyMap": 10 * MB,
+}
+
+
+def production_like_config(work: Path, max_group: int = 5000) -> CampaignConfig:
+    """A three-DF campaign shaped like DMTN-213 (shares, raw holdings, PanDA sites)."""
+    conns = lambda s: {"butler": f"drp_{s}_butler", "replica": f"drp_{s}_replica", "workflow": f"drp_{s}_workflow"}
+    step = lambda n, sh, req, ret=(): {"name": n, "subset": n, "sharding": sh, "requires": list(req), "returns": list(ret)}
+    data = {
+        "name": "bench", "pipeline": str(work / "pipeline.yaml"), "instrument": "LSSTCam", "skymap": "lsst_cells_v1",
+        "input_collections": ["LSSTCam/defaults"], "data_query": "instrument = 'LSSTCam' AND skymap = 'lsst_cells_v1'",
+        "output_prefix": "LSSTCam/runs/DRP/bench", "data_root": str(work), "rate_target": {"quanta_per_hour": 1e6},
+        "planner": {"method": "graph", "dataset_bytes": DATASET_BYTES, "max_group_size": max_group},
+        "sites": [
+            {"name": "usdf", "role": "hub", "butler_repo": "s3://usdf/repo", "rse": "SLAC_BUTLER_DISK",
+             "compute_site": "SLAC", "compute_cloud": "US", "queue": "SLAC_Rubin", "share": 0.35,
+             "holds_all_raws": True, "connections": conns("usdf")},
+            {"name": "frdf", "role": "remote", "butler_repo": "s3://frdf/repo", "rse": "IN2P3_BUTLER_DISK",
+             "compute_site": "CC-IN2P3", "compute_cloud": "EU", "queue": "CC-IN2P3_Rubin", "share": 0.40,
+             "holds_all_raws": True, "connections": conns("frdf")},
+            {"name": "ukdf", "role": "remote", "butler_repo": "s3://ukdf/repo", "rse": "LANCS_BUTLER_DISK",
+             "compute_site": "LANCS", "compute_cloud": "EU", "queue": "LANCS_Rubin", "share": 0.25,
+             "connections": conns("ukdf")},
+        ],
+        "steps": [
+            step("step1", "visit", ["raw"], ["visitSummary"]),
+            step("step2", "visit", ["src"], ["sourceTable_visit"]),
+            step("step3", "global", ["sourceTable_visit"]),
+            step("step4", "tract", ["pvi", "photoCalib"], ["deepCoadd"]),
+            step("step5", "tract", ["deepCoadd"]),
+            step("step6", "tract", [], ["objectTable_tract"]),
+            step("step7", "visit", ["objectTable_tract", "photoCalib"]),
+            step("step8", "visit", [], ["forcedSourceTable_visit"]),
+            step("step9", "global", ["forcedSourceTable_visit"]),
+        ],
+    }
+    return CampaignConfig.model_validate(data)
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+
+# -- smaller scale through the butler ------------------------------------------------------------
+
+
+def build_butler(repo: Path, n_visits: int, seed: int) -> None:
+    """A scratch repo holding a small survey: tracts/patches (rings skymap, near the visits) and visits."""
+    from lsst.daf.butler import Butler, Timespan
+    from lsst.sphgeom import ConvexPolygon, UnitVector3d
+
+    Butler.makeRepo(str(repo))
+    butler = Butler.from_config(str(repo), writeable=True)
+    sky = synthetic.rings_skymap(num_rings=120)
+    rng = np.random.default_rng(seed)
+    ra = rng.uniform(30.0, 42.0, n_visits)
+    dec = rng.uniform(-36.0, -28.0, n_visits)
+    visits = {"visit": np.arange(1, n_visits + 1, dtype=np.int64), "ra": ra, "dec": dec,
+              "rot": rng.uniform(0, 360, n_visits), "band": rng.choice(synthetic.BANDS[1:5], n_visits)}
+    fp = synthetic.focal_plane()
+    poly = lambda v: ConvexPolygon([UnitVector3d(*x) for x in v])
+    tra, tdec = sky.centres()
+    near = np.flatnonzero((tra > 24) & (tra < 48) & (tdec > -42) & (tdec < -22))
+    reg = butler.registry
+    reg.insertDimensionData("instrument", {"name": "SynCam", "visit_max": 10**6, "visit_system": 0,
+                                           "exposure_max": 10**6, "detector_max": 200, "class_name": "SynCam"})
+    reg.insertDimensionData("physical_filter", *[{"instrument": "SynCam", "name": f"{b}_f", "band": b}
+                                                 for b in synthetic.BANDS])
+    reg.insertDimensionData("detector", *[{"instrument": "SynCam", "id": d, "full_name": f"D{d:03d}"}
+                                          for d in range(fp.shape[0])])
+    reg.insertDimensionData("day_obs", {"instrument": "SynCam", "id": 20250101})
+    reg.insertDimensionData("skymap", {"name": "rings", "hash": b"bench", "tract_max": len(sky.tract_id),
+                                       "patch_nx_max": 1, "patch_ny_max": 1})
+    reg.insertDimensionData("tract", *[{"skymap": "rings", "id": int(sky.tract_id[i]),
+                                        "region": poly(sky.polygons.vertices[i, :sky.polygons.nvert[i]])}
+                                       for i in near])
+    # One patch per tract covering it (the planner counts patches from the registry).
+    reg.insertDimensionData("patch", *[{"skymap": "rings", "tract": int(sky.tract_id[i]), "id": 0, "cell_x": 0,
+                                        "cell_y": 0, "region": poly(sky.polygons.vertices[i, :sky.polygons.nvert[i]])}
+                                       for i in near])
+    corners = synthetic.detector_vertices(ra, dec, visits["rot"], fp)
+    vrecs, drecs = [], []
+    for v in range(n_visits):
+        vid = int(visits["visit"][v])
+        allc = corners[v].reshape(-1, 3)
+        vrecs.append({"instrument": "SynCam", "id": vid, "day_obs": 20250101, "physical_filter": f"{visits['band'][v]}_f",
+                      "name": f"v{vid}", "seq_num": vid, "region": ConvexPolygon.convexHull([UnitVector3d(*x) for x in allc]),
+                      "timespan": Timespan(None, None)})
+        for d in range(fp.shape[0]):
+            drecs.append({"instrument": "SynCam", "visit": vid, "detector": d, "region": poly(corners[v, d])})
+    reg.insertDimensionData("visit", *vrecs)
+    reg.insertDimensionData("visit_detector_region", *drecs)
+    butler.close()
+
+
+def butler_comparison(n_visits: int, seed: int, work: Path) -> str:
+    repo = work / "butler"
+    t0 = time.perf_counter()
+    build_butler(repo, n_visits, seed)
+    t_build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    via_registry = from_butler(repo, "SynCam", "rings", overlaps="registry")
+    t_reg = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    via_planner = from_butler(repo, "SynCam", "rings", overlaps="geometry")
+    t_geo = time.perf_counter() - t0
+    same = all(np.array_equal(getattr(via_registry, n), getattr(via_planner, n))
+               for n in ("ov_visit", "ov_tract", "ov_ndet"))
+    n_det_rows = len(via_registry.det_visit)
+    print(f"butler (small scale): {n_visits} visits x 189 detectors inserted in {t_build:.1f} s; "
+          f"registry spatial join {t_reg:.2f} s, planner path {t_geo:.2f} s, "
+          f"ratio registry/planner = {t_reg / max(t_geo, 1e-9):.2f}; (visit, detector, patch) rows "
+          f"{n_det_rows} vs {len(via_planner.det_visit)}; overlap tables identical: {'yes' if same else 'no'}")
+    cfg = production_like_config(work)
+    flow = dataflow_from_mapping(cfg, synthetic.DRP_LIKE_DATAFLOW)
+    try:
+        p1 = plan_campaign(cfg, via_registry, dataflow=flow).model_dump_json()
+        p2 = plan_campaign(cfg, via_planner, dataflow=flow).model_dump_json()
+        print(f"butler (small scale): plans from both paths identical: {'yes' if p1.replace(via_registry.source, '') == p2.replace(via_planner.source, '') else 'no'}")
+    except ValueError as exc:
+        print(f"butler (small scale): plan not comparable: {exc}")
+    return f"{t_reg / max(t_geo, 1e-9):.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--visits", type=int, default=190_000)
+    ap.add_argument("--rings", type=int, default=120)
+    ap.add_argument("--small-visits", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--skip-butler", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="planner_scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pipeline.yaml").write_text("description: placeholder (the benchmark uses a dataflow mapping)\n")
+
+    t0 = time.perf_counter()
+    sky = synthetic.rings_skymap(num_rings=args.rings)
+    inputs = synthetic.synthetic_survey(args.visits, skymap=sky, seed=args.seed)
+    t_gen = time.perf_counter() - t0
+    to_parquet(inputs, work / "survey.parquet")
+    det_visits = int(inputs.visit_ndet.sum())
+    print(f"inputs: {inputs.n_visits} visits, {det_visits} detector-visits, {inputs.n_tracts} tracts "
+          f"({int((inputs.tract_work() > 0).sum())} with work), {len(inputs.ov_visit)} (visit, tract) overlaps; "
+          f"generated with exact overlaps in {t_gen:.1f} s")
+    del inputs
+
+    cfg = production_like_config(work)
+    flow = dataflow_from_mapping(cfg, synthetic.DRP_LIKE_DATAFLOW)
+    t0 = time.perf_counter()
+    inputs = from_parquet(work / "survey.parquet")
+    t_load = time.perf_counter() - t0
+    plan = plan_to_directory(cfg, work / "plan", inputs=inputs, dataflow=flow, baselines=False)
+    seconds = time.perf_counter() - t0
+    print(f"plan: loaded parquet in {t_load:.1f} s; planned and wrote plan.json, BPS files, report and sky map "
+          f"in {seconds:.1f} s total -> {work / 'plan'}")
+    m = plan.metrics
+    for s in plan.sites:
+        print(f"  {s.name}: visits {len(s.visits)}, tracts {len(s.tracts)}, share {s.share_achieved:.4f} "
+              f"(tract work {s.tract_share_achieved:.4f}, target {s.share_target:.2f}), region pieces {s.components}")
+
+    t0 = time.perf_counter()
+    stripes = plan_campaign(cfg, inputs, "ra_stripes", flow)
+    robin = plan_campaign(cfg, inputs, "round_robin", flow)
+    t_base = time.perf_counter() - t0
+    ratio = m.cross_site_bytes / stripes.metrics.cross_site_bytes
+    print(f"metric (cross-site TB; excludes raws to their processing site and returns to the hub), baselines "
+          f"planned in {t_base:.1f} s:")
+    for name, p in (("graph", plan), ("ra_stripes", stripes), ("round_robin", robin)):
+        pm = p.metrics
+        print(f"  {name:12s} cross-site {pm.cross_site_bytes / 1e12:9.2f} TB  overlap {pm.overlap_bytes / 1e12:9.2f} TB"
+              f"  share_error {pm.share_error:.4f}  connected {'yes' if pm.connected else 'no'}")
+    print(f"  graph / ra_stripes = {ratio:.3f}; graph / round_robin = "
+          f"{m.cross_site_bytes / robin.metrics.cross_site_bytes:.3f}")
+    if not args.skip_butler:
+        butler_comparison(args.small_visits, args.seed, work)
+    print(f"planner: visits={plan.n_visits} seconds={seconds:.1f} peak_gb={peak_gb():.2f} "
+          f"transfer_ratio_vs_stripes={ratio:.3f} share_error={m.share_error:.4f} "
+          f"connected={'yes' if m.connected else 'no'}")
+
+
+if __name__ == "__main__":
+    main()

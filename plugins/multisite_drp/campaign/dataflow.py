@@ -1,0 +1,125 @@
+"""What each step produces and consumes, read from the pipeline, so transfers are derived, not listed.
+
+The planner needs, per step, the dataset types its pipeline subset writes (with their
+dimensions: a visit-, tract- or survey-level product) and the overall inputs of the
+pipeline (raws, calibs, refcats, the skymap). It reads them from the real pipeline
+with ``lsst.pipe.base`` (``Pipeline.from_uri(f"{path}#{subset}")`` and its pipeline
+graph, resolved against the default dimension universe). Tests and the benchmark can
+build a :class:`Dataflow` directly from a mapping instead.
+
+The campaign's ``requires`` lists stay the authority for which types are transferred;
+the dataflow only says where each required type comes from and what its dimensions are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .config import CampaignConfig
+
+__all__ = ["Dataflow", "DataflowError", "StepIO", "dataflow_from_mapping", "dataflow_from_pipeline", "key_of"]
+
+
+class DataflowError(ValueError):
+    """A step requires a dataset type nothing produces, or the pipeline cannot be read."""
+
+
+@dataclass(frozen=True)
+class StepIO:
+    name: str
+    produces: dict[str, frozenset[str]]
+    consumes: dict[str, frozenset[str]]
+
+
+@dataclass
+class Dataflow:
+    steps: list[StepIO]
+    inputs: dict[str, frozenset[str]] = field(default_factory=dict)  # types no step produces
+
+    def step_index(self, name: str) -> int:
+        for i, s in enumerate(self.steps):
+            if s.name == name:
+                return i
+        raise KeyError(name)
+
+    def producer(self, step: str, dataset_type: str) -> int | None:
+        """Index of the latest step before ``step`` that produces ``dataset_type``."""
+        i = self.step_index(step)
+        for j in range(i - 1, -1, -1):
+            if dataset_type in self.steps[j].produces:
+                return j
+        return None
+
+    def dimensions(self, dataset_type: str) -> frozenset[str] | None:
+        for s in self.steps:
+            if dataset_type in s.produces:
+                return s.produces[dataset_type]
+        for s in self.steps:
+            if dataset_type in s.consumes:
+                return s.consumes[dataset_type]
+        return self.inputs.get(dataset_type)
+
+    def bootstrap_types(self) -> list[str]:
+        """Overall inputs that are not per-exposure (calibs, refcats, skymap): replicated up front."""
+        return sorted(t for t, dims in self.inputs.items() if key_of(dims) != "visit")
+
+
+def key_of(dims: frozenset[str]) -> str:
+    """The dimension that decides where a dataset lives: 'visit', 'tract' or 'none'."""
+    if "visit" in dims or "exposure" in dims:
+        return "visit"
+    if "tract" in dims:
+        return "tract"
+    return "none"
+
+
+def dataflow_from_mapping(config: CampaignConfig, steps: Mapping[str, Mapping[str, Mapping[str, list[str]]]],
+                          inputs: Mapping[str, list[str]] | None = None) -> Dataflow:
+    """Build from ``{step: {"produces": {type: dims}, "consumes": {type: dims}}}`` (tests, benchmark)."""
+    out = []
+    for s in config.steps:
+        spec = steps.get(s.name, {})
+        out.append(StepIO(s.name, {k: frozenset(v) for k, v in spec.get("produces", {}).items()},
+                          {k: frozenset(v) for k, v in spec.get("consumes", {}).items()}))
+    produced = {t for s in out for t in s.produces}
+    ins = {k: frozenset(v) for k, v in (inputs or {}).items()}
+    for s in out:
+        for t, dims in s.consumes.items():
+            if t not in produced:
+                ins.setdefault(t, dims)
+    return Dataflow(out, ins)
+
+
+def dataflow_from_pipeline(config: CampaignConfig) -> Dataflow:
+    """Read every step's subset of the campaign pipeline with lsst.pipe.base."""
+    from lsst.daf.butler import DimensionUniverse
+    from lsst.pipe.base import Pipeline
+
+    universe = DimensionUniverse()
+    path = config.pipeline_path
+    steps: list[StepIO] = []
+    for s in config.steps:
+        uri = f"{path}#{s.subset}"
+        try:
+            graph = Pipeline.from_uri(uri).to_graph()
+            graph.resolve(dimensions=universe)
+        except Exception as exc:  # the pipeline's own error, re-raised with the step named
+            raise DataflowError(f"{config.source_path}: steps ({s.name}): cannot read pipeline {uri}: {exc}") from exc
+        produces: dict[str, frozenset[str]] = {}
+        consumes: dict[str, frozenset[str]] = {}
+        for label in graph.tasks:
+            for name, node in graph.outputs_of(label).items():
+                if node is not None:
+                    produces[name] = frozenset(node.dimensions.required)
+        for name, node in graph.iter_overall_inputs():
+            if node is not None:
+                consumes[name] = frozenset(node.dimensions.required)
+        steps.append(StepIO(s.name, produces, consumes))
+    produced = {t for st in steps for t in st.produces}
+    inputs: dict[str, frozenset[str]] = {}
+    for st in steps:
+        for t, dims in st.consumes.items():
+            if t not in produced:
+                inputs.setdefault(t, dims)
+    return Dataflow(steps, inputs)

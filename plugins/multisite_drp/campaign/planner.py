@@ -1,0 +1,412 @@
+"""Plan a campaign: tract regions per site, whole visits per site, and every transfer.
+
+Steps
+-----
+1. Partition the tracts (:mod:`.partition`): one contiguous region per site sized by
+   its share of the coadd work.
+2. Assign each whole visit to one site: the site whose region holds most of the
+   visit's detector-tract overlaps (so most of its PVIs stay home). Visits overlapping
+   several regions ("boundary visits") are then moved between sites, cheapest first,
+   until each site's detector-visits are within ``planner.share_tolerance`` of its share.
+3. Derive transfers generically from the dataflow (:mod:`.dataflow`): for every step and
+   every type in its ``requires``, where each needed dataset is held (the producing
+   step's owner of that visit or tract, or the hub for global steps) and where it is
+   needed (from the consuming step's sharding and the type's dimensions).
+
+Quality metric
+--------------
+``cross_site_bytes``: the estimated bytes of every planned transfer except raws sent
+to the site that processes them and outputs returned to the hub (both are the same for
+any partition with the same shares). It includes bootstrap, overlap (PVIs to coadd
+sites, tract catalogues to visit sites), gathers before and fan-outs after global steps.
+Detector-level overlap counts are summed per (visit, tract): a detector overlapping two
+tracts of the same foreign site is counted twice, so the figure is a slight upper bound.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .config import CampaignConfig, Sharding
+from .dataflow import Dataflow, DataflowError, dataflow_from_pipeline, key_of
+from .partition import components_per_site, partition
+from .plan import CampaignPlan, PlanMetrics, SitePlan, StepPlan, Transfer
+from .spatial import SpatialInputs
+
+__all__ = ["PlanError", "assign_visits", "load_inputs", "plan_campaign", "plan_to_directory"]
+
+I64 = NDArray[np.int64]
+METRIC_EXCLUDED = ("raw", "return")
+
+
+class PlanError(ValueError):
+    """The inputs cannot be planned as configured; the message names the input and the expectation."""
+
+
+def _affinity(inputs: SpatialInputs, tract_owner: I64, k: int) -> NDArray[np.float64]:
+    """(V, k): detectors of each visit overlapping each site's region."""
+    own = tract_owner[inputs.ov_tract]
+    return np.bincount(inputs.ov_visit * k + own, weights=inputs.ov_ndet,
+                       minlength=inputs.n_visits * k).reshape(inputs.n_visits, k)
+
+
+def assign_visits(inputs: SpatialInputs, tract_owner: I64, shares: list[float], tolerance: float,
+                  active: NDArray[np.bool_]) -> I64:
+    """Owner site per visit (-1 for inactive visits): majority region, then share balancing.
+
+    Balancing moves boundary visits from the most over-full site to a site its visits
+    touch, choosing first the visits whose move adds the fewest crossing PVIs per
+    detector of work (cost = detectors in the old region - detectors in the new one).
+    """
+    k = len(shares)
+    aff = _affinity(inputs, tract_owner, k)
+    owner = np.argmax(aff, axis=1).astype(np.int64)
+    owner[~active] = -1
+    work = inputs.visit_ndet.astype(float)
+    total = work[active].sum()
+    target = np.asarray(shares) * total
+    tol = tolerance * total
+    for _ in range(4 * k * k):
+        load = np.bincount(owner[active], weights=work[active], minlength=k)
+        excess = load - target
+        if (np.abs(excess) <= tol).all():
+            break
+        moved = False
+        for s in np.argsort(-excess):
+            if excess[s] <= tol:
+                break
+            for r in np.argsort(excess):
+                if r == s or excess[r] >= excess[s]:
+                    continue
+                cand = np.flatnonzero((owner == s) & (aff[:, r] > 0))
+                if not len(cand):
+                    continue
+                cost = (aff[cand, s] - aff[cand, r]) / np.maximum(work[cand], 1)
+                cand = cand[np.lexsort((inputs.visit_id[cand], cost))]
+                # Move while it narrows the gap between s and r; with coarse visits (few visits per
+                # site) move one if it lowers the larger of the two |excess| values.
+                gap = (excess[s] - excess[r]) / 2.0
+                if excess[r] < -tol:
+                    gap = min(excess[s], -excess[r]) if excess[s] > tol else gap
+                cum = np.cumsum(work[cand])
+                n = int(np.searchsorted(cum, gap, side="right"))
+                if n == 0:
+                    w0 = work[cand[0]]
+                    before = max(abs(excess[s]), abs(excess[r]))
+                    if max(abs(excess[s] - w0), abs(excess[r] + w0)) >= before:
+                        continue
+                    n = 1
+                owner[cand[:n]] = r
+                moved = True
+                break
+            if moved:
+                break
+        if not moved:
+            break
+    return owner
+
+
+def plan_campaign(config: CampaignConfig, inputs: SpatialInputs, method: str | None = None,
+                  dataflow: Dataflow | None = None) -> CampaignPlan:
+    """Plan ``config`` over ``inputs``; ``method`` overrides ``config.planner.method``."""
+    inputs.validate()
+    settings = config.planner
+    method = method or settings.method.value
+    sites = config.sites
+    k = len(sites)
+    shares = [s.share for s in sites]
+    warnings: list[str] = []
+
+    tract_owner = partition(inputs, shares, method, seed=settings.seed)
+    tract_work = inputs.tract_work()
+
+    # Visits overlapping no tract.
+    has_tract = np.bincount(inputs.ov_visit, minlength=inputs.n_visits) > 0
+    orphans = np.flatnonzero(~has_tract)
+    active = np.ones(inputs.n_visits, dtype=bool)
+    if len(orphans):
+        ids = inputs.visit_id[orphans]
+        msg = (f"{inputs.source}: {len(ids)} visits overlap no tract of skymap {config.skymap!r} "
+               f"(first: {ids[:10].tolist()})")
+        if settings.orphan_visits == "error":
+            raise PlanError(msg + "; expected every visit to overlap a tract (set planner.orphan_visits "
+                            "to 'nearest' or 'drop' to plan them anyway)")
+        if settings.orphan_visits == "drop":
+            active[orphans] = False
+            warnings.append(msg + ": left out of the plan (planner.orphan_visits=drop)")
+        else:
+            warnings.append(msg + ": each given to the site owning the nearest tract (no coadd uses them)")
+    if not active.any():
+        raise PlanError(f"{inputs.source}: empty selection: no visits left to plan; expected at least one")
+
+    visit_owner = assign_visits(inputs, tract_owner, shares, settings.share_tolerance, active & has_tract)
+    if len(orphans) and settings.orphan_visits == "nearest":
+        from .geometry import lonlat_to_xyz
+
+        vx = lonlat_to_xyz(inputs.visit_ra[orphans], inputs.visit_dec[orphans])
+        tx = lonlat_to_xyz(inputs.tract_ra, inputs.tract_dec)
+        visit_owner[orphans] = tract_owner[np.argmax(vx @ tx.T, axis=1)]
+
+    dataflow = dataflow if dataflow is not None else dataflow_from_pipeline(config)
+    ctx = _Context(config, inputs, tract_owner, visit_owner, dataflow)
+    transfers = ctx.transfers(warnings)
+
+    # -- site summaries and metrics ------------------------------------------------------
+    comps = components_per_site(inputs, tract_owner, k)
+    vwork = inputs.visit_ndet.astype(np.int64)
+    v_load = np.bincount(visit_owner[visit_owner >= 0], weights=vwork[visit_owner >= 0], minlength=k)
+    t_load = np.bincount(tract_owner, weights=tract_work, minlength=k)
+    v_share = v_load / max(v_load.sum(), 1)
+    t_share = t_load / max(t_load.sum(), 1)
+    site_plans = []
+    for i, s in enumerate(sites):
+        in_region = tract_owner == i
+        site_plans.append(SitePlan(
+            name=s.name, role=s.role.value, share_target=s.share,
+            share_achieved=round(float(v_share[i]), 6), tract_share_achieved=round(float(t_share[i]), 6),
+            detector_visits=int(v_load[i]), tract_work=int(t_load[i]),
+            visits=sorted(inputs.visit_id[visit_owner == i].tolist()),
+            tracts=sorted(inputs.tract_id[in_region & (tract_work > 0)].tolist()),
+            empty_tracts=sorted(inputs.tract_id[in_region & (tract_work == 0)].tolist()),
+            components=int(comps[i]),
+        ))
+    by_kind: dict[str, int] = {}
+    by_link: dict[str, int] = {}
+    for t in transfers:
+        by_kind[t.kind] = by_kind.get(t.kind, 0) + t.bytes
+        link = f"{t.source}->{t.destination}"
+        by_link[link] = by_link.get(link, 0) + t.bytes
+    target = np.asarray(shares)
+    v_err = float(np.abs(v_share - target).max())
+    t_err = float(np.abs(t_share - target).max())
+    aff = _affinity(inputs, tract_owner, k)
+    boundary = int(((aff > 0).sum(axis=1) > 1).sum())
+    metrics = PlanMetrics(
+        cross_site_bytes=int(sum(t.bytes for t in transfers if t.kind not in METRIC_EXCLUDED)),
+        overlap_bytes=int(by_kind.get("overlap", 0)),
+        bytes_by_kind=dict(sorted(by_kind.items())), bytes_by_link=dict(sorted(by_link.items())),
+        share_error=round(max(v_err, t_err), 6), visit_share_error=round(v_err, 6),
+        tract_share_error=round(t_err, 6), connected=all(c == 1 for c in comps), boundary_visits=boundary,
+    )
+    return CampaignPlan(
+        campaign=config.name, method=method, instrument=config.instrument, skymap=config.skymap,
+        campaign_query=config.data_query, inputs_source=inputs.source,
+        n_visits=int(active.sum()), n_tracts=int(inputs.n_tracts), sites=site_plans,
+        steps=[StepPlan(name=s.name, sharding=s.sharding.value, requires=list(s.requires), returns=list(s.returns))
+               for s in config.steps],
+        transfers=transfers, orphan_visits=sorted(inputs.visit_id[orphans].tolist()), warnings=warnings,
+        metrics=metrics,
+    )
+
+
+class _Context:
+    """Arrays shared by the transfer derivation of every step."""
+
+    def __init__(self, config: CampaignConfig, inputs: SpatialInputs, tract_owner: I64, visit_owner: I64,
+                 dataflow: Dataflow) -> None:
+        self.config = config
+        self.inputs = inputs
+        self.t_own = tract_owner
+        self.v_own = visit_owner
+        self.flow = dataflow
+        self.names = [s.name for s in config.sites]
+        self.hub = self.names.index(config.hub.name)
+        self.k = len(self.names)
+        self.t_work = inputs.tract_work()
+        # Bands per tract (for band-dimensioned tract products such as coadds).
+        bands, bcode = np.unique(inputs.visit_band, return_inverse=True)
+        key = np.unique(inputs.ov_tract * len(bands) + bcode[inputs.ov_visit])
+        self.t_bands = np.bincount(key // len(bands), minlength=inputs.n_tracts)
+        self.t_patches = np.maximum(inputs.tract_npatch, 1)
+
+    # -- sizes -------------------------------------------------------------------------------
+
+    def nbytes(self, dataset_type: str, count: int) -> int:
+        per = self.config.planner.dataset_bytes.get(dataset_type, self.config.planner.default_dataset_bytes)
+        return int(per) * int(count)
+
+    def tract_count(self, dims: frozenset[str], tracts: I64) -> int:
+        mult = np.ones(len(tracts), dtype=np.int64)
+        if "patch" in dims:
+            mult *= self.t_patches[tracts]
+        if "band" in dims:
+            mult *= np.maximum(self.t_bands[tracts], 1)
+        return int(mult.sum())
+
+    # -- what is needed where ----------------------------------------------------------------
+
+    def needed_visits(self, sharding: Sharding, site: int) -> tuple[I64, I64]:
+        """(visit indices, detectors needed per visit) at ``site`` for a step of ``sharding``."""
+        inp = self.inputs
+        if sharding is Sharding.global_:
+            v = np.flatnonzero(self.v_own >= 0)
+            return v, inp.visit_ndet[v].astype(np.int64)
+        if sharding is Sharding.visit:
+            v = np.flatnonzero(self.v_own == site)
+            return v, inp.visit_ndet[v].astype(np.int64)
+        rows = (self.t_own[inp.ov_tract] == site) & (self.v_own[inp.ov_visit] >= 0)
+        det = np.bincount(inp.ov_visit[rows], weights=inp.ov_ndet[rows], minlength=inp.n_visits).astype(np.int64)
+        v = np.flatnonzero(det > 0)
+        return v, det[v]
+
+    def needed_tracts(self, sharding: Sharding, site: int) -> I64:
+        inp = self.inputs
+        if sharding is Sharding.global_:
+            return np.flatnonzero(self.t_work > 0)
+        if sharding is Sharding.tract:
+            return np.flatnonzero((self.t_own == site) & (self.t_work > 0))
+        rows = self.v_own[inp.ov_visit] == site
+        return np.unique(inp.ov_tract[rows])
+
+    # -- derivation --------------------------------------------------------------------------
+
+    def _emit(self, out: list[Transfer], step: str, dtype: str, src: int, dst: int, kind: str,
+              visits: I64 | None = None, tracts: I64 | None = None, count: int = 1) -> None:
+        if src == dst or count <= 0:
+            return
+        out.append(Transfer(
+            step=step, dataset_type=dtype, source=self.names[src], destination=self.names[dst], kind=kind,
+            visits=sorted(self.inputs.visit_id[visits].tolist()) if visits is not None else [],
+            tracts=sorted(self.inputs.tract_id[tracts].tolist()) if tracts is not None else [],
+            count=int(count), bytes=self.nbytes(dtype, count)))
+
+    def transfers(self, warnings: list[str]) -> list[Transfer]:
+        cfg, flow = self.config, self.flow
+        out: list[Transfer] = []
+        steps = cfg.steps
+        first = steps[0].name
+        boot = set(flow.bootstrap_types())
+        for st in steps:
+            for dtype in st.requires:
+                if flow.producer(st.name, dtype) is None and flow.dimensions(dtype) is not None \
+                        and key_of(flow.dimensions(dtype)) != "visit":
+                    boot.add(dtype)
+        for dtype in sorted(boot):
+            for i in range(self.k):
+                self._emit(out, first, dtype, self.hub, i, "bootstrap", count=1)
+        for si, st in enumerate(steps):
+            io = flow.steps[flow.step_index(st.name)]
+            for dtype in sorted(set(io.consumes) - set(st.requires)):
+                pidx = flow.producer(st.name, dtype)
+                if pidx is None:
+                    continue
+                prod = self.config.step(flow.steps[pidx].name)
+                # Only a type made under another sharding (or at the hub) lives elsewhere.
+                if prod.sharding is not st.sharding or (prod.is_global and not st.is_global):
+                    warnings.append(f"step {st.name} consumes {dtype} (made by an earlier step) but it is not in "
+                                    f"steps[{st.name}].requires: no transfer planned for it")
+            for dtype in st.requires:
+                self._step_type(out, st, dtype)
+            for dtype in st.returns:
+                self._returns(out, st, dtype)
+        out.sort(key=lambda t: ([s.name for s in steps].index(t.step), t.kind, t.dataset_type, t.source,
+                                t.destination))
+        return out
+
+    def _step_type(self, out: list[Transfer], st, dtype: str) -> None:
+        flow = self.flow
+        dims = flow.dimensions(dtype)
+        if dims is None:
+            raise DataflowError(
+                f"{self.config.source_path}: steps ({st.name}).requires: {dtype!r} is neither produced by an "
+                "earlier step nor an input of the pipeline; expected a dataset type of the pipeline")
+        key = key_of(dims)
+        pidx = flow.producer(st.name, dtype)
+        dests = [self.hub] if st.is_global else list(range(self.k))
+        if pidx is None:
+            if key != "visit":
+                return  # bootstrap, planned once before the first step
+            for x in dests:
+                site = self.config.sites[x]
+                if x == self.hub or site.holds_all_raws:
+                    continue
+                v, det = self.needed_visits(st.sharding, x)
+                src = self.hub
+                self._emit(out, st.name, dtype, src, x, "raw", visits=v,
+                           count=int(det.sum()) if "detector" in dims else len(v))
+            return
+        producer = self.config.step(flow.steps[pidx].name)
+        kind = "gather" if st.is_global else ("fanout" if producer.is_global else "overlap")
+        for x in dests:
+            if key == "visit":
+                v, det = self.needed_visits(st.sharding, x)
+                holder = np.full(len(v), self.hub) if producer.is_global else self.v_own[v]
+                for h in range(self.k):
+                    sel = holder == h
+                    if h == x or not sel.any():
+                        continue
+                    cnt = int(det[sel].sum()) if "detector" in dims else int(sel.sum())
+                    self._emit(out, st.name, dtype, h, x, kind, visits=v[sel], count=cnt)
+            elif key == "tract":
+                t = self.needed_tracts(st.sharding, x)
+                holder = np.full(len(t), self.hub) if producer.is_global else self.t_own[t]
+                for h in range(self.k):
+                    sel = holder == h
+                    if h == x or not sel.any():
+                        continue
+                    self._emit(out, st.name, dtype, h, x, kind, tracts=t[sel], count=self.tract_count(dims, t[sel]))
+            else:
+                holders = [self.hub] if producer.is_global else list(range(self.k))
+                for h in holders:
+                    self._emit(out, st.name, dtype, h, x, kind, count=1)
+
+    def _returns(self, out: list[Transfer], st, dtype: str) -> None:
+        if st.is_global:
+            return
+        io = self.flow.steps[self.flow.step_index(st.name)]
+        dims = io.produces.get(dtype) or self.flow.dimensions(dtype) or frozenset()
+        key = key_of(dims)
+        for x in range(self.k):
+            if x == self.hub:
+                continue
+            if key == "visit":
+                v = np.flatnonzero(self.v_own == x) if st.sharding is Sharding.visit else \
+                    self.needed_visits(Sharding.tract, x)[0]
+                cnt = int(self.inputs.visit_ndet[v].sum()) if "detector" in dims else len(v)
+                self._emit(out, st.name, dtype, x, self.hub, "return", visits=v, count=cnt)
+            elif key == "tract":
+                t = np.flatnonzero((self.t_own == x) & (self.t_work > 0)) if st.sharding is Sharding.tract \
+                    else self.needed_tracts(Sharding.visit, x)
+                self._emit(out, st.name, dtype, x, self.hub, "return", tracts=t, count=self.tract_count(dims, t))
+            else:
+                self._emit(out, st.name, dtype, x, self.hub, "return", count=1)
+
+
+def load_inputs(config: CampaignConfig, parquet: str | None = None, where: str | None = None) -> SpatialInputs:
+    """Spatial inputs for ``config``: a parquet dataset if given, else the hub's butler registry."""
+    from .spatial import from_butler, from_parquet
+
+    if parquet:
+        return from_parquet(parquet)
+    return from_butler(config.repo_of(config.hub), config.instrument, config.skymap,
+                       where=config.data_query if where is None else where)
+
+
+def plan_to_directory(config: CampaignConfig, out_dir: str | Path, *, inputs: SpatialInputs | None = None,
+                      parquet: str | None = None, method: str | None = None, dataflow: Dataflow | None = None,
+                      generation: int = 0, baselines: bool = True) -> CampaignPlan:
+    """Plan and write everything the campaign DAG reads: the function the DAG calls.
+
+    ``out_dir`` receives ``plan.json`` (:meth:`CampaignPlan.load`), ``bps/{step}/{site}/group{NNN}.yaml``,
+    ``report.json``, ``plan.md`` and ``skymap.png``. With ``baselines`` the RA-stripes and
+    round-robin plans of the same inputs are computed for the report's comparison.
+    """
+    from .bps_config import write_bps_configs
+    from .plan_report import write_report
+
+    inputs = inputs if inputs is not None else load_inputs(config, parquet)
+    dataflow = dataflow if dataflow is not None else dataflow_from_pipeline(config)
+    plan = plan_campaign(config, inputs, method, dataflow)
+    out = Path(out_dir)
+    plan.save(out)
+    write_bps_configs(config, plan, out, inputs=inputs, generation=generation)
+    base = {}
+    if baselines:
+        for m in ("ra_stripes", "round_robin"):
+            if m != plan.method:
+                base[m] = plan_campaign(config, inputs, m, dataflow)
+    write_report(plan, inputs, out, base)
+    return plan

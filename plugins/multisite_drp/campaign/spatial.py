@@ -1,0 +1,328 @@
+"""The planner's spatial inputs: tracts, visits and which visits touch which tracts.
+
+Everything is a flat numpy array so that a DR1-scale survey (~190k visits, ~36M
+detector-visits, ~19k tracts) fits in memory and plans in seconds. Two sources:
+
+* a butler registry (``from_butler``): tract/patch and visit/visit_detector_region
+  records with their real sphgeom regions; overlaps are computed with the exact
+  vectorised polygon test of :mod:`.geometry` (or, with ``overlaps="registry"``, taken
+  from the registry's own spatial join, which is slower but is the butler's answer);
+* a columnar parquet dataset (``from_parquet``) for survey-scale inputs that were
+  computed once and stored (``bench/planner_scale.py`` writes one).
+
+The overlap table holds, for every (visit, tract) pair that overlaps, the number of
+the visit's detectors whose regions overlap the tract. That number is the work the
+tract's coadd needs from the visit and the PVIs that cross sites if the visit and the
+tract are planned at different sites.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .geometry import PolygonSet, lonlat_to_xyz, overlapping_pairs, xyz_to_lonlat
+
+__all__ = [
+    "SpatialInputError",
+    "SpatialInputs",
+    "from_butler",
+    "from_parquet",
+    "to_parquet",
+    "tract_adjacency",
+]
+
+I64 = NDArray[np.int64]
+I32 = NDArray[np.int32]
+F64 = NDArray[np.float64]
+
+# Tracts whose regions come closer than this (radians, ~0.02 arcsec) are neighbours even if
+# they only touch: skymaps without overlap borders still give a connected tract graph.
+ADJACENCY_TOLERANCE = 1e-7
+
+
+class SpatialInputError(ValueError):
+    """The spatial inputs are empty or inconsistent; the message names the input and the expectation."""
+
+
+@dataclass
+class SpatialInputs:
+    """Tracts, visits and their overlaps as numpy arrays (indices, not ids, in the tables)."""
+
+    tract_id: I64
+    tract_ra: F64
+    tract_dec: F64
+    tract_npatch: I32
+    adj_a: I64  # tract index pairs (a < b), geometric neighbours
+    adj_b: I64
+    visit_id: I64
+    visit_band: NDArray[np.str_]
+    visit_ra: F64
+    visit_dec: F64
+    visit_ndet: I32  # detectors in the visit (its step-1 work)
+    ov_visit: I64  # index into visits
+    ov_tract: I64  # index into tracts
+    ov_ndet: I32  # detectors of the visit overlapping the tract
+    # Optional detector-level table (small inputs only): visit index, detector, tract index, patch.
+    det_visit: I64 | None = None
+    det_detector: I64 | None = None
+    det_tract: I64 | None = None
+    det_patch: I64 | None = None
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_tracts(self) -> int:
+        return len(self.tract_id)
+
+    @property
+    def n_visits(self) -> int:
+        return len(self.visit_id)
+
+    def validate(self) -> SpatialInputs:
+        """Check shapes and ranges; raise :class:`SpatialInputError` naming the bad array."""
+        src = self.source or "spatial inputs"
+        if self.n_visits == 0:
+            raise SpatialInputError(f"{src}: empty selection: no visits; expected at least one visit")
+        if self.n_tracts == 0:
+            raise SpatialInputError(f"{src}: no tracts; expected the skymap's tracts")
+        for name in ("tract_ra", "tract_dec", "tract_npatch"):
+            if len(getattr(self, name)) != self.n_tracts:
+                raise SpatialInputError(f"{src}: {name} has {len(getattr(self, name))} rows, "
+                                        f"expected one per tract ({self.n_tracts})")
+        for name in ("visit_band", "visit_ra", "visit_dec", "visit_ndet"):
+            if len(getattr(self, name)) != self.n_visits:
+                raise SpatialInputError(f"{src}: {name} has {len(getattr(self, name))} rows, "
+                                        f"expected one per visit ({self.n_visits})")
+        if len(np.unique(self.visit_id)) != self.n_visits:
+            raise SpatialInputError(f"{src}: visit ids must be unique")
+        if len(np.unique(self.tract_id)) != self.n_tracts:
+            raise SpatialInputError(f"{src}: tract ids must be unique")
+        if not (len(self.ov_visit) == len(self.ov_tract) == len(self.ov_ndet)):
+            raise SpatialInputError(f"{src}: overlap columns differ in length")
+        if len(self.ov_visit):
+            if self.ov_visit.min() < 0 or self.ov_visit.max() >= self.n_visits:
+                raise SpatialInputError(f"{src}: ov_visit out of range 0..{self.n_visits - 1}")
+            if self.ov_tract.min() < 0 or self.ov_tract.max() >= self.n_tracts:
+                raise SpatialInputError(f"{src}: ov_tract out of range 0..{self.n_tracts - 1}")
+            if self.ov_ndet.min() <= 0:
+                raise SpatialInputError(f"{src}: ov_ndet must be > 0 (pairs that do not overlap are omitted)")
+        return self
+
+    # -- derived -----------------------------------------------------------------------------
+
+    def tract_work(self) -> I64:
+        """Detector-visits overlapping each tract: the tract's coadd work."""
+        return np.bincount(self.ov_tract, weights=self.ov_ndet, minlength=self.n_tracts).astype(np.int64)
+
+    def tract_index(self, ids: I64) -> I64:
+        order = np.argsort(self.tract_id)
+        pos = np.searchsorted(self.tract_id, ids, sorter=order)
+        pos = np.clip(pos, 0, len(order) - 1)
+        idx = order[pos]
+        bad = self.tract_id[idx] != ids
+        if bad.any():
+            raise SpatialInputError(f"{self.source}: unknown tract ids {ids[bad][:10].tolist()}")
+        return idx
+
+    def visit_index(self, ids: I64) -> I64:
+        order = np.argsort(self.visit_id)
+        pos = np.clip(np.searchsorted(self.visit_id, ids, sorter=order), 0, len(order) - 1)
+        idx = order[pos]
+        bad = self.visit_id[idx] != ids
+        if bad.any():
+            raise SpatialInputError(f"{self.source}: unknown visit ids {ids[bad][:10].tolist()}")
+        return idx
+
+
+def tract_adjacency(tracts: PolygonSet) -> tuple[I64, I64]:
+    """Neighbouring tract index pairs (a < b): regions that overlap or touch."""
+    ia, jb = overlapping_pairs(tracts, tracts, tol=ADJACENCY_TOLERANCE)
+    keep = ia < jb
+    return ia[keep], jb[keep]
+
+
+# -- butler --------------------------------------------------------------------------------
+
+
+def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, where: str = "", *,
+                overlaps: str = "geometry", bind: dict | None = None) -> SpatialInputs:
+    """Read tracts, patches, visits and detector regions from a butler registry.
+
+    ``where`` restricts the visits (a butler expression over visit columns, e.g.
+    ``"visit.day_obs < 20250701"``). ``overlaps="geometry"`` computes (visit, detector,
+    tract, patch) overlaps from the regions with :mod:`.geometry`; ``"registry"`` asks the
+    registry's own spatial join (``query_data_ids(["visit", "detector", "patch"])``).
+    """
+    from lsst.daf.butler import Butler
+
+    if overlaps not in ("geometry", "registry"):
+        raise ValueError(f"overlaps: expected 'geometry' or 'registry', got {overlaps!r}")
+    src = f"butler {repo} (instrument={instrument!r}, skymap={skymap!r}, where={where!r})"
+    butler = Butler.from_config(str(repo))
+    try:
+        tract_recs = butler.query_dimension_records("tract", skymap=skymap, limit=None, explain=False)
+        if not tract_recs:
+            raise SpatialInputError(f"{src}: no tract records for skymap {skymap!r}; expected a registered skymap")
+        tract_recs.sort(key=lambda r: r.id)
+        patch_recs = butler.query_dimension_records("patch", skymap=skymap, limit=None, explain=False)
+        visit_recs = butler.query_dimension_records("visit", instrument=instrument, where=where, bind=bind,
+                                                    limit=None, explain=False)
+        if not visit_recs:
+            raise SpatialInputError(f"{src}: empty selection: no visits match; expected at least one visit")
+        visit_recs.sort(key=lambda r: r.id)
+        filters = {r.name: r.band for r in butler.query_dimension_records(
+            "physical_filter", instrument=instrument, limit=None, explain=False)}
+        vdr = butler.query_dimension_records("visit_detector_region", instrument=instrument, where=where,
+                                             bind=bind, limit=None, explain=False)
+        reg_rows: list[tuple[int, int, int, int]] = []
+        if overlaps == "registry":
+            ids = butler.query_data_ids(["visit", "detector", "patch"], instrument=instrument, skymap=skymap,
+                                        where=where, bind=bind, limit=None, explain=False)
+            reg_rows = [(d["visit"], d["detector"], d["tract"], d["patch"]) for d in ids]
+    finally:
+        butler.close()
+
+    tract_id = np.array([r.id for r in tract_recs], dtype=np.int64)
+    tract_polys = PolygonSet.from_sphgeom([r.region for r in tract_recs])
+    tract_ra, tract_dec = xyz_to_lonlat(tract_polys.centres)
+    patch_tract = np.array([r.tract for r in patch_recs], dtype=np.int64)
+    npatch = np.zeros(len(tract_id), dtype=np.int32)
+    tpos = {int(t): i for i, t in enumerate(tract_id)}
+    for t in patch_tract:
+        npatch[tpos[int(t)]] += 1
+    adj_a, adj_b = tract_adjacency(tract_polys)
+
+    visit_id = np.array([r.id for r in visit_recs], dtype=np.int64)
+    vpos = {int(v): i for i, v in enumerate(visit_id)}
+    band = np.array([filters.get(r.physical_filter, r.physical_filter) for r in visit_recs], dtype=np.str_)
+    vdr = [r for r in vdr if int(r.visit) in vpos]
+    vdr.sort(key=lambda r: (r.visit, r.detector))
+    dv = np.array([vpos[int(r.visit)] for r in vdr], dtype=np.int64)
+    dd = np.array([r.detector for r in vdr], dtype=np.int64)
+    ndet = np.bincount(dv, minlength=len(visit_id)).astype(np.int32)
+    if len(vdr):
+        det_polys = PolygonSet.from_sphgeom([r.region for r in vdr])
+        vxyz = np.zeros((len(visit_id), 3))
+        np.add.at(vxyz, dv, det_polys.centres)
+        has = ndet > 0
+        vxyz[has] /= np.linalg.norm(vxyz[has], axis=1, keepdims=True)
+    else:
+        det_polys = None
+        vxyz = np.zeros((len(visit_id), 3))
+    # Visits without detector regions fall back to the visit region's centre.
+    for i, r in enumerate(visit_recs):
+        if ndet[i] == 0 and r.region is not None:
+            vxyz[i] = PolygonSet.from_sphgeom([r.region]).centres[0]
+    visit_ra, visit_dec = xyz_to_lonlat(vxyz)
+
+    if overlaps == "geometry":
+        if det_polys is not None:
+            patch_keys = [(int(r.tract), int(r.id)) for r in patch_recs]
+            patch_polys = PolygonSet.from_sphgeom([r.region for r in patch_recs])
+            di, pj = overlapping_pairs(det_polys, patch_polys)
+            rows = np.array([(dv[i], dd[i], tpos[patch_keys[j][0]], patch_keys[j][1])
+                             for i, j in zip(di.tolist(), pj.tolist())], dtype=np.int64).reshape(-1, 4)
+            # Patches cover their tract's outer region only approximately: the tract test decides.
+            dti, tj = overlapping_pairs(det_polys, tract_polys)
+            tract_pairs = np.stack([dv[dti], dd[dti], tj], axis=1)
+        else:
+            rows = np.zeros((0, 4), dtype=np.int64)
+            tract_pairs = np.zeros((0, 3), dtype=np.int64)
+    else:
+        rows = np.array([(vpos[v], d, tpos[t], p) for v, d, t, p in reg_rows if v in vpos],
+                        dtype=np.int64).reshape(-1, 4)
+        tract_pairs = np.unique(rows[:, :3], axis=0)
+    order = np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))
+    rows = rows[order]
+    tp = np.unique(tract_pairs, axis=0)  # one row per (visit, detector, tract)
+    key = tp[:, 0] * len(tract_id) + tp[:, 2]
+    ukey, counts = np.unique(key, return_counts=True)
+    inputs = SpatialInputs(
+        tract_id=tract_id, tract_ra=tract_ra, tract_dec=tract_dec, tract_npatch=npatch,
+        adj_a=adj_a, adj_b=adj_b,
+        visit_id=visit_id, visit_band=band, visit_ra=visit_ra, visit_dec=visit_dec, visit_ndet=ndet,
+        ov_visit=(ukey // len(tract_id)).astype(np.int64), ov_tract=(ukey % len(tract_id)).astype(np.int64),
+        ov_ndet=counts.astype(np.int32),
+        det_visit=rows[:, 0], det_detector=rows[:, 1], det_tract=rows[:, 2], det_patch=rows[:, 3],
+        source=src,
+    )
+    return inputs.validate()
+
+
+# -- parquet -------------------------------------------------------------------------------
+
+_TABLES = ("tracts", "adjacency", "visits", "overlaps", "detectors")
+
+
+def to_parquet(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
+    """Write ``path/`` as a parquet dataset: one file per table, ids (not indices) in every table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    t = inputs.tract_id
+    v = inputs.visit_id
+    pq.write_table(pa.table({"tract": t, "ra": inputs.tract_ra, "dec": inputs.tract_dec,
+                             "npatch": inputs.tract_npatch}), out / "tracts.parquet")
+    pq.write_table(pa.table({"tract_a": t[inputs.adj_a], "tract_b": t[inputs.adj_b]}), out / "adjacency.parquet")
+    pq.write_table(pa.table({"visit": v, "band": inputs.visit_band.astype(str), "ra": inputs.visit_ra,
+                             "dec": inputs.visit_dec, "ndet": inputs.visit_ndet}), out / "visits.parquet")
+    pq.write_table(pa.table({"visit": v[inputs.ov_visit], "tract": t[inputs.ov_tract], "ndet": inputs.ov_ndet}),
+                   out / "overlaps.parquet")
+    if inputs.det_visit is not None:
+        pq.write_table(pa.table({"visit": v[inputs.det_visit], "detector": inputs.det_detector,
+                                 "tract": t[inputs.det_tract], "patch": inputs.det_patch}),
+                       out / "detectors.parquet")
+    return out
+
+
+def from_parquet(path: str | os.PathLike[str]) -> SpatialInputs:
+    """Read a parquet dataset written by :func:`to_parquet` (tables named in ``_TABLES``)."""
+    import pyarrow.parquet as pq
+
+    src = Path(path)
+    for name in _TABLES[:4]:
+        if not (src / f"{name}.parquet").is_file():
+            raise SpatialInputError(f"{src}: missing {name}.parquet; expected a directory written by "
+                                    "multisite_drp.campaign.spatial.to_parquet")
+
+    def col(table, name, dtype):
+        return table.column(name).to_numpy().astype(dtype, copy=False)
+
+    tr = pq.read_table(src / "tracts.parquet")
+    ad = pq.read_table(src / "adjacency.parquet")
+    vi = pq.read_table(src / "visits.parquet")
+    ov = pq.read_table(src / "overlaps.parquet")
+    tract_id = col(tr, "tract", np.int64)
+    visit_id = col(vi, "visit", np.int64)
+    partial = SpatialInputs(
+        tract_id=tract_id, tract_ra=col(tr, "ra", np.float64), tract_dec=col(tr, "dec", np.float64),
+        tract_npatch=col(tr, "npatch", np.int32), adj_a=np.zeros(0, np.int64), adj_b=np.zeros(0, np.int64),
+        visit_id=visit_id, visit_band=np.asarray(vi.column("band").to_pylist(), dtype=np.str_),
+        visit_ra=col(vi, "ra", np.float64), visit_dec=col(vi, "dec", np.float64),
+        visit_ndet=col(vi, "ndet", np.int32), ov_visit=np.zeros(0, np.int64), ov_tract=np.zeros(0, np.int64),
+        ov_ndet=np.zeros(0, np.int32), source=str(src))
+    partial.validate()
+    partial.adj_a = partial.tract_index(col(ad, "tract_a", np.int64))
+    partial.adj_b = partial.tract_index(col(ad, "tract_b", np.int64))
+    partial.ov_visit = partial.visit_index(col(ov, "visit", np.int64))
+    partial.ov_tract = partial.tract_index(col(ov, "tract", np.int64))
+    partial.ov_ndet = col(ov, "ndet", np.int32)
+    if (src / "detectors.parquet").is_file():
+        de = pq.read_table(src / "detectors.parquet")
+        partial.det_visit = partial.visit_index(col(de, "visit", np.int64))
+        partial.det_detector = col(de, "detector", np.int64)
+        partial.det_tract = partial.tract_index(col(de, "tract", np.int64))
+        partial.det_patch = col(de, "patch", np.int64)
+    return partial.validate()
+
+
+def centres_xyz(ra: F64, dec: F64) -> F64:
+    """Unit vectors of RA/Dec centres (kept here so planner modules need not import geometry)."""
+    return lonlat_to_xyz(ra, dec)
