@@ -21,3 +21,33 @@ os.environ.setdefault("PANDA_URL_SSL", "http://127.0.0.1:25080/server/panda")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # Tests never touch a developer's Airflow home.
 os.environ.setdefault("AIRFLOW_HOME", str(ROOT / "var" / "airflow-test"))
+
+
+# --- MiniCam embedded test bed (include/minidrp) -------------------------------------
+# Session-scoped: the three site repos are built once (a few seconds) and the nine-step
+# single-site validation runs once (about two minutes of real pipetask/butler commands).
+import sys as _sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+for _p in _paths:
+    if _p not in _sys.path:
+        _sys.path.insert(0, _p)
+
+
+@pytest.fixture(scope="session")
+def minidrp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root holding freshly built usdf/, frdf/ and ukdf/ MiniCam repositories (default seed)."""
+    from minidrp.build import build_sites
+
+    root = tmp_path_factory.mktemp("minidrp_sites")
+    build_sites(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def minidrp_validation(minidrp_root: Path) -> dict:
+    """Report of `minidrp.validate.validate` run once at usdf (compared with golden_counts.json)."""
+    from minidrp.validate import validate
+
+    return validate(minidrp_root)

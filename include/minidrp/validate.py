@@ -1,0 +1,273 @@
+"""Single-site validation: run the nine steps at usdf with the real middleware, count outputs.
+
+For each step: ``pipetask qgraph`` (saved ``.qg`` with datastore records),
+``pipetask pre-exec-init-qbb``, ``pipetask run-qbb``, then ``butler
+aggregate-graph --register-dataset-types --update-output-chain`` to merge the
+outputs into the registry and prepend the step's RUN to the output chain.
+Commands are argv lists built by `multisite_drp.services.middleware`, the same
+code the orchestrator uses at every site.
+
+Golden counts (``golden_counts.json``): for each step, the number of datasets
+of each *science* output type in that step's RUN. Bookkeeping datasets
+(``*_metadata``, ``*_log``, ``*_config``, ``packages``) are excluded from the
+step entries; the ``*_metadata`` counts are recorded separately under
+``_quanta`` because each successful quantum writes exactly one, so they are the
+per-task quantum counts.
+
+Execution uses ``run-qbb -j 1`` by default: measured on this 2-core machine,
+``-j 2`` (spawn or forkserver) starts a fresh Python per quantum and costs
+~1.5-3.5 s each, while in-process execution costs ~0.06 s per quantum.
+
+Re-running is safe: a step whose RUN already exists is skipped; a step whose
+graph file exists but was not merged reuses that graph (same dataset UUIDs),
+so run-qbb skips quanta whose outputs already exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .constants import DATA_QUERY, DEFAULTS_CHAIN, HUB_SITE, STEPS
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+INCLUDE_DIR = PACKAGE_DIR.parent
+REPO_ROOT = INCLUDE_DIR.parent
+PLUGINS_DIR = REPO_ROOT / "plugins"
+PIPELINE_PATH = INCLUDE_DIR / "pipelines" / "minidrp.yaml"
+GOLDEN_PATH = PACKAGE_DIR / "golden_counts.json"
+VALIDATION_CHAIN = "MiniCam/runs/validate"
+BOOKKEEPING_SUFFIXES = ("_metadata", "_log", "_config")
+BOOKKEEPING_NAMES = ("packages",)
+
+
+def _middleware() -> Any:
+    """Import the services module, making sure ``plugins/`` is importable."""
+    if str(PLUGINS_DIR) not in sys.path:
+        sys.path.insert(0, str(PLUGINS_DIR))
+    from multisite_drp.services import middleware
+
+    return middleware
+
+
+def stack_env() -> dict[str, str]:
+    """Environment additions for stack subprocesses: tasks import ``minidrp`` from include/."""
+    parts = [str(INCLUDE_DIR), str(PLUGINS_DIR)]
+    existing = os.environ.get("PYTHONPATH")
+    if existing:
+        parts.append(existing)
+    return {"PYTHONPATH": os.pathsep.join(parts)}
+
+
+def is_bookkeeping(dataset_type: str) -> bool:
+    """True for metadata/log/config/packages datasets written by the middleware itself."""
+    return dataset_type in BOOKKEEPING_NAMES or dataset_type.endswith(BOOKKEEPING_SUFFIXES)
+
+
+@dataclass
+class StepResult:
+    """What one step did: timings (s), quanta per task, science dataset counts, skipped flag."""
+
+    step: str
+    output_run: str
+    skipped: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    quanta: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def wall(self) -> float:
+        """Total wall time of the step's commands."""
+        return sum(self.timings.values())
+
+
+def count_run(repo: str | os.PathLike[str], run: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(science counts, quanta per task) of the datasets in one RUN collection."""
+    from lsst.daf.butler import Butler
+
+    with Butler.from_config(str(repo)) as butler:
+        info = butler.collections.get_info(run, include_summary=True)
+        counts: dict[str, int] = {}
+        quanta: dict[str, int] = {}
+        for dt in sorted(info.dataset_types):
+            n = len(butler.query_datasets(dt, collections=run, find_first=False, explain=False, limit=None))
+            if dt.endswith("_metadata"):
+                quanta[dt.removesuffix("_metadata")] = n
+            if not is_bookkeeping(dt) and n:
+                counts[dt] = n
+    return counts, quanta
+
+
+def _digest_value(value: Any) -> bytes:
+    """Stable bytes for a dataset's in-memory content (array, table or dict)."""
+    from astropy.table import Table
+
+    if isinstance(value, np.ndarray):
+        return str(value.dtype).encode() + str(value.shape).encode() + np.ascontiguousarray(value).tobytes()
+    if isinstance(value, Table):
+        h = hashlib.sha256()
+        for name in value.colnames:
+            col = np.asarray(value[name])
+            h.update(name.encode())
+            h.update(col.tobytes() if col.dtype.kind != "O" else repr(col.tolist()).encode())
+        return h.digest()
+    return json.dumps(value, sort_keys=True, default=str).encode()
+
+
+def content_digests(repo: str | os.PathLike[str], collection: str, dataset_types: list[str]) -> dict[str, str]:
+    """sha256 per dataset type over every dataset's content, in data-ID order (determinism checks)."""
+    from lsst.daf.butler import Butler
+
+    digests = {}
+    with Butler.from_config(str(repo)) as butler:
+        for dt in dataset_types:
+            refs = butler.query_datasets(dt, collections=collection, explain=False, limit=None)
+            h = hashlib.sha256()
+            for ref in sorted(refs, key=lambda r: str(r.dataId.required)):
+                h.update(str(ref.dataId.required).encode())
+                h.update(_digest_value(butler.get(ref)))
+            digests[dt] = h.hexdigest()
+    return digests
+
+
+def _run_exists(repo: Path, run: str) -> bool:
+    from lsst.daf.butler import Butler, MissingCollectionError
+
+    with Butler.from_config(str(repo)) as butler:
+        try:
+            butler.collections.get_info(run)
+            return True
+        except MissingCollectionError:
+            return False
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def run_step(
+    repo: Path,
+    step: str,
+    *,
+    output_chain: str,
+    work_dir: Path,
+    inputs: tuple[str, ...] = (DEFAULTS_CHAIN,),
+    data_query: str = DATA_QUERY,
+    pipeline: Path = PIPELINE_PATH,
+    processes: int = 1,
+) -> StepResult:
+    """Build, execute and merge one pipeline step at one repository."""
+    mw = _middleware()
+    run = f"{output_chain}/{step}"
+    result = StepResult(step=step, output_run=run)
+    if _run_exists(repo, run):
+        result.skipped = True
+    else:
+        env = stack_env()
+        graph = work_dir / "graphs" / f"{step}.qg"
+        logs = work_dir / "logs"
+        graph.parent.mkdir(parents=True, exist_ok=True)
+        commands: list[tuple[str, list[str]]] = []
+        if not graph.exists():
+            tmp_graph = graph.with_name(f"{step}.tmp.qg")
+            tmp_graph.unlink(missing_ok=True)
+            commands.append(
+                ("qgraph", mw.qgraph_argv(repo, pipeline, inputs, output_chain, run, tmp_graph, subset=step, data_query=data_query))
+            )
+        commands += [
+            ("pre_exec_init", mw.pre_exec_init_qbb_argv(repo, graph)),
+            ("run_qbb", mw.run_qbb_argv(repo, graph, processes=processes)),
+            ("aggregate", mw.aggregate_graph_argv(graph, repo, processes=1)),
+        ]
+        for label, argv in commands:
+            t0 = time.perf_counter()
+            mw.run_command(argv, logs / f"{step}-{label}.log", env=env)
+            if label == "qgraph":
+                (graph.with_name(f"{step}.tmp.qg")).rename(graph)
+            result.timings[label] = round(time.perf_counter() - t0, 2)
+    result.counts, result.quanta = count_run(repo, run)
+    return result
+
+
+def validate(
+    root: str | os.PathLike[str],
+    *,
+    write_golden: bool = False,
+    output_chain: str = VALIDATION_CHAIN,
+    work_dir: str | os.PathLike[str] | None = None,
+    processes: int = 1,
+    golden_path: Path = GOLDEN_PATH,
+) -> dict[str, Any]:
+    """Run all nine steps at the hub of ``root``; compare with (or write) the golden counts.
+
+    Returns a report dict (timings, quanta, counts, mismatches) and writes it
+    to ``WORK/report.json``. Count mismatches do not raise; they are listed in
+    ``report["mismatches"]`` (the CLI exits 1 on any). A failing command raises
+    `multisite_drp.services.middleware.MiddlewareCommandError` with its log tail.
+    """
+    repo = Path(root).absolute() / HUB_SITE
+    if not (repo / "butler.yaml").exists():
+        raise FileNotFoundError(f"{repo} is not a butler repository; run `python -m minidrp build --root {root}` first")
+    work = Path(work_dir) if work_dir else Path(root).absolute() / "validate" / _safe(output_chain)
+    t_start = time.perf_counter()
+    results = []
+    for step in STEPS:
+        res = run_step(repo, step, output_chain=output_chain, work_dir=work, processes=processes)
+        results.append(res)
+        status = "skipped (already merged)" if res.skipped else f"{res.wall:.1f} s {res.timings}"
+        print(f"[minidrp validate] {step}: {status}; quanta {res.quanta}; outputs {res.counts}", flush=True)
+    total = round(time.perf_counter() - t_start, 2)
+    counts = {r.step: r.counts for r in results}
+    quanta = {r.step: r.quanta for r in results}
+    report: dict[str, Any] = {
+        "repo": str(repo),
+        "output_chain": output_chain,
+        "total_wall_s": total,
+        "steps": [asdict(r) | {"wall_s": round(r.wall, 2)} for r in results],
+        "counts": counts,
+        "quanta": quanta,
+        "mismatches": [],
+    }
+    if write_golden:
+        golden = {**counts, "_quanta": quanta, "_about": _ABOUT}
+        golden_path.write_text(json.dumps(golden, indent=2, sort_keys=True) + "\n")
+        print(f"[minidrp validate] wrote {golden_path}")
+    else:
+        report["mismatches"] = compare_with_golden(counts, quanta, golden_path)
+    (work / "report.json").parent.mkdir(parents=True, exist_ok=True)
+    (work / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    print(f"[minidrp validate] total {total:.1f} s; mismatches: {report['mismatches'] or 'none'}")
+    return report
+
+
+_ABOUT = (
+    "Dataset counts per step (the step's RUN collection) of science outputs only; *_metadata, *_log, "
+    "*_config and packages are excluded. _quanta holds quanta per task (= *_metadata counts). "
+    "Written by `python -m minidrp validate --write-golden`."
+)
+
+
+def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
+    """The recorded golden counts."""
+    return json.loads(Path(path).read_text())
+
+
+def compare_with_golden(counts: dict[str, dict[str, int]], quanta: dict[str, dict[str, int]], path: Path = GOLDEN_PATH) -> list[str]:
+    """Human-readable differences between measured and golden counts (empty when equal)."""
+    golden = load_golden(path)
+    problems = []
+    for step in STEPS:
+        if golden.get(step) != counts.get(step):
+            problems.append(f"{step}: outputs {counts.get(step)} != golden {golden.get(step)}")
+        if golden.get("_quanta", {}).get(step) != quanta.get(step):
+            problems.append(f"{step}: quanta {quanta.get(step)} != golden {golden.get('_quanta', {}).get(step)}")
+    return problems
