@@ -27,7 +27,9 @@ def test_golden_counts_reproduced(minidrp_validation: dict) -> None:
     for step in constants.STEPS:
         assert minidrp_validation["counts"][step] == golden[step], step
         assert minidrp_validation["quanta"][step] == golden["_quanta"][step], step
-        assert set(golden[step]) == set(constants.STEP_OUTPUTS[step]), f"{step} outputs drifted from constants"
+        assert set(golden[step]) == set(constants.STEP_OUTPUTS[step]), (
+            f"{step} outputs drifted from constants"
+        )
 
 
 def test_every_step_ran_and_fits_the_time_budget(minidrp_validation: dict) -> None:
@@ -42,15 +44,25 @@ def test_output_chain_holds_every_step(minidrp_validation: dict, minidrp_root: P
         chain = list(butler.collections.get_info(VALIDATION_CHAIN).children)
     runs = [f"{VALIDATION_CHAIN}/{s}" for s in reversed(constants.STEPS)]
     assert chain[: len(runs)] == runs
-    assert chain[len(runs):] == [constants.RAW_RUN, constants.CALIB_RUN, constants.REFCAT_RUN, constants.SKYMAP_RUN]
+    assert chain[len(runs) :] == [
+        constants.RAW_RUN,
+        constants.CALIB_RUN,
+        constants.REFCAT_RUN,
+        constants.SKYMAP_RUN,
+    ]
 
 
 def test_science_is_sane(minidrp_validation: dict, minidrp_root: Path) -> None:
     """Global calibration recovers each visit's simulated extinction (to the box-aperture loss)."""
     truth = {v.id: INSTRUMENT_ZEROPOINT[v.band] - v.extinction for v in make_survey()}
     with Butler.from_config(str(minidrp_root / "usdf"), collections=VALIDATION_CHAIN) as butler:
-        offsets = [butler.get(ref)["zero_point"] - truth[int(ref.dataId["visit"])] for ref in butler.query_datasets("zeroPoint")]
-        summary = butler.get("surveySummary", instrument=constants.INSTRUMENT_NAME, skymap=constants.SKYMAP_NAME)
+        offsets = [
+            butler.get(ref)["zero_point"] - truth[int(ref.dataId["visit"])]
+            for ref in butler.query_datasets("zeroPoint")
+        ]
+        summary = butler.get(
+            "surveySummary", instrument=constants.INSTRUMENT_NAME, skymap=constants.SKYMAP_NAME
+        )
     assert len(offsets) == len(truth)
     mean = sum(offsets) / len(offsets)
     assert -0.05 < mean < 0.0  # a 5x5 box misses ~2.5% of a sigma=1 px Gaussian
@@ -84,15 +96,30 @@ def test_validate_rerun_skips_merged_steps(minidrp_validation: dict, minidrp_roo
 
 def test_argv_builders_make_lists_with_real_flags(tmp_path: Path) -> None:
     qg = tmp_path / "g.qg"
-    argv = mw.qgraph_argv("/repo", "/p.yaml", ["MiniCam/defaults"], "out/chain", "out/chain/step1", qg,
-                          subset="step1", data_query=constants.DATA_QUERY)
+    argv = mw.qgraph_argv(
+        "/repo",
+        "/p.yaml",
+        ["MiniCam/defaults"],
+        "out/chain",
+        "out/chain/step1",
+        qg,
+        subset="step1",
+        data_query=constants.DATA_QUERY,
+    )
     assert argv[1:8] == ["qgraph", "-b", "/repo", "-p", "/p.yaml#step1", "-i", "MiniCam/defaults"]
     assert "--qgraph-datastore-records" in argv and argv[argv.index("--save-qgraph") + 1] == str(qg)
     assert argv[argv.index("-d") + 1] == constants.DATA_QUERY  # one argv element, no shell quoting
     assert mw.pre_exec_init_qbb_argv("/repo", qg)[1:] == ["pre-exec-init-qbb", "/repo", str(qg)]
     assert mw.run_qbb_argv("/repo", qg, processes=2)[1:] == ["run-qbb", "/repo", str(qg), "-j", "2"]
     assert mw.aggregate_graph_argv(qg, "/repo")[1:] == [
-        "aggregate-graph", str(qg), "/repo", "-j", "1", "--register-dataset-types", "--update-output-chain"]
+        "aggregate-graph",
+        str(qg),
+        "/repo",
+        "-j",
+        "1",
+        "--register-dataset-types",
+        "--update-output-chain",
+    ]
     assert "--update-output-chain" in mw.transfer_from_graph_argv(qg, "/repo")
 
 
@@ -116,7 +143,9 @@ def test_run_command_raises_with_log_tail(tmp_path: Path) -> None:
     assert "the real reason" in str(info.value) and str(log) in str(info.value)
     with pytest.raises(TypeError):
         mw.run_command("echo hi", log)  # type: ignore[arg-type]
-    ok = mw.run_command([sys.executable, "-c", "import os; print(os.environ['MW_TEST'])"], log, env={"MW_TEST": "42"})
+    ok = mw.run_command(
+        [sys.executable, "-c", "import os; print(os.environ['MW_TEST'])"], log, env={"MW_TEST": "42"}
+    )
     assert ok.returncode == 0 and log.read_text().rstrip().endswith("42")
 
 

@@ -18,9 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="run all nine steps at usdf and check the golden counts")
     v.add_argument("--root", required=True, help="a root made by `build`")
     v.add_argument("--write-golden", action="store_true", help="record the counts as the new golden values")
-    v.add_argument("--output-chain", default=None, help="output CHAINED collection (default MiniCam/runs/validate)")
+    v.add_argument(
+        "--output-chain", default=None, help="output CHAINED collection (default MiniCam/runs/validate)"
+    )
     v.add_argument("--work-dir", default=None, help="where graphs and logs go (default ROOT/validate/CHAIN)")
-    v.add_argument("-j", "--processes", type=int, default=1, help="run-qbb processes (1 is fastest for these tiny quanta)")
+    v.add_argument(
+        "-j",
+        "--processes",
+        type=int,
+        default=1,
+        help="run-qbb processes (1 is fastest for these tiny quanta)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "build":

@@ -63,7 +63,9 @@ def _log(msg: str) -> None:
 def register_input_dataset_types(butler: Butler) -> None:
     """Register raw, bias, flat, refcat and skyMap."""
     for name, (dims, storage_class) in INPUT_DATASET_TYPES.items():
-        butler.registry.registerDatasetType(DatasetType(name, dims, storage_class, universe=butler.dimensions))
+        butler.registry.registerDatasetType(
+            DatasetType(name, dims, storage_class, universe=butler.dimensions)
+        )
 
 
 def register_input_collections(butler: Butler) -> None:
@@ -106,7 +108,12 @@ def _fill_hub(butler: Butler, seed: int) -> dict[str, int]:
         n_calib += 1
         for pf in instrument.PHYSICAL_FILTERS:
             butler.put(
-                data.make_flat(seed, det, pf), FLAT, instrument=INSTRUMENT_NAME, detector=det, physical_filter=pf, run=CALIB_RUN
+                data.make_flat(seed, det, pf),
+                FLAT,
+                instrument=INSTRUMENT_NAME,
+                detector=det,
+                physical_filter=pf,
+                run=CALIB_RUN,
             )
             n_calib += 1
     n_raw = 0
@@ -169,7 +176,13 @@ def build_sites(root: str | os.PathLike[str], seed: int = DEFAULT_SEED) -> dict[
             butler.close()
             _log(f"{site}: built in {time.perf_counter() - t0:.1f} s")
         for site in SITES:
-            marker = {"version": BUILD_VERSION, "seed": seed, "site": site, "hub": site == HUB_SITE, **summary}
+            marker = {
+                "version": BUILD_VERSION,
+                "seed": seed,
+                "site": site,
+                "hub": site == HUB_SITE,
+                **summary,
+            }
             (tmp / site / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
         for site in SITES:
             (tmp / site).rename(paths[site])

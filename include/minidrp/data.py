@@ -71,7 +71,12 @@ def make_bias(seed: int, detector: int) -> np.ndarray:
     """Bias frame: a level, a column gradient and fixed-pattern noise."""
     rng = _rng(seed, 2, detector)
     x = np.arange(DETECTOR_SIZE, dtype=np.float32)
-    bias = BIAS_LEVEL + 5.0 * detector + 0.05 * x[np.newaxis, :] + rng.normal(0.0, 2.0, (DETECTOR_SIZE, DETECTOR_SIZE))
+    bias = (
+        BIAS_LEVEL
+        + 5.0 * detector
+        + 0.05 * x[np.newaxis, :]
+        + rng.normal(0.0, 2.0, (DETECTOR_SIZE, DETECTOR_SIZE))
+    )
     return bias.astype(np.float32)
 
 
@@ -80,7 +85,9 @@ def make_flat(seed: int, detector: int, physical_filter: str) -> np.ndarray:
     band_index = list(PHYSICAL_FILTERS).index(physical_filter)
     rng = _rng(seed, 3, detector, band_index)
     yy, xx = np.mgrid[0:DETECTOR_SIZE, 0:DETECTOR_SIZE].astype(np.float32) / DETECTOR_SIZE
-    flat = 1.0 - 0.04 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * (1 + band_index) + rng.normal(0.0, 0.01, xx.shape)
+    flat = (
+        1.0 - 0.04 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * (1 + band_index) + rng.normal(0.0, 0.01, xx.shape)
+    )
     return (flat / flat.mean()).astype(np.float32)
 
 

@@ -54,7 +54,9 @@ EXPOSURE_MAX: int = 10**6
 def detector_origin(detector: int) -> tuple[int, int]:
     """Return the focal-plane pixel offset of a detector's (0, 0) pixel from the boresight."""
     ix, iy = detector % N_DET_X, detector // N_DET_X
-    return ix * DETECTOR_SIZE - (N_DET_X * DETECTOR_SIZE) // 2, iy * DETECTOR_SIZE - (N_DET_Y * DETECTOR_SIZE) // 2
+    return ix * DETECTOR_SIZE - (N_DET_X * DETECTOR_SIZE) // 2, iy * DETECTOR_SIZE - (
+        N_DET_Y * DETECTOR_SIZE
+    ) // 2
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,9 @@ VISIT_ELEMENTS: tuple[str, ...] = (
 def _query(butler: Butler, element: str, where: str, bind: dict[str, Any]) -> list[DimensionRecord]:
     """All records of ``element`` matching ``where`` (empty when the element table is empty)."""
     return list(
-        butler.query_dimension_records(element, where=where, bind=bind, instrument=INSTRUMENT_NAME, explain=False, limit=None)
+        butler.query_dimension_records(
+            element, where=where, bind=bind, instrument=INSTRUMENT_NAME, explain=False, limit=None
+        )
     )
 
 
@@ -63,12 +65,18 @@ def visit_records_for(butler: Butler, visits: Iterable[int]) -> dict[str, list[D
     visit_recs = _query(butler, "visit", "visit IN (visits)", bind)
     definitions = _query(butler, "visit_definition", "visit IN (visits)", bind)
     exposure_ids = sorted({r.exposure for r in definitions})
-    exposures = _query(butler, "exposure", "exposure IN (exposures)", {"exposures": exposure_ids}) if exposure_ids else []
+    exposures = (
+        _query(butler, "exposure", "exposure IN (exposures)", {"exposures": exposure_ids})
+        if exposure_ids
+        else []
+    )
     days = sorted({r.day_obs for r in visit_recs} | {r.day_obs for r in exposures})
     groups = sorted({r.group for r in exposures})
     filters = sorted({r.physical_filter for r in visit_recs} | {r.physical_filter for r in exposures})
     return {
-        "physical_filter": _query(butler, "physical_filter", "physical_filter IN (pf)", {"pf": filters}) if filters else [],
+        "physical_filter": _query(butler, "physical_filter", "physical_filter IN (pf)", {"pf": filters})
+        if filters
+        else [],
         "day_obs": _query(butler, "day_obs", "day_obs IN (days)", {"days": days}) if days else [],
         "group": _query(butler, "group", "group IN (groups)", {"groups": groups}) if groups else [],
         "exposure": exposures,

@@ -58,11 +58,15 @@ class PatchGeometry:
 
     def pixel_to_sky(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Coadd pixel centres to (ra, dec)."""
-        return self.ra_min + (np.asarray(x) + 0.5) * self.scale_ra, self.dec_min + (np.asarray(y) + 0.5) * self.scale_dec
+        return self.ra_min + (np.asarray(x) + 0.5) * self.scale_ra, self.dec_min + (
+            np.asarray(y) + 0.5
+        ) * self.scale_dec
 
     def sky_to_pixel(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ra, dec) to coadd pixel coordinates."""
-        return (np.asarray(ra) - self.ra_min) / self.scale_ra - 0.5, (np.asarray(dec) - self.dec_min) / self.scale_dec - 0.5
+        return (np.asarray(ra) - self.ra_min) / self.scale_ra - 0.5, (
+            np.asarray(dec) - self.dec_min
+        ) / self.scale_dec - 0.5
 
     def contains(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
         """Inner-region test (half-open boxes, so every sky position has one owning patch)."""
@@ -157,7 +161,9 @@ def skymap_records() -> dict[str, list[dict[str, Any]]]:
         "patch": [],
     }
     for tract in tracts:
-        records["tract"].append({"skymap": SKYMAP_NAME, "id": tract, "region": box_polygon(*tract_box(tract))})
+        records["tract"].append(
+            {"skymap": SKYMAP_NAME, "id": tract, "region": box_polygon(*tract_box(tract))}
+        )
         for patch in range(PATCH_NX * PATCH_NY):
             geom = patch_geometry(tract, patch)
             records["patch"].append(

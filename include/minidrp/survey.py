@@ -82,9 +82,17 @@ def make_survey(seed: int = DEFAULT_SEED) -> list[Visit]:
     for pf in PHYSICAL_FILTERS:
         for dec in GRID_DEC:
             for ra in GRID_RA:
-                pointings.append((pf, ra + rng.uniform(-JITTER_DEG, JITTER_DEG), dec + rng.uniform(-JITTER_DEG, JITTER_DEG)))
+                pointings.append(
+                    (
+                        pf,
+                        ra + rng.uniform(-JITTER_DEG, JITTER_DEG),
+                        dec + rng.uniform(-JITTER_DEG, JITTER_DEG),
+                    )
+                )
         for _ in range(EXTRA_PER_BAND):
-            pointings.append((pf, rng.uniform(GRID_RA[0], GRID_RA[-1]), rng.uniform(GRID_DEC[0], GRID_DEC[-1])))
+            pointings.append(
+                (pf, rng.uniform(GRID_RA[0], GRID_RA[-1]), rng.uniform(GRID_DEC[0], GRID_DEC[-1]))
+            )
     order = rng.permutation(len(pointings))
     visits = []
     for n, idx in enumerate(order):
@@ -176,6 +184,11 @@ def visit_records(visits: list[Visit]) -> dict[str, list[dict[str, Any]]]:
         recs["visit_definition"].append({"instrument": INSTRUMENT_NAME, "exposure": v.id, "visit": v.id})
         for det in DETECTOR_IDS:
             recs["visit_detector_region"].append(
-                {"instrument": INSTRUMENT_NAME, "visit": v.id, "detector": det, "region": detector_polygon(v.ra, v.dec, det)}
+                {
+                    "instrument": INSTRUMENT_NAME,
+                    "visit": v.id,
+                    "detector": det,
+                    "region": detector_polygon(v.ra, v.dec, det),
+                }
             )
     return recs

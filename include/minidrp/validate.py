@@ -123,7 +123,9 @@ def _digest_value(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, default=str).encode()
 
 
-def content_digests(repo: str | os.PathLike[str], collection: str, dataset_types: list[str]) -> dict[str, str]:
+def content_digests(
+    repo: str | os.PathLike[str], collection: str, dataset_types: list[str]
+) -> dict[str, str]:
     """sha256 per dataset type over every dataset's content, in data-ID order (determinism checks)."""
     from lsst.daf.butler import Butler
 
@@ -181,7 +183,19 @@ def run_step(
             tmp_graph = graph.with_name(f"{step}.tmp.qg")
             tmp_graph.unlink(missing_ok=True)
             commands.append(
-                ("qgraph", mw.qgraph_argv(repo, pipeline, inputs, output_chain, run, tmp_graph, subset=step, data_query=data_query))
+                (
+                    "qgraph",
+                    mw.qgraph_argv(
+                        repo,
+                        pipeline,
+                        inputs,
+                        output_chain,
+                        run,
+                        tmp_graph,
+                        subset=step,
+                        data_query=data_query,
+                    ),
+                )
             )
         commands += [
             ("pre_exec_init", mw.pre_exec_init_qbb_argv(repo, graph)),
@@ -216,7 +230,9 @@ def validate(
     """
     repo = Path(root).absolute() / HUB_SITE
     if not (repo / "butler.yaml").exists():
-        raise FileNotFoundError(f"{repo} is not a butler repository; run `python -m minidrp build --root {root}` first")
+        raise FileNotFoundError(
+            f"{repo} is not a butler repository; run `python -m minidrp build --root {root}` first"
+        )
     work = Path(work_dir) if work_dir else Path(root).absolute() / "validate" / _safe(output_chain)
     t_start = time.perf_counter()
     results = []
@@ -261,7 +277,9 @@ def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def compare_with_golden(counts: dict[str, dict[str, int]], quanta: dict[str, dict[str, int]], path: Path = GOLDEN_PATH) -> list[str]:
+def compare_with_golden(
+    counts: dict[str, dict[str, int]], quanta: dict[str, dict[str, int]], path: Path = GOLDEN_PATH
+) -> list[str]:
     """Human-readable differences between measured and golden counts (empty when equal)."""
     golden = load_golden(path)
     problems = []
@@ -269,5 +287,7 @@ def compare_with_golden(counts: dict[str, dict[str, int]], quanta: dict[str, dic
         if golden.get(step) != counts.get(step):
             problems.append(f"{step}: outputs {counts.get(step)} != golden {golden.get(step)}")
         if golden.get("_quanta", {}).get(step) != quanta.get(step):
-            problems.append(f"{step}: quanta {quanta.get(step)} != golden {golden.get('_quanta', {}).get(step)}")
+            problems.append(
+                f"{step}: quanta {quanta.get(step)} != golden {golden.get('_quanta', {}).get(step)}"
+            )
     return problems

@@ -28,7 +28,9 @@ def robust_stats(values: np.ndarray) -> tuple[float, float]:
     return med, sig
 
 
-def find_peaks(image: np.ndarray, threshold: np.ndarray | float, border: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def find_peaks(
+    image: np.ndarray, threshold: np.ndarray | float, border: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """(y, x) integer indices of 3x3 local maxima above ``threshold``, away from the border."""
     img = np.where(np.isfinite(image), image, -np.inf)
     ny, nx = img.shape
@@ -63,7 +65,9 @@ def centroid(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarra
     return cy, cx
 
 
-def box_flux(image: np.ndarray, x: np.ndarray, y: np.ndarray, half: int, noise: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def box_flux(
+    image: np.ndarray, x: np.ndarray, y: np.ndarray, half: int, noise: float | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Sum in a (2*half+1)^2 box centred on the nearest pixel; error from per-pixel ``noise``.
 
     Boxes that leave the image or touch non-finite pixels give NaN.
@@ -79,17 +83,25 @@ def box_flux(image: np.ndarray, x: np.ndarray, y: np.ndarray, half: int, noise: 
         if not np.all(np.isfinite(stamp)):
             continue
         flux[i] = float(stamp.sum(dtype=np.float64))
-        n2 = noise[y0:y1, x0:x1] ** 2 if isinstance(noise, np.ndarray) else np.full(stamp.shape, float(noise) ** 2)
+        n2 = (
+            noise[y0:y1, x0:x1] ** 2
+            if isinstance(noise, np.ndarray)
+            else np.full(stamp.shape, float(noise) ** 2)
+        )
         err[i] = float(np.sqrt(n2.sum()))
     return flux, err
 
 
-def match_nearest(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, radius: float) -> np.ndarray:
+def match_nearest(
+    x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, radius: float
+) -> np.ndarray:
     """For each point of set 1 the index of the nearest point of set 2 within ``radius``, else -1."""
     out = np.full(len(x1), -1, dtype=np.int64)
     if len(x1) == 0 or len(x2) == 0:
         return out
-    d2 = (np.asarray(x1)[:, None] - np.asarray(x2)[None, :]) ** 2 + (np.asarray(y1)[:, None] - np.asarray(y2)[None, :]) ** 2
+    d2 = (np.asarray(x1)[:, None] - np.asarray(x2)[None, :]) ** 2 + (
+        np.asarray(y1)[:, None] - np.asarray(y2)[None, :]
+    ) ** 2
     best = np.argmin(d2, axis=1)
     ok = d2[np.arange(len(x1)), best] <= radius**2
     out[ok] = best[ok]

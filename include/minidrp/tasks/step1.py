@@ -33,7 +33,12 @@ from ._algorithms import box_flux, centroid, find_peaks, match_nearest, robust_s
 class IsrConnections(PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")):
     """raw + bias + flat -> postIsr."""
 
-    raw = cT.Input(doc="Raw image.", name="raw", storageClass="NumpyArray", dimensions=("instrument", "exposure", "detector"))
+    raw = cT.Input(
+        doc="Raw image.",
+        name="raw",
+        storageClass="NumpyArray",
+        dimensions=("instrument", "exposure", "detector"),
+    )
     bias = cT.PrerequisiteInput(
         doc="Bias frame (plain dataset in a RUN collection, no validity ranges).",
         name="bias",
@@ -85,7 +90,10 @@ class CalibrateConnections(PipelineTaskConnections, dimensions=("instrument", "v
         multiple=True,
     )
     refcat = cT.PrerequisiteInput(
-        doc="Reference catalogue (one global dataset).", name="refcat", storageClass="ArrowAstropy", dimensions=()
+        doc="Reference catalogue (one global dataset).",
+        name="refcat",
+        storageClass="ArrowAstropy",
+        dimensions=(),
     )
     pvi = cT.Output(
         doc="Processed visit image: background-subtracted counts.",
@@ -123,7 +131,10 @@ class CalibrateTask(PipelineTask):
     config: CalibrateConfig
 
     def runQuantum(
-        self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection, outputRefs: OutputQuantizedConnection
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
     ) -> None:
         """Read inputs, take the nominal pointing and band from the quantum's data ID, write outputs."""
         inputs = butlerQC.get(inputRefs)
@@ -210,7 +221,14 @@ class CalibrateTask(PipelineTask):
             "shift_x": float(shift[0]),
             "shift_y": float(shift[1]),
         }
-        self.log.info("visit %d detector %d: %d sources, %d matched, shift %.3f,%.3f px", visit, detector, len(src), matched.sum(), *shift)
+        self.log.info(
+            "visit %d detector %d: %d sources, %d matched, shift %.3f,%.3f px",
+            visit,
+            detector,
+            len(src),
+            matched.sum(),
+            *shift,
+        )
         return Struct(pvi=image.astype(np.float32), src=src, pviSummary=summary)
 
 

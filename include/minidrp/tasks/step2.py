@@ -43,7 +43,10 @@ class ConsolidateVisitConnections(PipelineTaskConnections, dimensions=("instrume
         multiple=True,
     )
     sourceTable_visit = cT.Output(
-        doc="All sources of the visit.", name="sourceTable_visit", storageClass="ArrowAstropy", dimensions=("instrument", "visit")
+        doc="All sources of the visit.",
+        name="sourceTable_visit",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit"),
     )
     visitSummary = cT.Output(
         doc="One row per detector: fitted WCS, background, noise, counts.",
@@ -64,7 +67,10 @@ class ConsolidateVisitTask(PipelineTask):
     _DefaultName = "consolidateVisit"
 
     def runQuantum(
-        self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection, outputRefs: OutputQuantizedConnection
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
     ) -> None:
         """Read inputs in detector order so outputs never depend on input order."""
         key = lambda ref: int(ref.dataId["detector"])
@@ -79,7 +85,9 @@ class ConsolidateVisitTask(PipelineTask):
             wcs = summ["wcs"]
             good = np.isfinite(cat["inst_flux"]) & (cat["inst_flux"] > 0) & (cat["ref_id"] >= 0)
             local_zp = (
-                float(np.median(cat["ref_mag"][good] + 2.5 * np.log10(cat["inst_flux"][good]))) if good.any() else np.nan
+                float(np.median(cat["ref_mag"][good] + 2.5 * np.log10(cat["inst_flux"][good])))
+                if good.any()
+                else np.nan
             )
             rows.append(
                 {
@@ -101,5 +109,7 @@ class ConsolidateVisitTask(PipelineTask):
         table = vstack([Table(c, copy=True) for c in src], metadata_conflicts="silent")
         table.meta.clear()
         summary = Table(rows=rows)
-        self.log.info("visit %s: %d sources on %d detectors", rows[0]["visit"] if rows else "?", len(table), len(rows))
+        self.log.info(
+            "visit %s: %d sources on %d detectors", rows[0]["visit"] if rows else "?", len(table), len(rows)
+        )
         return Struct(sourceTable_visit=table, visitSummary=summary)

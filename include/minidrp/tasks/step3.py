@@ -69,7 +69,10 @@ class GlobalPhotoCalibTask(PipelineTask):
     config: GlobalPhotoCalibConfig
 
     def runQuantum(
-        self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection, outputRefs: OutputQuantizedConnection
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
     ) -> None:
         """Solve, then write one zeroPoint per output ref (matched by visit)."""
         tables = butlerQC.get(inputRefs.sourceTable_visit)
@@ -92,7 +95,10 @@ class GlobalPhotoCalibTask(PipelineTask):
                 & (cat["inst_flux"] > self.config.min_snr * cat["inst_flux_err"])
             )
             sub = cat[sel]
-            visits = np.array(sorted(v for v in tables if len(tables[v]) and str(tables[v]["band"][0]) == band), dtype=np.int64)
+            visits = np.array(
+                sorted(v for v in tables if len(tables[v]) and str(tables[v]["band"][0]) == band),
+                dtype=np.int64,
+            )
             band_zp, stats = self._solve(sub, visits)
             summary["bands"][band] = stats
             for v in visits:
@@ -100,7 +106,9 @@ class GlobalPhotoCalibTask(PipelineTask):
                 n = int((sub["visit"] == v).sum())
                 zero_points[int(v)] = {"visit": int(v), "band": band, "zero_point": float(zp), "n_stars": n}
         for v in tables:
-            zero_points.setdefault(int(v), {"visit": int(v), "band": "", "zero_point": float("nan"), "n_stars": 0})
+            zero_points.setdefault(
+                int(v), {"visit": int(v), "band": "", "zero_point": float("nan"), "n_stars": 0}
+            )
         return Struct(zeroPoints=zero_points, fgcmSummary=summary)
 
     def _solve(self, sub: Table, visits: np.ndarray) -> tuple[dict[int, float], dict[str, Any]]:
@@ -111,7 +119,14 @@ class GlobalPhotoCalibTask(PipelineTask):
         star_ids, star_idx = np.unique(np.asarray(sub["ref_id"]), return_inverse=True)
         visit_idx = np.searchsorted(visits, np.asarray(sub["visit"]))
         ref_mag = np.asarray(sub["ref_mag"], dtype=np.float64)
-        zp = np.array([np.median(ref_mag[visit_idx == i] - inst[visit_idx == i]) if (visit_idx == i).any() else np.nan for i in range(len(visits))])
+        zp = np.array(
+            [
+                np.median(ref_mag[visit_idx == i] - inst[visit_idx == i])
+                if (visit_idx == i).any()
+                else np.nan
+                for i in range(len(visits))
+            ]
+        )
         n_star = np.bincount(star_idx, minlength=len(star_ids))
         for _ in range(self.config.n_iter):
             star_mag = np.bincount(star_idx, weights=inst + zp[visit_idx], minlength=len(star_ids)) / n_star
@@ -130,6 +145,8 @@ class GlobalPhotoCalibTask(PipelineTask):
             "n_stars": len(star_ids),
             "n_repeated_stars": int((n_star > 1).sum()),
             "anchor": anchor,
-            "repeatability_mmag": float(1000 * 1.4826 * np.median(np.abs(resid[multi]))) if multi.any() else float("nan"),
+            "repeatability_mmag": float(1000 * 1.4826 * np.median(np.abs(resid[multi])))
+            if multi.any()
+            else float("nan"),
         }
         return {int(v): float(z) for v, z in zip(visits, zp)}, stats

@@ -80,14 +80,19 @@ class MakeCoaddTask(PipelineTask):
     _DefaultName = "makeCoadd"
 
     def runQuantum(
-        self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection, outputRefs: OutputQuantizedConnection
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
     ) -> None:
         """Key inputs by visit/detector so their order never matters."""
         data_id = butlerQC.quantum.dataId
         assert data_id is not None
         pvis = {
             (int(ref.dataId["visit"]), int(ref.dataId["detector"])): butlerQC.get(ref)
-            for ref in sorted(inputRefs.pvi, key=lambda r: (int(r.dataId["visit"]), int(r.dataId["detector"])))
+            for ref in sorted(
+                inputRefs.pvi, key=lambda r: (int(r.dataId["visit"]), int(r.dataId["detector"]))
+            )
         }
         summaries = {int(ref.dataId["visit"]): butlerQC.get(ref) for ref in inputRefs.visitSummary}
         zps = {int(ref.dataId["visit"]): butlerQC.get(ref) for ref in inputRefs.zeroPoint}
@@ -120,7 +125,13 @@ class MakeCoaddTask(PipelineTask):
             row = summary[summary["detector"] == detector]
             if len(row) == 0:
                 continue
-            wcs = LinearWcs(float(row["ra0"][0]), float(row["dec0"][0]), float(row["u0"][0]), float(row["v0"][0]), float(row["scale"][0]))
+            wcs = LinearWcs(
+                float(row["ra0"][0]),
+                float(row["dec0"][0]),
+                float(row["u0"][0]),
+                float(row["v0"][0]),
+                float(row["scale"][0]),
+            )
             x, y = wcs.sky_to_pixel(ra, dec)
             values = bilinear(image, x, y)
             ok = np.isfinite(values)

@@ -35,11 +35,19 @@ class DetectCoaddConnections(PipelineTaskConnections, dimensions=("skymap", "tra
     """deepCoadd -> deepCoadd_det."""
 
     deepCoadd = cT.Input(
-        doc="Coadd image and inverse variance.", name="deepCoadd", storageClass="NumpyArray", dimensions=("skymap", "tract", "patch", "band")
+        doc="Coadd image and inverse variance.",
+        name="deepCoadd",
+        storageClass="NumpyArray",
+        dimensions=("skymap", "tract", "patch", "band"),
     )
-    skyMap = cT.PrerequisiteInput(doc="Skymap definition.", name="skyMap", storageClass="StructuredDataDict", dimensions=("skymap",))
+    skyMap = cT.PrerequisiteInput(
+        doc="Skymap definition.", name="skyMap", storageClass="StructuredDataDict", dimensions=("skymap",)
+    )
     deepCoadd_det = cT.Output(
-        doc="Peaks above threshold.", name="deepCoadd_det", storageClass="ArrowAstropy", dimensions=("skymap", "tract", "patch", "band")
+        doc="Peaks above threshold.",
+        name="deepCoadd_det",
+        storageClass="ArrowAstropy",
+        dimensions=("skymap", "tract", "patch", "band"),
     )
 
 
@@ -57,14 +65,23 @@ class DetectCoaddTask(PipelineTask):
     config: DetectCoaddConfig
 
     def runQuantum(
-        self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection, outputRefs: OutputQuantizedConnection
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
     ) -> None:
         """Pass the patch and band along from the quantum data ID."""
         inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId
         assert data_id is not None
         butlerQC.put(
-            self.run(inputs["deepCoadd"], inputs["skyMap"], int(data_id["tract"]), int(data_id["patch"]), str(data_id["band"])),
+            self.run(
+                inputs["deepCoadd"],
+                inputs["skyMap"],
+                int(data_id["tract"]),
+                int(data_id["patch"]),
+                str(data_id["band"]),
+            ),
             outputRefs,
         )
 
@@ -100,9 +117,15 @@ class MeasureCoaddConnections(PipelineTaskConnections, dimensions=("skymap", "tr
         multiple=True,
     )
     deepCoadd = cT.Input(
-        doc="Per-band coadds.", name="deepCoadd", storageClass="NumpyArray", dimensions=("skymap", "tract", "patch", "band"), multiple=True
+        doc="Per-band coadds.",
+        name="deepCoadd",
+        storageClass="NumpyArray",
+        dimensions=("skymap", "tract", "patch", "band"),
+        multiple=True,
     )
-    skyMap = cT.PrerequisiteInput(doc="Skymap definition.", name="skyMap", storageClass="StructuredDataDict", dimensions=("skymap",))
+    skyMap = cT.PrerequisiteInput(
+        doc="Skymap definition.", name="skyMap", storageClass="StructuredDataDict", dimensions=("skymap",)
+    )
     deepCoadd_obj = cT.Output(
         doc="Merged multi-band object catalogue of the patch.",
         name="deepCoadd_obj",
@@ -126,7 +149,10 @@ class MeasureCoaddTask(PipelineTask):
     config: MeasureCoaddConfig
 
     def runQuantum(
-        self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection, outputRefs: OutputQuantizedConnection
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
     ) -> None:
         """Key the per-band inputs by band."""
         data_id = butlerQC.quantum.dataId
@@ -134,14 +160,25 @@ class MeasureCoaddTask(PipelineTask):
         dets = {str(ref.dataId["band"]): butlerQC.get(ref) for ref in inputRefs.deepCoadd_det}
         coadds = {str(ref.dataId["band"]): butlerQC.get(ref) for ref in inputRefs.deepCoadd}
         sky_map = butlerQC.get(inputRefs.skyMap)
-        butlerQC.put(self.run(dets, coadds, sky_map, int(data_id["tract"]), int(data_id["patch"])), outputRefs)
+        butlerQC.put(
+            self.run(dets, coadds, sky_map, int(data_id["tract"]), int(data_id["patch"])), outputRefs
+        )
 
     def run(
-        self, dets: dict[str, Table], coadds: dict[str, np.ndarray], skyMap: dict[str, Any], tract: int, patch: int
+        self,
+        dets: dict[str, Table],
+        coadds: dict[str, np.ndarray],
+        skyMap: dict[str, Any],
+        tract: int,
+        patch: int,
     ) -> Struct:
         """Return ``deepCoadd_obj``."""
         geom = patch_geometry(tract, patch, skyMap)
-        peaks = [(float(s), float(x), float(y)) for b in sorted(dets) for s, x, y in zip(dets[b]["snr"], dets[b]["x"], dets[b]["y"])]
+        peaks = [
+            (float(s), float(x), float(y))
+            for b in sorted(dets)
+            for s, x, y in zip(dets[b]["snr"], dets[b]["x"], dets[b]["y"])
+        ]
         peaks.sort(key=lambda p: (-p[0], p[1], p[2]))
         xs: list[float] = []
         ys: list[float] = []
@@ -177,7 +214,9 @@ class MeasureCoaddTask(PipelineTask):
             if band in coadds:
                 image, ivar = coadds[band][0].astype(np.float64), coadds[band][1].astype(np.float64)
                 noise = np.where(ivar > 0, 1.0 / np.sqrt(np.where(ivar > 0, ivar, 1.0)), np.nan)
-                flux, err = box_flux(np.where(ivar > 0, image, np.nan), x_arr, y_arr, self.config.aperture_half, noise)
+                flux, err = box_flux(
+                    np.where(ivar > 0, image, np.nan), x_arr, y_arr, self.config.aperture_half, noise
+                )
             else:
                 flux = err = np.full(len(xs), np.nan)
             table[f"{band}_flux"] = flux

@@ -25,7 +25,10 @@ class ObjectTableConnections(PipelineTaskConnections, dimensions=("skymap", "tra
         multiple=True,
     )
     objectTable_tract = cT.Output(
-        doc="Primary objects of the tract.", name="objectTable_tract", storageClass="ArrowAstropy", dimensions=("skymap", "tract")
+        doc="Primary objects of the tract.",
+        name="objectTable_tract",
+        storageClass="ArrowAstropy",
+        dimensions=("skymap", "tract"),
     )
 
 

@@ -34,12 +34,23 @@ from ._algorithms import box_flux, counts_to_njy
 class ForcedPhotConnections(PipelineTaskConnections, dimensions=("instrument", "visit", "detector")):
     """pvi + visitSummary + zeroPoint + objectTable_tract (overlapping tracts) -> forcedSource."""
 
-    pvi = cT.Input(doc="Processed visit image.", name="pvi", storageClass="NumpyArray", dimensions=("instrument", "visit", "detector"))
+    pvi = cT.Input(
+        doc="Processed visit image.",
+        name="pvi",
+        storageClass="NumpyArray",
+        dimensions=("instrument", "visit", "detector"),
+    )
     visitSummary = cT.Input(
-        doc="Fitted WCS and noise.", name="visitSummary", storageClass="ArrowAstropy", dimensions=("instrument", "visit")
+        doc="Fitted WCS and noise.",
+        name="visitSummary",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit"),
     )
     zeroPoint = cT.Input(
-        doc="Global zero point of the visit.", name="zeroPoint", storageClass="StructuredDataDict", dimensions=("instrument", "visit")
+        doc="Global zero point of the visit.",
+        name="zeroPoint",
+        storageClass="StructuredDataDict",
+        dimensions=("instrument", "visit"),
     )
     objectTable_tract = cT.Input(
         doc="Object tables of every tract the detector overlaps.",
@@ -70,13 +81,17 @@ class ForcedPhotTask(PipelineTask):
     config: ForcedPhotConfig
 
     def runQuantum(
-        self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection, outputRefs: OutputQuantizedConnection
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
     ) -> None:
         """Order object tables by tract so results never depend on input order."""
         data_id = butlerQC.quantum.dataId
         assert data_id is not None
         objects = [
-            butlerQC.get(ref) for ref in sorted(inputRefs.objectTable_tract, key=lambda r: int(r.dataId["tract"]))
+            butlerQC.get(ref)
+            for ref in sorted(inputRefs.objectTable_tract, key=lambda r: int(r.dataId["tract"]))
         ]
         result = self.run(
             butlerQC.get(inputRefs.pvi),
@@ -101,13 +116,35 @@ class ForcedPhotTask(PipelineTask):
     ) -> Struct:
         """Return ``forcedSource``."""
         row = visitSummary[visitSummary["detector"] == detector]
-        wcs = LinearWcs(float(row["ra0"][0]), float(row["dec0"][0]), float(row["u0"][0]), float(row["v0"][0]), float(row["scale"][0]))
-        objects = vstack([Table(t, copy=True) for t in objectTables], metadata_conflicts="silent") if objectTables else Table()
+        wcs = LinearWcs(
+            float(row["ra0"][0]),
+            float(row["dec0"][0]),
+            float(row["u0"][0]),
+            float(row["v0"][0]),
+            float(row["scale"][0]),
+        )
+        objects = (
+            vstack([Table(t, copy=True) for t in objectTables], metadata_conflicts="silent")
+            if objectTables
+            else Table()
+        )
         if len(objects) == 0:
-            objects = Table({"id": np.zeros(0, np.int64), "tract": np.zeros(0, np.int32), "ra": np.zeros(0), "dec": np.zeros(0)})
+            objects = Table(
+                {
+                    "id": np.zeros(0, np.int64),
+                    "tract": np.zeros(0, np.int32),
+                    "ra": np.zeros(0),
+                    "dec": np.zeros(0),
+                }
+            )
         x, y = wcs.sky_to_pixel(np.asarray(objects["ra"]), np.asarray(objects["dec"]))
         half = self.config.aperture_half
-        inside = (x >= half - 0.5) & (x < pvi.shape[1] - half - 0.5) & (y >= half - 0.5) & (y < pvi.shape[0] - half - 0.5)
+        inside = (
+            (x >= half - 0.5)
+            & (x < pvi.shape[1] - half - 0.5)
+            & (y >= half - 0.5)
+            & (y < pvi.shape[0] - half - 0.5)
+        )
         objects, x, y = objects[inside], x[inside], y[inside]
         flux, err = box_flux(pvi, x, y, half, float(row["noise"][0]))
         zp = float(zeroPoint["zero_point"])
@@ -125,5 +162,11 @@ class ForcedPhotTask(PipelineTask):
                 "flux_err": err * scale,
             }
         )
-        self.log.info("visit %d detector %d: %d forced sources from %d tracts", visit, detector, len(table), len(objectTables))
+        self.log.info(
+            "visit %d detector %d: %d forced sources from %d tracts",
+            visit,
+            detector,
+            len(table),
+            len(objectTables),
+        )
         return Struct(forcedSource=table)

@@ -27,10 +27,17 @@ class SurveySummaryConnections(PipelineTaskConnections, dimensions=("instrument"
         multiple=True,
     )
     objectTable_tract = cT.Input(
-        doc="Every tract's objects.", name="objectTable_tract", storageClass="ArrowAstropy", dimensions=("skymap", "tract"), multiple=True
+        doc="Every tract's objects.",
+        name="objectTable_tract",
+        storageClass="ArrowAstropy",
+        dimensions=("skymap", "tract"),
+        multiple=True,
     )
     surveySummary = cT.Output(
-        doc="Per-band survey metrics.", name="surveySummary", storageClass="ArrowAstropy", dimensions=("instrument", "skymap")
+        doc="Per-band survey metrics.",
+        name="surveySummary",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "skymap"),
     )
 
 
@@ -54,23 +61,37 @@ class SurveySummaryTask(PipelineTask):
             fb = forced[forced["band"] == band]
             fb = fb[np.isfinite(fb["flux"]) & (fb["flux"] > 5 * fb["flux_err"])]
             idx = np.searchsorted(np.asarray(objects["id"]), np.asarray(fb["objectId"]))
-            coadd_mag = np.asarray(objects[f"{band}_mag"])[np.clip(idx, 0, max(len(objects) - 1, 0))] if len(objects) else np.zeros(0)
+            coadd_mag = (
+                np.asarray(objects[f"{band}_mag"])[np.clip(idx, 0, max(len(objects) - 1, 0))]
+                if len(objects)
+                else np.zeros(0)
+            )
             dmag = njy_to_mag(np.asarray(fb["flux"])) - coadd_mag
             good = np.isfinite(dmag)
-            ids, inv, counts = np.unique(np.asarray(fb["objectId"])[good], return_inverse=True, return_counts=True)
+            ids, inv, counts = np.unique(
+                np.asarray(fb["objectId"])[good], return_inverse=True, return_counts=True
+            )
             dm = dmag[good]
-            mean = np.bincount(inv, weights=dm, minlength=len(ids)) / np.maximum(counts, 1) if len(ids) else np.zeros(0)
+            mean = (
+                np.bincount(inv, weights=dm, minlength=len(ids)) / np.maximum(counts, 1)
+                if len(ids)
+                else np.zeros(0)
+            )
             resid = dm - mean[inv] if len(ids) else np.zeros(0)
             repeated = counts[inv] > 1 if len(ids) else np.zeros(0, dtype=bool)
             rows.append(
                 {
                     "band": band,
-                    "n_objects": int(np.isfinite(np.asarray(objects[f"{band}_mag"])).sum()) if len(objects) else 0,
+                    "n_objects": int(np.isfinite(np.asarray(objects[f"{band}_mag"])).sum())
+                    if len(objects)
+                    else 0,
                     "n_visits": len(np.unique(np.asarray(forced["visit"][forced["band"] == band]))),
                     "n_forced": int((forced["band"] == band).sum()),
                     "n_forced_snr5": len(fb),
                     "median_dmag": float(np.median(dm)) if good.any() else float("nan"),
-                    "repeatability_mmag": float(1000 * 1.4826 * np.median(np.abs(resid[repeated]))) if repeated.any() else float("nan"),
+                    "repeatability_mmag": float(1000 * 1.4826 * np.median(np.abs(resid[repeated])))
+                    if repeated.any()
+                    else float("nan"),
                 }
             )
         summary = Table(rows=rows)

@@ -78,7 +78,9 @@ def butler_executable() -> str:
 
 def _check_collection(name: str, what: str) -> str:
     if not _COLLECTION_RE.match(name) or "//" in name:
-        raise ValueError(f"{what} {name!r} is not a valid collection name (expected {_COLLECTION_RE.pattern})")
+        raise ValueError(
+            f"{what} {name!r} is not a valid collection name (expected {_COLLECTION_RE.pattern})"
+        )
     return name
 
 
@@ -230,7 +232,15 @@ def collection_chain_argv(
     if mode not in {"redefine", "extend", "prepend", "remove", "pop"}:
         raise ValueError(f"unknown collection-chain mode {mode!r}")
     kids = [_check_collection(c, "child collection") for c in children]
-    return [butler_executable(), "collection-chain", "--mode", mode, str(repo), _check_collection(parent, "parent"), *kids]
+    return [
+        butler_executable(),
+        "collection-chain",
+        "--mode",
+        mode,
+        str(repo),
+        _check_collection(parent, "parent"),
+        *kids,
+    ]
 
 
 def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
@@ -267,7 +277,14 @@ def run_command(
         fh.write(f"$ {' '.join(argv)}\n")
         fh.flush()
         proc = subprocess.run(
-            argv, stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, timeout=timeout, text=True, check=False
+            argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            timeout=timeout,
+            text=True,
+            check=False,
         )
     if proc.returncode != 0:
         raise MiddlewareCommandError(argv, proc.returncode, log, _tail(log))
