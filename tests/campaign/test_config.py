@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from multisite_drp.campaign.config import (
     CampaignConfigError,
     Sharding,
     SiteRole,
     load_campaign,
 )
+from pydantic import ValidationError
 
 CAMPAIGNS = Path(__file__).resolve().parents[2] / "include" / "campaigns"
 EMBEDDED = CAMPAIGNS / "minidrp_embedded.yaml"
@@ -169,5 +169,5 @@ def test_step_subset_must_be_declared_by_the_pipeline(tmp_path: Path) -> None:
 
 def test_config_is_immutable() -> None:
     cfg = load_campaign(EMBEDDED, check_pipeline=False)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.name = "other"  # type: ignore[misc]

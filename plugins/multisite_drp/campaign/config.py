@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -380,7 +379,3 @@ def load_campaign(path: str | os.PathLike[str], *, data_root: str | os.PathLike[
                 )
     return config
 
-
-def name_is_safe(value: str, pattern: str = COLLECTION_NAME) -> bool:
-    """True if ``value`` matches ``pattern`` (used by services that build names)."""
-    return re.fullmatch(pattern, value) is not None

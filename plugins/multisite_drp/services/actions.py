@@ -47,7 +47,7 @@ from multisite_drp.services.workflow.runner import merge_argv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CampaignContext", "StepSiteResult"]
+__all__ = ["CampaignContext"]
 
 RAW = "raw"
 
@@ -70,18 +70,6 @@ class CampaignContext:
         from multisite_drp.campaign.plan import CampaignPlan
 
         return CampaignPlan.load(self.config.work_path / "plan")
-
-
-@dataclasses.dataclass
-class StepSiteResult:
-    """Small record of one (step, site) stage, for XCom and the report."""
-
-    step: str
-    site: str
-    data: dict
-
-    def to_dict(self) -> dict:
-        return {"step": self.step, "site": self.site, **self.data}
 
 
 # -- campaign start: distribute what every site needs before step 1 ---------------------------
@@ -142,18 +130,22 @@ def ensure_input_chain(ctx: CampaignContext, site: str) -> None:
 # -- per step, per site -----------------------------------------------------------------------
 
 
-def _earlier_output_runs(ctx: CampaignContext, step: str) -> list[str]:
-    """Output RUNs of earlier steps present at the hub, newest generation first."""
-    order = [s.name for s in ctx.config.steps]
-    earlier = order[: order.index(step)]
+def _step_runs_at_hub(ctx: CampaignContext, steps: list[str]) -> list[str]:
+    """Output RUNs of ``steps`` present at the hub, in the given step order, newest generation first."""
     hub = ctx.butlers[ctx.hub]
     hub.refresh()
-    runs = []
-    for name in reversed(earlier):
+    runs: list[str] = []
+    for name in steps:
         found = hub.butler.collections.query(f"{ctx.config.output_prefix}/{name}/*/g*",
                                              collection_types={CollectionType.RUN})
         runs.extend(sorted(found, key=lambda r: (-int(r.rsplit("/g", 1)[1]), r)))
     return runs
+
+
+def _earlier_output_runs(ctx: CampaignContext, step: str) -> list[str]:
+    """Output RUNs of the steps before ``step``, latest step first."""
+    order = [s.name for s in ctx.config.steps]
+    return _step_runs_at_hub(ctx, list(reversed(order[: order.index(step)])))
 
 
 def data_query(ctx: CampaignContext, step: str, site: str) -> str:
@@ -352,15 +344,9 @@ def barrier(ctx: CampaignContext, step: str) -> dict:
 
 def chain_outputs(ctx: CampaignContext) -> dict:
     """At the hub, chain every step's output RUNs (newest step first) under the campaign prefix."""
-    runs: list[str] = []
-    hub = ctx.butlers[ctx.hub]
-    hub.refresh()
-    for step in reversed(ctx.config.steps):
-        found = hub.butler.collections.query(f"{ctx.config.output_prefix}/{step.name}/*/g*",
-                                             collection_types={CollectionType.RUN})
-        runs.extend(sorted(found))
+    runs = _step_runs_at_hub(ctx, [s.name for s in reversed(ctx.config.steps)])
     chain = names.campaign_chain(ctx.config)
-    hub.ensure_chain(chain, [*runs, *ctx.config.input_collections])
+    ctx.butlers[ctx.hub].ensure_chain(chain, [*runs, *ctx.config.input_collections])
     return {"chain": chain, "runs": runs}
 
 

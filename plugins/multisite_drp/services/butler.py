@@ -16,29 +16,92 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from lsst.daf.butler import Butler, CollectionType, DatasetRef, MissingDatasetTypeError
+from lsst.daf.butler import Butler, CollectionType, DatasetRef, DimensionRecord, MissingDatasetTypeError
 from lsst.daf.butler.registry import MissingCollectionError
 
 from multisite_drp.services.fileio import file_lock
 
-__all__ = ["SiteButler", "site_write_lock", "VISIT_SYSTEM_ELEMENTS"]
+__all__ = ["VISIT_SYSTEM_ELEMENTS", "SiteButler", "copy_visit_records", "site_write_lock", "visit_records_for"]
 
-# In dependency order: each element's foreign keys point to earlier ones.
-VISIT_SYSTEM_ELEMENTS = (
-    "day_obs", "group", "physical_filter", "exposure", "visit_system", "visit",
-    "visit_definition", "visit_detector_region", "visit_system_membership",
+# In insertion (dependency) order: each element's foreign keys point to earlier ones.
+VISIT_SYSTEM_ELEMENTS: tuple[str, ...] = (
+    "physical_filter", "day_obs", "group", "exposure", "visit",
+    "visit_definition", "visit_system_membership", "visit_detector_region",
 )
+
+
+def _records(butler: Butler, element: str, where: str, bind: dict[str, Any],
+             instrument: str) -> list[DimensionRecord]:
+    return list(butler.query_dimension_records(
+        element, where=where, bind=bind, instrument=instrument, explain=False, limit=None))
+
+
+def visit_records_for(butler: Butler, visits: Iterable[int], instrument: str) -> dict[str, list[DimensionRecord]]:
+    """The observation records of ``visits`` in ``butler``, keyed by element name.
+
+    Exposures, groups, days and filters are restricted to those the visits use.
+    """
+    visit_ids = sorted({int(v) for v in visits})
+    if not visit_ids:
+        return {}
+    bind = {"visits": visit_ids}
+
+    def q(element: str, where: str, values: dict[str, Any]) -> list[DimensionRecord]:
+        return _records(butler, element, where, values, instrument)
+
+    visit_recs = q("visit", "visit IN (visits)", bind)
+    definitions = q("visit_definition", "visit IN (visits)", bind)
+    exposure_ids = sorted({r.exposure for r in definitions})
+    exposures = q("exposure", "exposure IN (e)", {"e": exposure_ids}) if exposure_ids else []
+    days = sorted({r.day_obs for r in visit_recs} | {r.day_obs for r in exposures})
+    groups = sorted({r.group for r in exposures})
+    filters = sorted({r.physical_filter for r in visit_recs} | {r.physical_filter for r in exposures})
+    return {
+        "physical_filter": q("physical_filter", "physical_filter IN (pf)", {"pf": filters}) if filters else [],
+        "day_obs": q("day_obs", "day_obs IN (days)", {"days": days}) if days else [],
+        "group": q("group", "group IN (groups)", {"groups": groups}) if groups else [],
+        "exposure": exposures,
+        "visit": visit_recs,
+        "visit_definition": definitions,
+        "visit_system_membership": q("visit_system_membership", "visit IN (visits)", bind),
+        "visit_detector_region": q("visit_detector_region", "visit IN (visits)", bind),
+    }
+
+
+def copy_visit_records(source: Butler, dest: Butler, visits: Iterable[int], instrument: str) -> dict[str, int]:
+    """Insert into ``dest`` the observation records of ``visits`` from ``source``.
+
+    Idempotent (existing records are skipped, not compared). ``dest`` must already hold
+    the instrument and detector records. Returns the records offered per element.
+    """
+    records = visit_records_for(source, visits, instrument)
+    counts: dict[str, int] = {}
+    with dest.transaction():
+        for element in VISIT_SYSTEM_ELEMENTS:
+            recs = records.get(element, [])
+            counts[element] = len(recs)
+            if recs:
+                dest.registry.insertDimensionData(element, *recs, skip_existing=True)
+    return counts
+
+
+def local_root(repo: str) -> Path | None:
+    """Directory of a local repository (path, ``file://`` URI or its butler.yaml); None if remote."""
+    if "://" in repo and not repo.startswith("file://"):
+        return None
+    root = Path(repo.removeprefix("file://"))
+    return root.parent if root.suffix == ".yaml" else root
 
 
 @contextlib.contextmanager
 def site_write_lock(repo: str) -> Iterator[None]:
     """Serialise writers of a local repository; a no-op for remote (URI) repositories."""
-    if "://" in repo and not repo.startswith("file://"):
+    root = local_root(repo)
+    if root is None:
         yield
         return
-    root = Path(repo.removeprefix("file://"))
-    root = root.parent if root.suffix == ".yaml" else root
     with file_lock(root / ".multisite-drp-write.lock"):
         yield
 
@@ -120,35 +183,19 @@ class SiteButler:
                 self.butler.collections.redefine_chain(chain, wanted)
 
     def sync_visit_records(self, source: SiteButler, visits: Iterable[int], instrument: str) -> int:
-        """Copy the visit-system dimension records of ``visits`` from ``source`` (idempotent).
+        """Copy the visit-system records of ``visits`` from ``source`` under the write lock.
 
-        A site's merge (transfer-from-graph) needs visit, visit_definition and
-        visit_detector_region records, which a quantum-backed butler cannot carry
-        (daf_butler: "populated_by records ... require a full Butler"). In production
-        they travel as lsst-rucio-register ``dimensions`` files; here they are copied
-        from the hub's registry. Returns the number of records offered.
+        A site's merge needs visit, visit_definition and visit_detector_region records,
+        which a quantum-backed butler cannot carry (daf_butler: "populated_by records ...
+        require a full Butler"). In production they travel as lsst-rucio-register
+        ``dimensions`` files; here they are copied from the hub's registry. Returns the
+        number of records offered.
         """
-        visits = sorted(set(visits))
-        if not visits:
-            return 0
-        where = f"visit IN ({', '.join(map(str, visits))})"
-        n = 0
         with self.write_lock():
-            for element in VISIT_SYSTEM_ELEMENTS:
-                if element not in source.butler.dimensions.elements.names:
-                    continue
-                records = source.butler.query_dimension_records(
-                    element, where=where, instrument=instrument, explain=False
-                )
-                if records:
-                    self.butler.registry.insertDimensionData(element, *records, skip_existing=True)
-                    n += len(records)
-        return n
+            counts = copy_visit_records(source.butler, self.butler, visits, instrument)
+        return sum(counts.values())
 
     def datastore_root(self) -> Path | None:
         """Filesystem root of a local file datastore (for checksums), None if remote."""
-        if "://" in self.repo and not self.repo.startswith("file://"):
-            return None
-        root = Path(self.repo.removeprefix("file://"))
-        return root.parent if root.suffix == ".yaml" else root
+        return local_root(self.repo)
 

@@ -27,6 +27,8 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from multisite_drp.campaign.config import COLLECTION_NAME
+
 __all__ = [
     "MiddlewareCommandError",
     "aggregate_graph_argv",
@@ -40,8 +42,8 @@ __all__ = [
     "transfer_from_graph_argv",
 ]
 
-#: Collection names may contain these characters only (no spaces, commas or shell metacharacters).
-_COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
+#: Collection names follow the campaign config's pattern (no spaces, commas, '..' or shell characters).
+_COLLECTION_RE = re.compile(COLLECTION_NAME)
 _LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 LOG_TAIL_LINES = 40
 
@@ -77,7 +79,7 @@ def butler_executable() -> str:
 
 
 def _check_collection(name: str, what: str) -> str:
-    if not _COLLECTION_RE.match(name) or "//" in name:
+    if not _COLLECTION_RE.fullmatch(name):
         raise ValueError(
             f"{what} {name!r} is not a valid collection name (expected {_COLLECTION_RE.pattern})"
         )

@@ -17,10 +17,8 @@ import sys
 import time
 import traceback
 from collections import defaultdict
-from pathlib import Path
 
 from lsst.daf.butler import DatasetRef
-
 from multisite_drp.services.butler import SiteButler
 from multisite_drp.services.fileio import adler32_of
 from multisite_drp.services.replica.embedded import Catalogue

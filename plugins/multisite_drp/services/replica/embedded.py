@@ -28,9 +28,9 @@ from pathlib import Path
 
 from lsst.daf.butler import DatasetRef
 from lsst.rucio.register.rubin_meta import RubinMeta
-
 from multisite_drp.services.butler import SiteButler
 from multisite_drp.services.fileio import adler32_of
+from multisite_drp.services.procs import group_alive
 from multisite_drp.services.replica.base import (
     IngestCheck,
     RegisteredDataset,
@@ -41,7 +41,7 @@ from multisite_drp.services.replica.base import (
     RuleStatus,
 )
 
-__all__ = ["EmbeddedReplicaService", "Catalogue"]
+__all__ = ["Catalogue", "EmbeddedReplicaService"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rses (rse TEXT PRIMARY KEY, site TEXT UNIQUE NOT NULL, repo TEXT NOT NULL);
@@ -108,21 +108,6 @@ class Catalogue:
         if row is None:
             raise ReplicaError(f"unknown RSE {rse!r}")
         return row["site"], row["repo"]
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class EmbeddedReplicaService(ReplicaService):
@@ -212,7 +197,7 @@ class EmbeddedReplicaService(ReplicaService):
                 "VALUES (?, ?, ?, 'REPLICATING', ?, ?)", (rule_id, dataset, rse, now, now))
             row = db.execute("SELECT * FROM rules WHERE dataset = ? AND rse = ?", (dataset, rse)).fetchone()
         ref = self._rule_ref(row)
-        if row["state"] == RuleState.REPLICATING.value and not _pid_alive(row["pid"]):
+        if row["state"] == RuleState.REPLICATING.value and not group_alive(row["pid"]):
             self._spawn_conveyor(ref.rule_id)
         return ref
 
@@ -252,7 +237,7 @@ class EmbeddedReplicaService(ReplicaService):
                     "WHERE c.dataset = ?", (row["rse"], row["dataset"])).fetchone()
                 state = RuleState(row["state"])
                 error = row["error"]
-                if state is RuleState.REPLICATING and not _pid_alive(row["pid"]):
+                if state is RuleState.REPLICATING and not group_alive(row["pid"]):
                     # The conveyor died; the next add_rule/retry respawns it. Report it honestly.
                     error = error or "conveyor not running"
                 pending = counts["total"] - counts["ok"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 from lsst.ctrl.bps.wms_service import WmsStates
 
@@ -134,6 +133,3 @@ class WorkflowService(abc.ABC):
     @abc.abstractmethod
     def restart(self, ref: WorkflowRef) -> WorkflowRef:
         """Rerun the unfinished part of a failed workflow, as-is (``bps restart``)."""
-
-    def submit_dir(self, spec: WorkflowSpec) -> Path:
-        return Path(spec.submit_dir)

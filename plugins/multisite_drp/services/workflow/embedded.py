@@ -13,7 +13,6 @@ in this process, so a worker, triggerer or scheduler restart loses nothing: the 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from multisite_drp.services.fileio import atomic_write_json, read_json
+from multisite_drp.services.procs import group_alive
 from multisite_drp.services.workflow.base import (
     WmsStates,
     WorkflowError,
@@ -36,23 +36,6 @@ __all__ = ["EmbeddedWorkflowService"]
 
 SPEC_FILE = "spec.json"
 STATE_FILE = "state.json"
-
-
-def _alive(pgid: int | None) -> bool:
-    if not pgid:
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie leader still answers signal 0; look at its state in /proc.
-    try:
-        stat = Path(f"/proc/{pgid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class EmbeddedWorkflowService(WorkflowService):
@@ -132,7 +115,7 @@ class EmbeddedWorkflowService(WorkflowService):
             return WorkflowStatus(run_id=ref.run_id, state=WmsStates.UNKNOWN, message="no state file")
         st = WmsStates[state.get("state", "UNKNOWN")]
         message = state.get("message", "")
-        if st not in (WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED) and not _alive(state.get("pgid")):
+        if st not in (WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED) and not group_alive(state.get("pgid")):
             # The runner died without recording an end (killed, machine restart).
             st, message = WmsStates.FAILED, f"runner process {state.get('pgid')} is gone (phase {state.get('phase')})"
         counts = state.get("counts", {})
@@ -159,10 +142,10 @@ class EmbeddedWorkflowService(WorkflowService):
         if not state:
             return
         pgid = state.get("pgid")
-        if _alive(pgid):
+        if group_alive(pgid):
             os.killpg(pgid, signal.SIGTERM)
             for _ in range(50):
-                if not _alive(pgid):
+                if not group_alive(pgid):
                     break
                 time.sleep(0.1)
             else:
@@ -178,7 +161,7 @@ class EmbeddedWorkflowService(WorkflowService):
         state = read_json(path)
         if not state:
             raise WorkflowError(f"{ref.name}: nothing to restart, no submission in {ref.submit_dir}")
-        if _alive(state.get("pgid")):
+        if group_alive(state.get("pgid")):
             return ref  # still running: restarting would duplicate it
         if state.get("state") == WmsStates.SUCCEEDED.name:
             return ref
@@ -188,9 +171,3 @@ class EmbeddedWorkflowService(WorkflowService):
         pgid = self._launch(Path(ref.submit_dir))
         atomic_write_json(path, {"pgid": pgid}, merge=True)
         return ref
-
-
-def describe(submit_dir: str | Path) -> str:
-    """One-line summary of a submission, for logs."""
-    state = read_json(Path(submit_dir) / STATE_FILE) or {}
-    return json.dumps({k: state.get(k) for k in ("name", "state", "phase", "attempt", "counts", "message")})
