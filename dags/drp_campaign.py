@@ -1,26 +1,53 @@
 """drp_campaign: a multi-site DRP campaign, triggered by an operator from the Airflow UI.
 
-This file only builds the DAG; the work is in ``multisite_drp.services.actions`` and the
-planner in ``multisite_drp.campaign``. Heavy imports (the LSST middleware) happen inside
-tasks, never at parse time.
+**Shape.** `validate_campaign` → `plan_campaign` → `distribute.<site>.*` (calibrations,
+refcat and each remote site's raws, verified ingested) → `step1` … `step9` → `finalize.*`.
+Each step group holds, per site: `generate_qg` → `replicate_inputs` → `wait_inputs` →
+`submit` → `wait_workflow` → `merge` → `register` → `replicate_outputs` → `wait_outputs`,
+then `stepN.barrier`, which holds the next step until every site has an accepted
+workflow and every transfer is OK. Global steps (3, 9) run at the hub only; their
+outputs fan out to the remote sites.
 
-Current scope: the trigger-time validation of the Params and the campaign file, and the
-planning task that writes the plan every later task reads. The per-step TaskGroups
-(generate_qg, replicate_inputs, submit, wait, merge, register, replicate_outputs) are
-the open campaign-DAG issue; their actions already exist in services/actions.py.
+**Params** (validated at trigger time, then again against the campaign file before
+any external action): `campaign_file`, `data_root`, `steps` (empty: all), `sites`
+(empty: all; the hub is required; shares are rescaled), `generation` (bump it for a
+fresh run in new collections; the same generation always finds its earlier work),
+`dry_run` (plan and report, no external action).
+
+**Safety.** Every task is idempotent: names are deterministic, and each action looks
+before it acts, so clearing any task never duplicates a submission, a rule or a
+dataset. Waiting tasks defer to the triggerer and hold no worker slot.
+
+The DAG's site and step groups come from the campaign file named by
+`$MULTISITE_DRP_CAMPAIGN` at parse time (default: the embedded three-site campaign).
+Heavy imports (the LSST middleware) happen inside tasks, never at parse time.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
+from multisite_drp.campaign.config import load_campaign
+from multisite_drp.notifiers.alert import CampaignAlertNotifier
+from multisite_drp.operators.drp import (
+    CampaignReportOperator,
+    FinalizeOperator,
+    PlanCampaignOperator,
+    ValidateCampaignOperator,
+)
+from multisite_drp.operators.groups import distribution_group, step_group
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAMPAIGN = os.environ.get(
     "MULTISITE_DRP_CAMPAIGN", str(ROOT / "include" / "campaigns" / "minidrp_embedded.yaml")
 )
+SHAPE = load_campaign(DEFAULT_CAMPAIGN, check_pipeline=False)
+SITES = [s.name for s in SHAPE.sites]
+REMOTE = [s.name for s in SHAPE.sites if s.name != SHAPE.hub.name]
+STEPS = [s.name for s in SHAPE.steps]
 
 with DAG(
     dag_id="drp_campaign",
@@ -28,47 +55,58 @@ with DAG(
     schedule=None,
     catchup=False,
     max_active_runs=1,
+    max_active_tasks=32,
     tags=["drp", "multisite"],
     doc_md=__doc__,
+    default_args={
+        "retries": 1,
+        "retry_delay": timedelta(seconds=30),
+        "on_failure_callback": CampaignAlertNotifier(),
+    },
     params={
         "campaign_file": Param(DEFAULT_CAMPAIGN, type="string", minLength=1,
                                description="Campaign YAML (validated before anything runs)."),
         "data_root": Param(None, type=["null", "string"],
-                           description="Override the campaign's data_root (embedded sites)."),
-        "steps": Param([], type="array", items={"type": "string", "pattern": "^step[1-9]$"},
+                           description="Override the campaign's data_root (where the embedded sites live)."),
+        "steps": Param([], type="array", items={"type": "string", "enum": STEPS}, uniqueItems=True,
                        description="Steps to run; empty means all."),
-        "sites": Param([], type="array", items={"type": "string", "pattern": "^[a-z][a-z0-9]{1,15}$"},
-                       description="Sites to include; empty means all."),
-        "dry_run": Param(False, type="boolean", description="Plan and report, take no external action."),
+        "sites": Param([], type="array", items={"type": "string", "enum": SITES}, uniqueItems=True,
+                       description="Sites to include (must include the hub); empty means all. Shares are rescaled."),
+        "generation": Param(0, type="integer", minimum=0, maximum=999,
+                            description="Bump for a fresh run in new collections; the same generation resumes."),
+        "dry_run": Param(False, type="boolean", description="Plan and report; take no external action."),
     },
 ) as dag:
+    validate = ValidateCampaignOperator(
+        task_id="validate_campaign", dag_sites=SITES, dag_steps=STEPS, retries=0,
+        doc_md="Load the campaign file and its pipeline, check the Params, the connections and the "
+               "butler repositories. Fails with file, field and expectation before any external action.")
+    plan = PlanCampaignOperator(
+        task_id="plan_campaign", retries=0,
+        doc_md="Plan the generation: contiguous tract regions by share, whole visits per site, the transfer "
+               "plan, per-site BPS configs and a sky map (work/plan/gN). A rerun checks the plan is unchanged.")
+    distribute = distribution_group(REMOTE, wait_timeout=timedelta(days=2))
+    validate >> plan >> distribute
 
-    @task(doc_md="Load and validate the campaign file and the Params; fail with file, field and expectation.")
-    def validate_campaign() -> dict:
-        from multisite_drp.campaign.config import load_campaign
+    previous = distribute
+    for step in SHAPE.steps:
+        group, barrier = step_group(
+            step.name, [SHAPE.hub.name] if step.is_global else SITES, is_global=step.is_global,
+            description=step.description, wait_timeout=timedelta(days=2), workflow_timeout=timedelta(days=14))
+        previous >> group
+        previous = barrier
 
-        params = get_current_context()["params"]
-        cfg = load_campaign(params["campaign_file"], data_root=params.get("data_root"))
-        unknown_steps = sorted(set(params["steps"]) - {s.name for s in cfg.steps})
-        unknown_sites = sorted(set(params["sites"]) - {s.name for s in cfg.sites})
-        if unknown_steps or unknown_sites:
-            raise ValueError(
-                f"{params['campaign_file']}: Params name steps {unknown_steps} / sites {unknown_sites} "
-                f"that the campaign does not define (steps: {[s.name for s in cfg.steps]}, "
-                f"sites: {[s.name for s in cfg.sites]})"
-            )
-        return {"campaign": cfg.name, "work_dir": str(cfg.work_path),
-                "sites": [s.name for s in cfg.sites], "steps": [s.name for s in cfg.steps]}
-
-    @task(doc_md="Plan the campaign: site regions, whole-visit assignment, transfers, BPS configs, sky map.")
-    def plan_campaign(summary: dict) -> dict:
-        from multisite_drp.campaign.config import load_campaign
-        from multisite_drp.campaign.planner import plan_to_directory
-
-        params = get_current_context()["params"]
-        cfg = load_campaign(params["campaign_file"], data_root=params.get("data_root"))
-        out = cfg.work_path / "plan"
-        plan_to_directory(cfg, out)
-        return {"plan_dir": str(out), **summary}
-
-    plan_campaign(validate_campaign())
+    with TaskGroup("finalize", tooltip="Chain the outputs, keep the provenance, report") as finalize:
+        chain = FinalizeOperator(
+            task_id="chain_outputs", what="chain_outputs", trigger_rule=TriggerRule.NONE_FAILED,
+            doc_md="At USDF, chain every step's output RUNs (newest step first) and the inputs under the "
+                   "campaign's output prefix.")
+        provenance = FinalizeOperator(
+            task_id="collect_provenance", what="collect_provenance",
+            doc_md="Copy every site's QuantumGraph, workflow state and logs back to USDF's provenance area.")
+        report = CampaignReportOperator(
+            task_id="report",
+            doc_md="Write report.json and report.md (quanta, wall time, bytes in/out, quanta and visits per "
+                   "hour against the campaign's rate target) and print the table in this log.")
+        chain >> provenance >> report
+    previous >> finalize

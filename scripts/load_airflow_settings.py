@@ -36,6 +36,22 @@ def convert(settings: dict) -> tuple[dict, dict, dict]:
     return connections, pools, variables
 
 
+def connection_env(settings: dict) -> dict[str, str]:
+    """``AIRFLOW_CONN_<ID>`` environment values (Airflow's JSON form) for every connection.
+
+    Lets ``dag.test()`` runs (the demo, the tests, the benchmark) use the same connections
+    without writing them into a metadata database.
+    """
+    connections, _, _ = convert(settings)
+    env = {}
+    for conn_id, entry in connections.items():
+        value = dict(entry)
+        if "extra" in value:
+            value["extra"] = json.loads(value["extra"])
+        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(value, sort_keys=True)
+    return env
+
+
 def main(argv: list[str]) -> int:
     path = Path(argv[1] if len(argv) > 1 else "airflow_settings.yaml")
     connections, pools, variables = convert(yaml.safe_load(path.read_text()))

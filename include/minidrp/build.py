@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lsst.daf.butler import Butler, CollectionType, DatasetType
+from lsst.daf.butler import Butler, CollectionType, DataCoordinate, DatasetIdGenEnum, DatasetRef, DatasetType
 
 from . import data, instrument, skymap, survey
 from .constants import (
@@ -49,7 +49,7 @@ from .constants import (
 
 MARKER = "minidrp_build.json"
 #: Bump when the builder's output changes, so stale roots are detected.
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: the skyMap dataset has the same ID at every site
 
 
 class BuildError(RuntimeError):
@@ -92,7 +92,12 @@ def _init_site(path: Path) -> Butler:
     insert_records(butler, skymap.skymap_records())
     register_input_dataset_types(butler)
     register_input_collections(butler)
-    butler.put(skymap.skymap_parameters(), SKYMAP_DATASET, skymap=SKYMAP_NAME, run=SKYMAP_RUN)
+    # Every site registers the skymap under the same dataset ID (derived from type, data ID
+    # and run), as Data Facilities do: a graph built at the hub then names a skyMap every
+    # site already has, and replication never tries to bring a second one.
+    ref = DatasetRef(butler.get_dataset_type(SKYMAP_DATASET), DataCoordinate.standardize(skymap=SKYMAP_NAME, universe=butler.dimensions), run=SKYMAP_RUN,
+                     id_generation_mode=DatasetIdGenEnum.DATAID_TYPE_RUN)
+    butler.put(skymap.skymap_parameters(), ref)
     return butler
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -325,13 +326,35 @@ def _pipeline_subsets(path: Path) -> set[str] | None:
     return set(subsets) if isinstance(subsets, dict) else set()
 
 
+def _restrict_sites(path: Path, declared: Any, keep: list[str]) -> Any:
+    if not isinstance(declared, list) or not all(isinstance(s, dict) for s in declared):
+        return declared  # let validation report the malformed list
+    names = [s.get("name") for s in declared]
+    unknown = sorted(set(keep) - set(names))
+    if unknown:
+        raise CampaignConfigError(f"{path}: sites: the selection names {unknown}, which the campaign "
+                                  f"does not define; expected some of {names}")
+    hub = next((s.get("name") for s in declared if s.get("role") == SiteRole.hub.value), None)
+    if hub is not None and hub not in keep:
+        raise CampaignConfigError(f"{path}: sites: the selection {sorted(keep)} leaves out the hub {hub!r}; "
+                                  "every campaign runs its global steps and gathers its outputs there")
+    kept = [dict(s) for s in declared if s.get("name") in keep]
+    total = math.fsum(float(s.get("share", 0) or 0) for s in kept)
+    if total > 0:
+        for s in kept:
+            s["share"] = float(s.get("share", 0) or 0) / total
+    return kept
+
+
 def load_campaign(path: str | os.PathLike[str], *, data_root: str | os.PathLike[str] | None = None,
-                  check_pipeline: bool = True) -> CampaignConfig:
+                  check_pipeline: bool = True, sites: Sequence[str] | None = None) -> CampaignConfig:
     """Read and validate a campaign file.
 
     ``data_root`` overrides the file's own ``data_root`` (tests and the demo put the
     embedded sites in a scratch directory). With ``check_pipeline`` the pipeline file
-    must exist and declare every step's subset.
+    must exist and declare every step's subset. ``sites`` (if not empty) keeps only those
+    sites, which must include the hub, and rescales their shares to sum to 1: the
+    campaign is planned and run as if the others did not exist.
     """
     path = Path(path)
     try:
@@ -349,6 +372,8 @@ def load_campaign(path: str | os.PathLike[str], *, data_root: str | os.PathLike[
                                   f"got {type(data).__name__}")
     if data_root is not None:
         data = {**data, "data_root": str(data_root)}
+    if sites:
+        data = {**data, "sites": _restrict_sites(path, data.get("sites"), list(sites))}
     try:
         config = CampaignConfig.model_validate({**data, "source_path": path.resolve()})
     except ValidationError as exc:

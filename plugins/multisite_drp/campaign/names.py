@@ -110,3 +110,13 @@ def graph_path(config: CampaignConfig, step: str, site: str, generation: int = 0
 def campaign_chain(config: CampaignConfig) -> str:
     """The hub's CHAINED collection holding every step's outputs: the campaign's output prefix."""
     return _check(config.output_prefix, COLLECTION_NAME, "campaign chain")
+
+
+def plan_dir(config: CampaignConfig, generation: int = 0) -> Path:
+    """Where the plan of a generation lives (plan.json, BPS configs, sky map): what every task reads."""
+    return config.work_path / "plan" / f"g{int(generation)}"
+
+
+def report_dir(config: CampaignConfig, generation: int = 0) -> Path:
+    """Where the campaign report of a generation is written (report.json, report.md)."""
+    return config.work_path / "report" / f"g{int(generation)}"

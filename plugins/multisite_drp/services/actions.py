@@ -69,10 +69,52 @@ class CampaignContext:
     def plan(self):  # -> CampaignPlan (imported lazily: the planner pulls in numpy/pipe_base)
         from multisite_drp.campaign.plan import CampaignPlan
 
-        return CampaignPlan.load(self.config.work_path / "plan")
+        return CampaignPlan.load(names.plan_dir(self.config, self.generation))
 
 
-# -- campaign start: distribute what every site needs before step 1 ---------------------------
+# -- campaign start: plan, then distribute what every site needs before step 1 ----------------
+
+
+class PlanChangedError(RuntimeError):
+    """A generation's plan would change: its earlier tasks ran on the old one."""
+
+
+def make_plan(ctx: CampaignContext) -> dict:
+    """Plan the generation once; a rerun checks the inputs still give the same plan.
+
+    The plan is what every later task reads. Replanning the same generation with another
+    outcome (sites added or removed, new visits in the hub butler) would silently move
+    visits between sites under work already done, so it is refused: bump the
+    generation for a fresh run in new collections.
+    """
+    from multisite_drp.campaign.plan import CampaignPlan
+    from multisite_drp.campaign.planner import plan_to_directory
+
+    cfg = ctx.config
+    out = names.plan_dir(cfg, ctx.generation)
+    if (out / "plan.json").exists():
+        old = CampaignPlan.load(out)
+        new = plan_to_directory(cfg, out.with_name(out.name + ".check"), generation=ctx.generation, baselines=False)
+        before = {s.name: (s.visits, s.tracts) for s in old.sites}
+        after = {s.name: (s.visits, s.tracts) for s in new.sites}
+        shutil.rmtree(out.with_name(out.name + ".check"), ignore_errors=True)
+        if before != after:
+            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            raise PlanChangedError(
+                f"{out / 'plan.json'}: generation {ctx.generation} was planned for sites {sorted(before)}; "
+                f"planning again now gives another assignment (changed: {changed}). Keep the campaign's "
+                "sites and inputs, or trigger with a new 'generation' to reprocess in new collections."
+            )
+        plan = old
+    else:
+        plan = plan_to_directory(cfg, out, generation=ctx.generation)
+    return {"plan_dir": str(out), "method": plan.method,
+            "sites": {s.name: {"visits": len(s.visits), "tracts": len(s.tracts),
+                               "share_target": s.share_target, "share_achieved": round(s.share_achieved, 4)}
+                      for s in plan.sites},
+            "cross_site_bytes": plan.metrics.cross_site_bytes, "connected": plan.metrics.connected}
+
+
 
 
 def _non_raw_types(ctx: CampaignContext) -> list[str]:
@@ -88,9 +130,15 @@ def distribute_bootstrap(ctx: CampaignContext, site: str) -> dict | None:
     """Calibrations, refcat and skymap (every non-raw input) to a remote site."""
     if site == ctx.hub:
         return None
-    hub = ctx.butlers[ctx.hub]
+    hub, local = ctx.butlers[ctx.hub], ctx.butlers[site]
     refs = [r for t in _non_raw_types(ctx) for r in hub.refs(t, ctx.config.input_collections)]
+    # What the site already holds (its skyMap, or everything on a rerun) is not sent again.
+    local.refresh()
+    refs = local.missing(refs)
     dataset = names.rucio_dataset(ctx.config, "bootstrap", site, "inputs")
+    if not refs:
+        existing = ctx.replica.find_rule(dataset, site)
+        return existing.to_dict() if existing else None
     reg = ctx.replica.register(ctx.hub, dataset, refs)
     rule = ctx.replica.add_rule(dataset, site)
     log.info("bootstrap %s: %d files (%d bytes) -> rule %s", site, reg.files, reg.bytes, rule.rule_id)
@@ -106,13 +154,20 @@ def distribute_raws(ctx: CampaignContext, site: str) -> dict | None:
     if not visits:
         return None
     hub = ctx.butlers[ctx.hub]
-    refs = hub.refs(RAW, ctx.config.input_collections, where=f"exposure IN ({', '.join(map(str, visits))})")
+    refs = hub.refs(RAW, ctx.config.input_collections, where=f"instrument = '{ctx.config.instrument}' AND exposure IN ({', '.join(map(str, visits))})")
     dataset = names.rucio_dataset(ctx.config, "raws", site, "raw")
     reg = ctx.replica.register(ctx.hub, dataset, refs)
     rule = ctx.replica.add_rule(dataset, site)
     log.info("raws for %s: %d visits, %d files (%d bytes) -> rule %s",
              site, len(visits), reg.files, reg.bytes, rule.rule_id)
     return rule.to_dict()
+
+
+def distribution_rules(ctx: CampaignContext, site: str) -> list[dict]:
+    """The bootstrap and raw rules to ``site`` that exist (what the distribution waits on)."""
+    found = [ctx.replica.find_rule(names.rucio_dataset(ctx.config, what, site, dtype), site)
+             for what, dtype in (("bootstrap", "inputs"), ("raws", "raw"))]
+    return [r.to_dict() for r in found if r is not None]
 
 
 def ensure_input_chain(ctx: CampaignContext, site: str) -> None:
@@ -153,7 +208,7 @@ def data_query(ctx: CampaignContext, step: str, site: str) -> str:
     return ctx.plan().data_query(step, site)
 
 
-def generate_qg(ctx: CampaignContext, step: str, site: str, *, processes: int = 1) -> dict:
+def generate_qg(ctx: CampaignContext, step: str, site: str) -> dict:
     """Build the predicted graph at the hub and distribute it to the site (idempotent)."""
     cfg = ctx.config
     path = names.graph_path(cfg, step, site, ctx.generation)
@@ -173,6 +228,10 @@ def generate_qg(ctx: CampaignContext, step: str, site: str, *, processes: int = 
         middleware.run_command(argv, path.with_suffix(".log"))
         tmp.rename(path)
     contents = read_graph(path)
+    summary = {"qgraph": str(path), "quanta": contents.n_quanta, "quanta_by_task": contents.quanta_by_task,
+               "inputs": contents.input_types, "predicted_outputs": contents.predicted_outputs,
+               "visits": sorted(contents.visits)}
+    atomic_write_json(graph_summary_path(path), summary)
     # Distribute: the site's copy is what its workflow reads (PanDA ships it the same way).
     dest = names.site_work_dir(cfg, site) / "graphs" / path.name
     digest = sha256_of(path)
@@ -180,9 +239,12 @@ def generate_qg(ctx: CampaignContext, step: str, site: str, *, processes: int = 
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest.with_suffix(".tmp"))
         dest.with_suffix(".tmp").rename(dest)
-    return {"qgraph": str(path), "site_qgraph": str(dest), "sha256": digest, "quanta": contents.n_quanta,
-            "quanta_by_task": contents.quanta_by_task, "inputs": contents.input_types,
-            "predicted_outputs": contents.predicted_outputs}
+    return {**summary, "site_qgraph": str(dest), "sha256": digest, "visits": len(contents.visits)}
+
+
+def graph_summary_path(graph: str | Path) -> Path:
+    """The small JSON beside a graph (quanta, visits, predicted outputs) that the report reads."""
+    return Path(graph).with_suffix(".summary.json")
 
 
 def replicate_inputs(ctx: CampaignContext, step: str, site: str) -> dict | None:
@@ -206,7 +268,34 @@ def replicate_inputs(ctx: CampaignContext, step: str, site: str) -> dict | None:
     return rule.to_dict()
 
 
-def workflow_spec(ctx: CampaignContext, step: str, site: str, processes: int = 2) -> WorkflowSpec:
+def input_rules(ctx: CampaignContext, step: str, site: str) -> list[dict]:
+    """The rule bringing this step's inputs to ``site``, if one was needed."""
+    rule = ctx.replica.find_rule(names.rucio_dataset(ctx.config, step, site, "inputs"), site)
+    return [rule.to_dict()] if rule else []
+
+
+def output_targets(ctx: CampaignContext, step: str, site: str) -> list[str]:
+    """Where a step's outputs at ``site`` go: the hub; for a global step, every remote site."""
+    if ctx.config.step(step).is_global:
+        return [s.name for s in ctx.config.sites if s.role is SiteRole.remote]
+    return [] if site == ctx.hub else [ctx.hub]
+
+
+def output_rules(ctx: CampaignContext, step: str, site: str) -> list[dict]:
+    """The existing rules moving this step's outputs at ``site`` to their destinations."""
+    dataset = names.rucio_dataset(ctx.config, step, site, "outputs")
+    found = [ctx.replica.find_rule(dataset, t) for t in output_targets(ctx, step, site)]
+    return [r.to_dict() for r in found if r is not None]
+
+
+def workflow_ref(ctx: CampaignContext, step: str, site: str) -> WorkflowRef | None:
+    """The submission of this step at ``site``, found by its deterministic name."""
+    spec = workflow_spec(ctx, step, site)
+    return ctx.workflows[site].find(spec)
+
+
+def workflow_spec(ctx: CampaignContext, step: str, site: str, processes: int | None = None) -> WorkflowSpec:
+    """The workflow of a step at a site; ``processes`` None: the site's workflow service decides."""
     cfg = ctx.config
     return WorkflowSpec(
         name=names.workflow_name(cfg, step, site, ctx.generation),
@@ -219,7 +308,8 @@ def workflow_spec(ctx: CampaignContext, step: str, site: str, processes: int = 2
     )
 
 
-def submit(ctx: CampaignContext, step: str, site: str, *, processes: int = 2, restart_failed: bool = True) -> dict:
+def submit(ctx: CampaignContext, step: str, site: str, *, processes: int | None = None,
+           restart_failed: bool = True) -> dict:
     """Submit once; a failed earlier submission is restarted (not resubmitted)."""
     spec = workflow_spec(ctx, step, site, processes)
     service = ctx.workflows[site]
@@ -293,13 +383,8 @@ def register(ctx: CampaignContext, step: str, site: str) -> dict:
 
 def replicate_outputs(ctx: CampaignContext, step: str, site: str) -> list[dict]:
     """Return outputs to the hub; for a global step, fan them out to every remote site."""
-    cfg = ctx.config
-    dataset = names.rucio_dataset(cfg, step, site, "outputs")
-    if cfg.step(step).is_global:
-        targets = [s.name for s in cfg.sites if s.role is SiteRole.remote]
-    else:
-        targets = [] if site == ctx.hub else [ctx.hub]
-    return [ctx.replica.add_rule(dataset, t).to_dict() for t in targets]
+    dataset = names.rucio_dataset(ctx.config, step, site, "outputs")
+    return [ctx.replica.add_rule(dataset, t).to_dict() for t in output_targets(ctx, step, site)]
 
 
 def verify_ingest(ctx: CampaignContext, rules: list[dict]) -> list[dict]:
@@ -329,14 +414,24 @@ def step_rules(ctx: CampaignContext, step: str) -> list[RuleRef]:
 
 
 def barrier(ctx: CampaignContext, step: str) -> dict:
-    """Hold the next step until every transfer of this one is OK."""
+    """Hold the next step until every site the plan gives work has an accepted, merged
+    workflow and every transfer of the step is OK."""
+    sites = ctx.plan().sites_for(step)
+    unfinished = {}
+    for site in sites:
+        ref = workflow_ref(ctx, step, site)
+        decision = read_json(Path(ref.submit_dir) / "decision.json") if ref else None
+        if not decision or not decision.get("accepted"):
+            unfinished[site] = "not submitted" if ref is None else (decision or {}).get("state", "not finished")
+    if unfinished:
+        raise RuntimeError(f"{step}: sites without an accepted workflow: {unfinished}")
     rules = step_rules(ctx, step)
     status = ctx.replica.rule_status(rules)
     bad = {r.dataset + "@" + r.site: status[r.rule_id].state.value for r in rules
            if status[r.rule_id].state.value != "OK"}
     if bad:
         raise RuntimeError(f"{step}: transfers not quiescent: {bad}")
-    return {"step": step, "rules_ok": len(rules)}
+    return {"step": step, "sites": sites, "rules_ok": len(rules)}
 
 
 # -- campaign end -----------------------------------------------------------------------------

@@ -23,8 +23,10 @@ import abc
 import dataclasses
 import enum
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from lsst.daf.butler import DatasetRef
+if TYPE_CHECKING:
+    from lsst.daf.butler import DatasetRef
 
 __all__ = [
     "IngestCheck",

@@ -51,7 +51,7 @@ class WorkflowSpec:
     output_run: str
     submit_dir: str
     bps_config: str | None = None
-    processes: int = 2
+    processes: int | None = None  # None: the service's own setting (the connection's `processes`)
 
 
 @dataclasses.dataclass(frozen=True)

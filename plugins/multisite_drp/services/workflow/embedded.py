@@ -41,7 +41,7 @@ STATE_FILE = "state.json"
 class EmbeddedWorkflowService(WorkflowService):
     """Runs workflows as local detached process groups, state in the submit directory."""
 
-    def __init__(self, site: str, processes: int = 2, python: str | None = None) -> None:
+    def __init__(self, site: str, processes: int = 1, python: str | None = None) -> None:
         self.site = site
         self.processes = processes
         self.python = python or sys.executable

@@ -1,0 +1,1 @@
+"""Airflow hooks: build the campaign's services from Airflow Connections."""

@@ -1,0 +1,1 @@
+"""Notifiers: tell the operators when a campaign task fails."""

@@ -1,0 +1,266 @@
+"""Thin operators: each one calls one idempotent action of ``services.actions``.
+
+Every operator reads the DAG run's Params (campaign file, data root, sites, steps,
+generation, dry_run), builds the ports through ``CampaignHook`` and decides first
+whether it has anything to do:
+
+* ``dry_run``: nothing external happens; the task is skipped and says so;
+* a step the Params leave out, a site the Params leave out, or a site the plan gives
+  no work for this step: skipped, with the reason in the log.
+
+Skips propagate down a site's chain; each step's barrier and first tasks use
+``none_failed`` so the campaign goes on past skipped work but never past a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
+
+from multisite_drp.hooks.campaign import CampaignHook
+
+__all__ = [
+    "BarrierOperator",
+    "CampaignActionOperator",
+    "CampaignReportOperator",
+    "DistributeOperator",
+    "FinalizeOperator",
+    "GenerateGraphOperator",
+    "MergeOutputsOperator",
+    "PlanCampaignOperator",
+    "RegisterOutputsOperator",
+    "ReplicateInputsOperator",
+    "ReplicateOutputsOperator",
+    "StepSiteOperator",
+    "SubmitWorkflowOperator",
+    "ValidateCampaignOperator",
+    "skip_reason",
+]
+
+log = logging.getLogger(__name__)
+
+
+def skip_reason(params: dict[str, Any], hook: CampaignHook | None, step: str | None, site: str | None) -> str | None:
+    """Why a (step, site) task has nothing to do under these Params, or None if it has."""
+    if params.get("dry_run"):
+        return "dry_run: planning only, no external action"
+    if step and params.get("steps") and step not in params["steps"]:
+        return f"{step} is not among the selected steps {params['steps']}"
+    if hook is not None and site:
+        if site not in {s.name for s in hook.config.sites}:
+            return f"site {site} is not among the selected sites {params.get('sites')}"
+        if step:
+            plan = hook.plan()
+            if site not in plan.sites_for(step):
+                return f"the plan gives {site} no work in {step} (it runs at {plan.sites_for(step)})"
+    return None
+
+
+class CampaignActionOperator(BaseOperator):
+    """Base: build the hook from the Params, skip if there is nothing to do, run ``act``."""
+
+    template_fields: Sequence[str] = ()
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, step: str | None = None, site: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.step = step
+        self.site = site
+
+    def hook(self, context) -> CampaignHook:
+        return CampaignHook.from_params(context["params"])
+
+    def execute(self, context) -> Any:
+        params = context["params"]
+        hook = None if params.get("dry_run") else self.hook(context)
+        reason = skip_reason(params, hook, self.step, self.site)
+        if reason:
+            raise AirflowSkipException(reason)
+        result = self.act(hook.get_conn(), context)
+        self.log.info("%s: %s", self.task_id, json.dumps(result, default=str)[:4000])
+        return result
+
+    def act(self, ctx, context) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class StepSiteOperator(CampaignActionOperator):
+    """Calls ``actions.<action>(ctx, step, site)``."""
+
+    action: str = ""
+
+    def __init__(self, *, step: str, site: str, **kwargs: Any) -> None:
+        super().__init__(step=step, site=site, **kwargs)
+
+    def act(self, ctx, context) -> Any:
+        from multisite_drp.services import actions
+
+        return getattr(actions, self.action)(ctx, self.step, self.site)
+
+
+class GenerateGraphOperator(StepSiteOperator):
+    action = "generate_qg"
+    ui_color = "#d9ead3"
+
+
+class ReplicateInputsOperator(StepSiteOperator):
+    action = "replicate_inputs"
+    ui_color = "#fce5cd"
+
+
+class SubmitWorkflowOperator(StepSiteOperator):
+    ui_color = "#cfe2f3"
+
+    def act(self, ctx, context) -> Any:
+        from multisite_drp.services import actions
+
+        return actions.submit(ctx, self.step, self.site, restart_failed=True)
+
+
+class MergeOutputsOperator(StepSiteOperator):
+    action = "merge"
+    ui_color = "#d9ead3"
+
+
+class RegisterOutputsOperator(StepSiteOperator):
+    action = "register"
+    ui_color = "#fce5cd"
+
+
+class ReplicateOutputsOperator(StepSiteOperator):
+    action = "replicate_outputs"
+    ui_color = "#fce5cd"
+
+
+class DistributeOperator(CampaignActionOperator):
+    """Before step 1: ``bootstrap`` (calibrations, refcat, skymap), ``raws`` (per the plan)
+    or ``input_chain`` (recreate the input chains once their members arrived)."""
+
+    ui_color = "#fff2cc"
+    _ACTIONS: ClassVar[dict[str, str]] = {
+        "bootstrap": "distribute_bootstrap", "raws": "distribute_raws", "input_chain": "ensure_input_chain"}
+
+    def __init__(self, *, site: str, what: str, **kwargs: Any) -> None:
+        if what not in self._ACTIONS:
+            raise ValueError(f"DistributeOperator: what={what!r}; expected one of {sorted(self._ACTIONS)}")
+        super().__init__(site=site, **kwargs)
+        self.what = what
+
+    def act(self, ctx, context) -> Any:
+        from multisite_drp.services import actions
+
+        return getattr(actions, self._ACTIONS[self.what])(ctx, self.site)
+
+
+class BarrierOperator(CampaignActionOperator):
+    """End of a step: every site's work is merged and every transfer of the step is OK."""
+
+    ui_color = "#f4cccc"
+
+    def __init__(self, *, step: str, **kwargs: Any) -> None:
+        super().__init__(step=step, **kwargs)
+
+    def act(self, ctx, context) -> Any:
+        from multisite_drp.services import actions
+
+        return actions.barrier(ctx, self.step)
+
+
+class ValidateCampaignOperator(BaseOperator):
+    """Check everything before any external action: the campaign file (with its pipeline),
+    the Params against it and against the DAG's shape, the connections, the butler repos."""
+
+    ui_color = "#f3f3f3"
+
+    def __init__(self, *, dag_sites: list[str], dag_steps: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dag_sites = dag_sites
+        self.dag_steps = dag_steps
+
+    def execute(self, context) -> dict:
+        from pathlib import Path
+
+        params = context["params"]
+        hook = CampaignHook.from_params(params, check_pipeline=True)
+        cfg, source = hook.config, params["campaign_file"]
+        sites, steps = [s.name for s in cfg.sites], [s.name for s in cfg.steps]
+        extra_sites = sorted(set(sites) - set(self.dag_sites))
+        extra_steps = sorted(set(steps) - set(self.dag_steps))
+        if extra_sites or extra_steps:
+            raise ValueError(
+                f"{source}: sites/steps: this DAG was built for sites {self.dag_sites} and steps {self.dag_steps} "
+                f"(from $MULTISITE_DRP_CAMPAIGN at parse time); the campaign adds sites {extra_sites} and steps "
+                f"{extra_steps}. Point MULTISITE_DRP_CAMPAIGN at this file so the DAG has their task groups.")
+        unknown = sorted(set(params.get("steps") or []) - set(steps))
+        if unknown:
+            raise ValueError(f"Params: steps: {unknown} are not steps of {source}; expected some of {steps}")
+        settings = hook.settings  # validates every connection the campaign names
+        for site, s in settings["butlers"].items():
+            repo = s["repo"]
+            if "://" not in repo and not (Path(repo) / "butler.yaml").is_file():
+                raise FileNotFoundError(f"{source}: sites ({site}).butler_repo: {repo} is not a butler repository "
+                                        "(no butler.yaml); for the embedded sites run `make sites`")
+        summary = {"campaign": cfg.name, "generation": hook.generation, "work_dir": str(cfg.work_path),
+                   "sites": {s.name: round(s.share, 4) for s in cfg.sites},
+                   "steps": params.get("steps") or steps, "dry_run": bool(params.get("dry_run")),
+                   "adapters": {site: s["adapter"] for site, s in settings["workflows"].items()}}
+        self.log.info("campaign valid: %s", json.dumps(summary))
+        return summary
+
+
+class PlanCampaignOperator(CampaignActionOperator):
+    """Plan the generation (runs in dry_run too: planning takes no external action)."""
+
+    ui_color = "#d0e0e3"
+
+    def execute(self, context) -> Any:
+        from multisite_drp.services import actions
+
+        ctx = self.hook(context).get_conn()
+        result = actions.make_plan(ctx)
+        self.log.info("plan: %s", json.dumps(result))
+        return result
+
+
+class FinalizeOperator(CampaignActionOperator):
+    """After the last step: ``chain_outputs`` or ``collect_provenance`` at the hub."""
+
+    ui_color = "#d9d2e9"
+    _ACTIONS: ClassVar[tuple[str, ...]] = ("chain_outputs", "collect_provenance")
+
+    def __init__(self, *, what: str, **kwargs: Any) -> None:
+        if what not in self._ACTIONS:
+            raise ValueError(f"FinalizeOperator: what={what!r}; expected one of {list(self._ACTIONS)}")
+        super().__init__(**kwargs)
+        self.what = what
+
+    def act(self, ctx, context) -> Any:
+        from multisite_drp.services import actions
+
+        return getattr(actions, self.what)(ctx)
+
+
+class CampaignReportOperator(CampaignActionOperator):
+    """Write and print the campaign report (or, in dry_run, the plan's report)."""
+
+    ui_color = "#d9d2e9"
+
+    def execute(self, context) -> Any:
+        from multisite_drp.campaign import names
+        from multisite_drp.services.report import render_markdown, write_report
+
+        hook = self.hook(context)
+        if context["params"].get("dry_run"):
+            plan_md = names.plan_dir(hook.config, hook.generation) / "plan.md"
+            self.log.info("dry run: the plan\n%s", plan_md.read_text() if plan_md.exists() else "(no plan.md)")
+            return {"dry_run": True, "plan": str(plan_md)}
+        dag_run = context.get("dag_run")
+        started = dag_run.start_date.timestamp() if dag_run is not None and dag_run.start_date else None
+        report, out = write_report(hook.get_conn(), started=started)
+        self.log.info("campaign report (%s)\n%s", out, render_markdown(report))
+        return {"report_dir": str(out), "rate": report["rate"], "totals": report["totals"]}

@@ -1,0 +1,1 @@
+"""Deferrable sensors: wait on workflows and replication rules through async triggers."""

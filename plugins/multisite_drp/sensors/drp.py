@@ -1,0 +1,196 @@
+"""Deferrable sensors for a site: its workflow, and its replication rules.
+
+Both look their target up by deterministic name (never through XCom), so a cleared
+sensor finds the same workflow or rules. Each checks once in the worker and returns at
+once if the wait is already over (a rerun of a finished campaign takes seconds);
+otherwise it defers to a trigger in ``multisite_drp.triggers`` with a ``timeout``.
+
+``deferrable=False`` falls back to Airflow's classic poke loop (``poke`` below).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+
+from multisite_drp.hooks.campaign import CampaignHook
+from multisite_drp.operators.drp import skip_reason
+from multisite_drp.triggers.site import ReplicationTrigger, WorkflowTrigger
+
+__all__ = ["ReplicationSensor", "WorkflowSensor"]
+
+
+class _SiteSensor(BaseSensorOperator):
+    ui_color = "#ead1dc"
+
+    def __init__(self, *, site: str, step: str | None = None, deferrable: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", timedelta(days=7))
+        super().__init__(**kwargs)
+        self.step = step
+        self.site = site
+        self.deferrable = deferrable
+
+    def _setup(self, context) -> tuple[CampaignHook, Any]:
+        params = context["params"]
+        hook = None if params.get("dry_run") else CampaignHook.from_params(params)
+        reason = skip_reason(params, hook, self.step, self.site)
+        if reason:
+            raise AirflowSkipException(reason)
+        return hook, hook.get_conn()
+
+    @property
+    def _timeout(self) -> timedelta:
+        t = self.timeout
+        return t if isinstance(t, timedelta) else timedelta(seconds=float(t))
+
+
+class WorkflowSensor(_SiteSensor):
+    """Waits for the step's workflow at the site, then applies the partial-success policy.
+
+    A workflow that ends rejected (failed, or more failed quanta than the campaign's
+    ``failed_quanta_threshold``) is restarted up to ``auto_restarts`` times (``bps
+    restart``: only unfinished quanta run again) before the task fails.
+    """
+
+    def __init__(self, *, step: str, site: str, auto_restarts: int = 1, **kwargs: Any) -> None:
+        super().__init__(step=step, site=site, **kwargs)
+        self.auto_restarts = auto_restarts
+
+    def _ref(self, ctx):
+        from multisite_drp.services import actions
+
+        ref = actions.workflow_ref(ctx, self.step, self.site)
+        if ref is None:
+            raise AirflowException(f"{self.step}/{self.site}: no workflow was submitted; clear the submit task")
+        return ref
+
+    def poke(self, context) -> bool:
+        _, ctx = self._setup(context)
+        ref = self._ref(ctx)
+        return ctx.workflows[self.site].status([ref])[ref.run_id].terminal and self._finish(ctx, ref, context)
+
+    def execute(self, context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        hook, ctx = self._setup(context)
+        ref = self._ref(ctx)
+        if ctx.workflows[self.site].status([ref])[ref.run_id].terminal:
+            return self._finish(ctx, ref, context, hook)
+        self._defer(hook, ref)
+
+    def _defer(self, hook: CampaignHook, ref) -> None:
+        settings = hook.settings["workflows"][self.site]
+        self.defer(
+            trigger=WorkflowTrigger(settings=settings, refs=[ref.to_dict()], poll_interval=settings["poll_interval"],
+                                    label=f"{self.step}/{self.site}"),
+            method_name="execute_complete",
+            timeout=self._timeout,
+        )
+
+    def execute_complete(self, context, event: dict[str, Any] | None = None) -> Any:
+        hook, ctx = self._setup(context)
+        return self._finish(ctx, self._ref(ctx), context, hook)
+
+    def _finish(self, ctx, ref, context, hook: CampaignHook | None = None) -> dict:
+        from multisite_drp.services import actions
+
+        decision = actions.accept(ctx, ref)
+        if decision["accepted"]:
+            return decision
+        if hook is not None and self.deferrable and decision.get("attempt", 1) <= self.auto_restarts:
+            self.log.warning("%s rejected (%s, %s); restarting it (attempt %d of %d)", ref.name, decision["state"],
+                             decision.get("message"), decision.get("attempt", 1) + 1, self.auto_restarts + 1)
+            ctx.workflows[self.site].restart(ref)
+            self._defer(hook, ref)
+        raise AirflowException(
+            f"{ref.name} rejected by the partial-success policy: state {decision['state']}, "
+            f"{decision['quanta_failed']} failed and {decision['quanta_blocked']} blocked of "
+            f"{decision['quanta_total']} quanta (fraction {decision['failed_fraction']} > threshold "
+            f"{decision['threshold']}); {decision.get('message', '')}. Logs: {ref.submit_dir}/logs"
+        )
+
+
+class ReplicationSensor(_SiteSensor):
+    """Waits until the rules of one kind are OK and their datasets ingested at the destination.
+
+    ``kind``: ``distribution`` (bootstrap and raws to ``site``), ``inputs`` (the step's
+    inputs to ``site``) or ``outputs`` (the step's outputs from ``site`` to the hub, or
+    fanned out). A STUCK rule fails the task with the rule's error; when the task is
+    retried, the stuck rules are re-evaluated (``ReplicaService.retry``) first.
+    """
+
+    KINDS = ("distribution", "inputs", "outputs")
+
+    def __init__(self, *, site: str, kind: str, step: str | None = None, **kwargs: Any) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"ReplicationSensor: kind={kind!r}; expected one of {list(self.KINDS)}")
+        super().__init__(step=step, site=site, **kwargs)
+        self.kind = kind
+
+    def _rules(self, ctx) -> list[dict]:
+        from multisite_drp.services import actions
+
+        if self.kind == "distribution":
+            return actions.distribution_rules(ctx, self.site)
+        if self.kind == "inputs":
+            return actions.input_rules(ctx, self.step, self.site)
+        return actions.output_rules(ctx, self.step, self.site)
+
+    def _state(self, ctx, rules: list[dict]) -> str:
+        from multisite_drp.services.replica.base import RuleRef, RuleState
+
+        refs = [RuleRef.from_dict(r) for r in rules]
+        status = ctx.replica.rule_status(refs)
+        if any(s.state is RuleState.STUCK for s in status.values()):
+            return "stuck"
+        if all(s.state is RuleState.OK for s in status.values()) and all(
+                ctx.replica.verify_ingested(r).complete for r in refs):
+            return "ok"
+        return "waiting"
+
+    def poke(self, context) -> bool:
+        _, ctx = self._setup(context)
+        rules = self._rules(ctx)
+        state = self._state(ctx, rules) if rules else "ok"
+        if state == "stuck":
+            raise AirflowException(f"{self.task_id}: a rule is STUCK: {rules}")
+        return state == "ok" and bool(self._finish(ctx, rules))
+
+    def execute(self, context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        hook, ctx = self._setup(context)
+        rules = self._rules(ctx)
+        if not rules:
+            self.log.info("%s: no transfer was needed", self.task_id)
+            return []
+        if context["ti"].try_number > 1:
+            from multisite_drp.services.replica.base import RuleRef
+
+            for r in rules:
+                ctx.replica.retry(RuleRef.from_dict(r))
+        if self._state(ctx, rules) == "ok":
+            return self._finish(ctx, rules)
+        settings = hook.settings["replica"]
+        self.defer(
+            trigger=ReplicationTrigger(settings=settings, rules=rules, poll_interval=settings["poll_interval"],
+                                       label=self.task_id),
+            method_name="execute_complete",
+            timeout=self._timeout,
+        )
+
+    def execute_complete(self, context, event: dict[str, Any] | None = None) -> Any:
+        event = event or {}
+        if event.get("status") == "stuck":
+            raise AirflowException(f"{self.task_id}: replication STUCK: {event.get('stuck')}; the task's "
+                                   "retry re-evaluates the rule")
+        _, ctx = self._setup(context)
+        return self._finish(ctx, self._rules(ctx))
+
+    def _finish(self, ctx, rules: list[dict]) -> list[dict]:
+        from multisite_drp.services import actions
+
+        return actions.verify_ingest(ctx, rules)

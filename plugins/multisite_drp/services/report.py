@@ -1,0 +1,163 @@
+"""The campaign report: what ran where, how fast, and how many bytes moved.
+
+One row per (step, site) that was submitted: quanta succeeded and failed (from the
+workflow service), wall time (first start to final end of the workflow, restarts
+included), bytes moved in (the step's input rule to the site) and out (the rules
+returning or fanning out its outputs), and rates in quanta and visits per hour,
+compared with the campaign's ``rate_target``. Totals are sums of the rows; the
+campaign rate divides the total quanta by the campaign's wall time (first task to
+report), which includes transfers and orchestration, so it is the honest figure.
+
+Written as ``report.json`` and ``report.md`` under ``names.report_dir``. No Airflow imports.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from multisite_drp.campaign import names
+from multisite_drp.services.fileio import atomic_write_json, read_json
+from multisite_drp.services.replica.base import RuleRef
+
+__all__ = ["campaign_report", "render_markdown", "write_report"]
+
+
+def _per_hour(count: float, seconds: float) -> float | None:
+    return round(count * 3600.0 / seconds, 1) if seconds > 0 else None
+
+
+def _rule_bytes(ctx, rules: list[dict]) -> int:
+    if not rules:
+        return 0
+    refs = [RuleRef.from_dict(r) for r in rules]
+    status = ctx.replica.rule_status(refs)
+    return sum(status[r.rule_id].bytes for r in refs)
+
+
+def campaign_report(ctx, *, started: float | None = None, finished: float | None = None) -> dict:
+    """Gather the report from the ports (the workflow service, the replica catalogue, the graphs)."""
+    from multisite_drp.services import actions
+
+    cfg = ctx.config
+    target = cfg.rate_target
+    rows = []
+    for step in cfg.steps:
+        for site in cfg.sites:
+            ref = actions.workflow_ref(ctx, step.name, site.name)
+            if ref is None:
+                continue
+            st = ctx.workflows[site.name].report(ref)
+            graph = read_json(actions.graph_summary_path(names.graph_path(cfg, step.name, site.name,
+                                                                           ctx.generation))) or {}
+            decision = read_json(Path(ref.submit_dir) / "decision.json") or {}
+            wall = (st.finished - st.started) if st.started and st.finished else 0.0
+            visits = len(graph.get("visits", []))
+            rows.append({
+                "step": step.name,
+                "site": site.name,
+                "sharding": step.sharding.value,
+                "workflow": ref.name,
+                "state": st.state.name,
+                "attempts": st.attempt,
+                "accepted": decision.get("accepted"),
+                "quanta": st.quanta_total,
+                "quanta_succeeded": st.quanta_succeeded,
+                "quanta_failed": st.quanta_failed + st.quanta_blocked,
+                "visits": visits,
+                "wall_seconds": round(wall, 2),
+                "bytes_in": _rule_bytes(ctx, actions.input_rules(ctx, step.name, site.name)),
+                "bytes_out": _rule_bytes(ctx, actions.output_rules(ctx, step.name, site.name)),
+                "quanta_per_hour": _per_hour(st.quanta_succeeded, wall),
+                "visits_per_hour": _per_hour(visits, wall),
+            })
+    distribution = {}
+    for site in cfg.sites:
+        rules = actions.distribution_rules(ctx, site.name)
+        if rules:
+            distribution[site.name] = _rule_bytes(ctx, rules)
+    finished = finished or time.time()
+    campaign_wall = (finished - started) if started else sum(r["wall_seconds"] for r in rows)
+    total_quanta = sum(r["quanta_succeeded"] for r in rows)
+    n_visits = len({v for s in ctx.plan().sites for v in s.visits})
+    rate = _per_hour(total_quanta, campaign_wall)
+    visit_rate = _per_hour(n_visits, campaign_wall)
+    totals = {
+        "workflows": len(rows),
+        "quanta": sum(r["quanta"] for r in rows),
+        "quanta_succeeded": total_quanta,
+        "quanta_failed": sum(r["quanta_failed"] for r in rows),
+        "bytes_in": sum(r["bytes_in"] for r in rows),
+        "bytes_out": sum(r["bytes_out"] for r in rows),
+        "bytes_distributed": sum(distribution.values()),
+        "workflow_seconds": round(sum(r["wall_seconds"] for r in rows), 2),
+    }
+    return {
+        "campaign": cfg.name,
+        "generation": ctx.generation,
+        "started": started,
+        "finished": finished,
+        "wall_seconds": round(campaign_wall, 2),
+        "visits": n_visits,
+        "rate": {
+            "quanta_per_hour": rate,
+            "visits_per_hour": visit_rate,
+            "target_quanta_per_hour": target.quanta_per_hour,
+            "target_visits_per_hour": target.visits_per_hour,
+            "meets_quanta_target": rate is not None and rate >= target.quanta_per_hour,
+            "meets_visits_target": (None if target.visits_per_hour is None
+                                    else visit_rate is not None and visit_rate >= target.visits_per_hour),
+        },
+        "totals": totals,
+        "distribution_bytes": distribution,
+        "rows": rows,
+    }
+
+
+def _met(flag: bool | None) -> str:
+    return "n/a" if flag is None else "met" if flag else "NOT met"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def render_markdown(report: dict) -> str:
+    r = report["rate"]
+    lines = [
+        f"# Campaign {report['campaign']} (generation {report['generation']})",
+        "",
+        (f"Wall time {report['wall_seconds']:.0f} s; {report['totals']['quanta_succeeded']} quanta succeeded, "
+         f"{report['totals']['quanta_failed']} failed; {report['visits']} visits."),
+        "",
+        (f"Rate: {r['quanta_per_hour']} quanta/h (target {r['target_quanta_per_hour']}, "
+         f"{'met' if r['meets_quanta_target'] else 'NOT met'}); {r['visits_per_hour']} visits/h "
+         f"(target {r['target_visits_per_hour']}, {_met(r['meets_visits_target'])})."),
+        "",
+        "| step | site | state | attempts | quanta ok | failed | visits | wall s | MB in | MB out | quanta/h | visits/h |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['step']} | {row['site']} | {row['state']} | {row['attempts']} | {row['quanta_succeeded']} | "
+            f"{row['quanta_failed']} | {row['visits']} | {row['wall_seconds']:.1f} | {_mb(row['bytes_in'])} | "
+            f"{_mb(row['bytes_out'])} | {row['quanta_per_hour']} | {row['visits_per_hour']} |"
+        )
+    t = report["totals"]
+    lines.append(
+        f"| **total** | | | | {t['quanta_succeeded']} | {t['quanta_failed']} | | {t['workflow_seconds']:.1f} | "
+        f"{_mb(t['bytes_in'])} | {_mb(t['bytes_out'])} | | |"
+    )
+    if report["distribution_bytes"]:
+        lines += ["", "Distribution before step 1 (calibrations, refcat, raws): "
+                  + ", ".join(f"{s} {_mb(b)} MB" for s, b in report["distribution_bytes"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(ctx, *, started: float | None = None) -> tuple[dict, Path]:
+    report = campaign_report(ctx, started=started)
+    out = names.report_dir(ctx.config, ctx.generation)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", report)
+    (out / "report.md").write_text(render_markdown(report))
+    return report, out

@@ -1,0 +1,151 @@
+"""Run the drp_campaign DAG once, through Airflow, on this machine (``dag.test()``).
+
+What ``make demo``, the end-to-end tests and ``bench/orchestration_overhead`` use:
+
+* the connections come from airflow_settings.yaml as ``AIRFLOW_CONN_*`` variables
+  (already-set variables win), so nothing has to be imported into the database first;
+* the metadata database under ``$AIRFLOW_HOME`` is created on first use;
+* the embedded sites are built under ``--data-root`` if they are not there yet;
+* the DAG runs in this process with Airflow's own scheduling loop (``dag.test``):
+  dependencies, trigger rules, retries, XCom, deferral to the real triggers (run inline);
+* the campaign report is printed, and the exit status is the DAG run's.
+
+``--logical-date`` reuses a run: Airflow clears it and runs it again (what "Clear" on a
+whole DAG run does in the UI). ``--only REGEX`` then runs just the matching tasks and
+marks the others successful, like clearing those tasks alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _environment(args: argparse.Namespace) -> None:
+    import yaml
+
+    from scripts.load_airflow_settings import connection_env
+
+    os.environ.setdefault("AIRFLOW_HOME", str(ROOT / "var" / "airflow"))
+    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+    os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    paths = [str(ROOT / "plugins"), str(ROOT / "include"), str(ROOT)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    for p in reversed(paths):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    settings = yaml.safe_load((ROOT / "airflow_settings.yaml").read_text())
+    for key, value in connection_env(settings).items():
+        if args.poll is not None or args.processes is not None:
+            conn = json.loads(value)
+            extra = conn.setdefault("extra", {})
+            if args.poll is not None and key.endswith(("_WORKFLOW", "_REPLICA")):
+                extra["poll_interval"] = args.poll
+            if args.processes is not None and key.endswith("_WORKFLOW"):
+                extra["processes"] = args.processes
+            value = json.dumps(conn, sort_keys=True)
+        os.environ.setdefault(key, value)
+
+
+def _migrate() -> None:
+    home = Path(os.environ["AIRFLOW_HOME"])
+    stamp = home / ".db-migrated"
+    if stamp.exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
+                   stdout=subprocess.DEVNULL)
+    stamp.touch()
+
+
+def _conf(args: argparse.Namespace) -> dict:
+    conf: dict = {"data_root": str(Path(args.data_root).resolve()), "generation": args.generation}
+    if args.campaign:
+        conf["campaign_file"] = str(Path(args.campaign).resolve())
+    if args.steps:
+        conf["steps"] = args.steps.split(",")
+    if args.sites:
+        conf["sites"] = args.sites.split(",")
+    if args.dry_run:
+        conf["dry_run"] = True
+    return conf
+
+
+def run(args: argparse.Namespace) -> int:
+    _environment(args)
+    data_root = Path(args.data_root).resolve()
+    if not (data_root / "usdf" / "butler.yaml").exists():
+        from minidrp.build import build_sites
+
+        print(f"building the embedded sites under {data_root}", flush=True)
+        build_sites(data_root)
+    _migrate()
+
+    from airflow import settings as af_settings
+    from airflow.dag_processing.dagbag import DagBag
+
+    af_settings.configure_orm()
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "drp_campaign.py"))
+    if bag.import_errors:
+        print(json.dumps(bag.import_errors, indent=1), file=sys.stderr)
+        return 2
+    dag = bag.dags["drp_campaign"]
+    logical = (datetime.fromisoformat(args.logical_date) if args.logical_date
+               else datetime.now(UTC).replace(microsecond=0))
+    if logical.tzinfo is None:
+        logical = logical.replace(tzinfo=UTC)
+    mark = None
+    if args.only:
+        mark = f"(?!(?:{args.only})$).*"
+    conf = _conf(args)
+    print(f"drp_campaign: logical_date={logical.isoformat()} conf={json.dumps(conf)}", flush=True)
+    t0 = time.monotonic()
+    dr = dag.test(logical_date=logical, run_conf=conf, mark_success_pattern=mark)
+    elapsed = time.monotonic() - t0
+    states: dict[str, int] = {}
+    for ti in dr.get_task_instances():
+        states[str(ti.state)] = states.get(str(ti.state), 0) + 1
+    summary = {"run_id": dr.run_id, "logical_date": logical.isoformat(), "state": str(dr.state),
+               "seconds": round(elapsed, 1), "task_states": states}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(summary, indent=1))
+    from multisite_drp.campaign import names
+    from multisite_drp.campaign.config import load_campaign
+
+    cfg = load_campaign(conf.get("campaign_file", ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"),
+                        data_root=data_root, check_pipeline=False)
+    report = names.report_dir(cfg, args.generation) / "report.md"
+    if report.exists() and not args.quiet:
+        print(report.read_text())
+    print(f"drp_campaign run {dr.run_id}: {dr.state} in {elapsed:.1f} s; tasks {states}", flush=True)
+    return 0 if str(dr.state) == "success" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=str(ROOT / "var" / "embedded"), help="where the embedded sites live")
+    p.add_argument("--campaign", help="campaign file (default: the DAG's)")
+    p.add_argument("--steps", help="comma-separated steps (default: all)")
+    p.add_argument("--sites", help="comma-separated sites (default: all)")
+    p.add_argument("--generation", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--logical-date", help="ISO date of an earlier run to clear and run again")
+    p.add_argument("--only", help="regex of task ids to run; the others are marked successful")
+    p.add_argument("--poll", type=float, help="override the connections' poll_interval (seconds)")
+    p.add_argument("--processes", type=int, help="override the workflow connections' processes")
+    p.add_argument("--json-out", help="write the run's summary (state, seconds, task states) here")
+    p.add_argument("--quiet", action="store_true", help="do not print the report")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
