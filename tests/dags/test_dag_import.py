@@ -1,19 +1,59 @@
-"""The DAG folder parses with no import errors (Airflow 3.3: DagBag(dag_folder=...))."""
+"""The DAG folder parses with no import errors (Airflow 3.3: DagBag(dag_folder=...)), and its
+shape is the campaign's: per step, per site, the seven actions and their waits, then a barrier."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 DAGS = Path(__file__).resolve().parents[2] / "dags"
+SITE_TASKS = ["generate_qg", "replicate_inputs", "wait_inputs", "submit", "wait_workflow", "merge", "register",
+              "replicate_outputs", "wait_outputs"]
 
 
-def test_dagbag_has_no_import_errors() -> None:
+@pytest.fixture(scope="module")
+def dag():
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
-    dag = bag.dags["drp_campaign"]
+    return bag.dags["drp_campaign"]
+
+
+def test_dag_parses_with_params_and_docs(dag) -> None:
     assert {"validate_campaign", "plan_campaign"} <= set(dag.task_ids)
-    assert set(dag.params.keys()) >= {"campaign_file", "steps", "sites", "dry_run", "data_root"}
+    assert set(dag.params.keys()) >= {"campaign_file", "steps", "sites", "dry_run", "data_root", "generation"}
     for t in dag.tasks:
         assert t.doc_md, f"{t.task_id} has no doc_md"
+
+
+def test_step_groups_read_like_sentences(dag) -> None:
+    ids = set(dag.task_ids)
+    for i in range(1, 10):
+        sites = ["usdf"] if i in (3, 9) else ["usdf", "frdf", "ukdf"]
+        for site in sites:
+            chain = [f"step{i}.{site}.{name}" for name in SITE_TASKS]
+            assert set(chain) <= ids
+            for up, down in zip(chain, chain[1:], strict=False):
+                assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down} missing"
+            assert f"step{i}.barrier" in dag.get_task(chain[-1]).downstream_task_ids
+        for other in {"usdf", "frdf", "ukdf"} - set(sites):
+            assert f"step{i}.{other}.submit" not in ids  # global steps run at the hub only
+        if i < 9:
+            # The barrier holds every site's next graph.
+            nxt = ["usdf"] if i + 1 in (3, 9) else ["usdf", "frdf", "ukdf"]
+            assert {f"step{i + 1}.{s}.generate_qg" for s in nxt} <= dag.get_task(f"step{i}.barrier").downstream_task_ids
+    for site in ("frdf", "ukdf"):
+        assert {f"distribute.{site}.{t}" for t in ("bootstrap", "raws", "wait_ingested", "input_chain")} <= ids
+    assert "distribute.usdf.raws" not in ids
+    assert {"finalize.chain_outputs", "finalize.collect_provenance", "finalize.report"} <= ids
+
+
+def test_waits_are_deferrable_sensors_with_triggers_in_the_plugins_package(dag) -> None:
+    from airflow.sdk import BaseSensorOperator
+
+    waits = [t for t in dag.tasks if t.task_id.rsplit(".", 1)[-1].startswith("wait")]
+    assert len(waits) == 2 + 23 * 3
+    for t in waits:
+        assert isinstance(t, BaseSensorOperator) and t.deferrable, t.task_id

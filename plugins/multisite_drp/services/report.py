@@ -69,7 +69,8 @@ def campaign_report(ctx, *, started: float | None = None, finished: float | None
                 "bytes_in": _rule_bytes(ctx, actions.input_rules(ctx, step.name, site.name)),
                 "bytes_out": _rule_bytes(ctx, actions.output_rules(ctx, step.name, site.name)),
                 "quanta_per_hour": _per_hour(st.quanta_succeeded, wall),
-                "visits_per_hour": _per_hour(visits, wall),
+                # Tract-sharded steps have no visits of their own: no visit rate.
+                "visits_per_hour": _per_hour(visits, wall) if visits else None,
             })
     distribution = {}
     for site in cfg.sites:
@@ -118,6 +119,10 @@ def _met(flag: bool | None) -> str:
     return "n/a" if flag is None else "met" if flag else "NOT met"
 
 
+def _dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f}"
 
@@ -141,7 +146,7 @@ def render_markdown(report: dict) -> str:
         lines.append(
             f"| {row['step']} | {row['site']} | {row['state']} | {row['attempts']} | {row['quanta_succeeded']} | "
             f"{row['quanta_failed']} | {row['visits']} | {row['wall_seconds']:.1f} | {_mb(row['bytes_in'])} | "
-            f"{_mb(row['bytes_out'])} | {row['quanta_per_hour']} | {row['visits_per_hour']} |"
+            f"{_mb(row['bytes_out'])} | {row['quanta_per_hour']} | {_dash(row['visits_per_hour'])} |"
         )
     t = report["totals"]
     lines.append(

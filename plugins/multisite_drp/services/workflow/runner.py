@@ -32,10 +32,12 @@ def merge_argv(repo: str, qgraph: str) -> list[str]:
 
     Dimension records are not transferred from the graph (a quantum-backed butler
     cannot carry visit_definition & co.); ``replicate_inputs`` puts them in the site
-    registry before the workflow is submitted.
+    registry before the workflow is submitted. The output chain is not updated here:
+    the graph's input collections include other sites' RUNs, which a remote site's
+    registry does not have; ``actions.merge`` chains the output RUN itself.
     """
     return middleware.transfer_from_graph_argv(
-        qgraph, repo, register_dataset_types=True, update_output_chain=True, transfer_dimensions=False
+        qgraph, repo, register_dataset_types=True, update_output_chain=False, transfer_dimensions=False
     )
 
 
