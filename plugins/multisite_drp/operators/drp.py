@@ -261,6 +261,6 @@ class CampaignReportOperator(CampaignActionOperator):
             return {"dry_run": True, "plan": str(plan_md)}
         dag_run = context.get("dag_run")
         started = dag_run.start_date.timestamp() if dag_run is not None and dag_run.start_date else None
-        report, out = write_report(hook.get_conn(), started=started)
+        report, out = write_report(hook.get_conn(), airflow_started=started)
         self.log.info("campaign report (%s)\n%s", out, render_markdown(report))
         return {"report_dir": str(out), "rate": report["rate"], "totals": report["totals"]}

@@ -5,8 +5,9 @@ workflow service), wall time (first start to final end of the workflow, restarts
 included), bytes moved in (the step's input rule to the site) and out (the rules
 returning or fanning out its outputs), and rates in quanta and visits per hour,
 compared with the campaign's ``rate_target``. Totals are sums of the rows; the
-campaign rate divides the total quanta by the campaign's wall time (first task to
-report), which includes transfers and orchestration, so it is the honest figure.
+campaign rate divides the total quanta by the campaign's wall time (first transfer or
+workflow start to last transfer or workflow end), which includes transfers, waits and
+orchestration between steps, so it is the honest figure.
 
 Written as ``report.json`` and ``report.md`` under ``names.report_dir``. No Airflow imports.
 """
@@ -27,21 +28,31 @@ def _per_hour(count: float, seconds: float) -> float | None:
     return round(count * 3600.0 / seconds, 1) if seconds > 0 else None
 
 
-def _rule_bytes(ctx, rules: list[dict]) -> int:
+def _rules(ctx, rules: list[dict], window: list[float]) -> int:
+    """Bytes moved by ``rules``; widens ``window`` [first, last] with their times."""
     if not rules:
         return 0
     refs = [RuleRef.from_dict(r) for r in rules]
     status = ctx.replica.rule_status(refs)
+    for st in status.values():
+        window += [t for t in (st.created, st.updated) if t]
     return sum(status[r.rule_id].bytes for r in refs)
 
 
-def campaign_report(ctx, *, started: float | None = None, finished: float | None = None) -> dict:
-    """Gather the report from the ports (the workflow service, the replica catalogue, the graphs)."""
+def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
+    """Gather the report from the ports (the workflow service, the replica catalogue, the graphs).
+
+    The campaign's wall time runs from its first transfer or workflow start to its last
+    transfer or workflow end, as the services recorded them: a rerun or a cleared report
+    task reports the same figures. ``airflow_started`` (the DAG run's start) is reported
+    beside it, for the orchestration overhead before the first transfer.
+    """
     from multisite_drp.services import actions
 
     cfg = ctx.config
     target = cfg.rate_target
     rows = []
+    window: list[float] = []
     for step in cfg.steps:
         for site in cfg.sites:
             ref = actions.workflow_ref(ctx, step.name, site.name)
@@ -52,6 +63,7 @@ def campaign_report(ctx, *, started: float | None = None, finished: float | None
                                                                            ctx.generation))) or {}
             decision = read_json(Path(ref.submit_dir) / "decision.json") or {}
             wall = (st.finished - st.started) if st.started and st.finished else 0.0
+            window += [t for t in (st.started, st.finished) if t]
             visits = len(graph.get("visits", []))
             rows.append({
                 "step": step.name,
@@ -66,8 +78,8 @@ def campaign_report(ctx, *, started: float | None = None, finished: float | None
                 "quanta_failed": st.quanta_failed + st.quanta_blocked,
                 "visits": visits,
                 "wall_seconds": round(wall, 2),
-                "bytes_in": _rule_bytes(ctx, actions.input_rules(ctx, step.name, site.name)),
-                "bytes_out": _rule_bytes(ctx, actions.output_rules(ctx, step.name, site.name)),
+                "bytes_in": _rules(ctx, actions.input_rules(ctx, step.name, site.name), window),
+                "bytes_out": _rules(ctx, actions.output_rules(ctx, step.name, site.name), window),
                 "quanta_per_hour": _per_hour(st.quanta_succeeded, wall),
                 # Tract-sharded steps have no visits of their own: no visit rate.
                 "visits_per_hour": _per_hour(visits, wall) if visits else None,
@@ -76,9 +88,9 @@ def campaign_report(ctx, *, started: float | None = None, finished: float | None
     for site in cfg.sites:
         rules = actions.distribution_rules(ctx, site.name)
         if rules:
-            distribution[site.name] = _rule_bytes(ctx, rules)
-    finished = finished or time.time()
-    campaign_wall = (finished - started) if started else sum(r["wall_seconds"] for r in rows)
+            distribution[site.name] = _rules(ctx, rules, window)
+    started, finished = (min(window), max(window)) if window else (None, None)
+    campaign_wall = (finished - started) if window else 0.0
     total_quanta = sum(r["quanta_succeeded"] for r in rows)
     n_visits = len({v for s in ctx.plan().sites for v in s.visits})
     rate = _per_hour(total_quanta, campaign_wall)
@@ -99,6 +111,8 @@ def campaign_report(ctx, *, started: float | None = None, finished: float | None
         "started": started,
         "finished": finished,
         "wall_seconds": round(campaign_wall, 2),
+        "airflow_run_started": airflow_started,
+        "reported": time.time(),
         "visits": n_visits,
         "rate": {
             "quanta_per_hour": rate,
@@ -159,8 +173,8 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(ctx, *, started: float | None = None) -> tuple[dict, Path]:
-    report = campaign_report(ctx, started=started)
+def write_report(ctx, *, airflow_started: float | None = None) -> tuple[dict, Path]:
+    report = campaign_report(ctx, airflow_started=airflow_started)
     out = names.report_dir(ctx.config, ctx.generation)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "report.json", report)

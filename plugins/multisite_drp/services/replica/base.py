@@ -89,6 +89,8 @@ class RuleStatus:
     locks_stuck: int = 0
     bytes: int = 0
     error: str = ""
+    created: float | None = None  # Rucio's created_at (epoch seconds)
+    updated: float | None = None  # Rucio's updated_at: for an OK rule, when it became OK
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -245,7 +245,7 @@ class EmbeddedReplicaService(ReplicaService):
                     rule_id=ref.rule_id, state=state, locks_ok=counts["ok"],
                     locks_replicating=pending if state is RuleState.REPLICATING else 0,
                     locks_stuck=pending if state is RuleState.STUCK else 0,
-                    bytes=row["bytes"], error=error,
+                    bytes=row["bytes"], error=error, created=row["created"], updated=row["updated"],
                 )
         return out
 

@@ -1,0 +1,138 @@
+"""The Airflow glue on its own: validation before any external action, skip decisions,
+adapter selection from Connections, site selection and the plan's stability guard.
+
+These call the operators' ``execute`` with a minimal context (no DAG run), against real
+campaign files and, where a butler is needed, freshly built embedded sites.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multisite_drp.campaign.config import CampaignConfigError, load_campaign
+from multisite_drp.hooks.campaign import CampaignHook, ConnectionMissingError
+from multisite_drp.operators.drp import ValidateCampaignOperator, skip_reason
+from multisite_drp.services.factory import AdapterError
+from scripts.load_airflow_settings import connection_env
+
+ROOT = Path(__file__).resolve().parents[2]
+CAMPAIGN = ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"
+SITES = ["usdf", "frdf", "ukdf"]
+STEPS = [f"step{i}" for i in range(1, 10)]
+
+
+@pytest.fixture()
+def connections(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = connection_env(yaml.safe_load((ROOT / "airflow_settings.yaml").read_text()))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture(scope="module")
+def sites_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from minidrp.build import build_sites
+
+    root = tmp_path_factory.mktemp("glue_sites")
+    build_sites(root)
+    return root
+
+
+def _params(**kw):
+    return {"campaign_file": str(CAMPAIGN), "data_root": None, "steps": [], "sites": [], "generation": 0,
+            "dry_run": False, **kw}
+
+
+def _validate(params):
+    op = ValidateCampaignOperator(task_id="validate_campaign", dag_sites=SITES, dag_steps=STEPS)
+    return op.execute({"params": params})
+
+
+def test_validate_accepts_the_embedded_campaign(connections, sites_root) -> None:
+    summary = _validate(_params(data_root=str(sites_root)))
+    assert summary["adapters"] == {"usdf": "embedded", "frdf": "embedded", "ukdf": "embedded"}
+    assert summary["sites"] == {"usdf": 0.35, "frdf": 0.4, "ukdf": 0.25}
+
+
+def test_validate_names_the_missing_butler_repo(connections, tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"sites \(usdf\)\.butler_repo: .* run `make sites`"):
+        _validate(_params(data_root=str(tmp_path)))
+
+
+def test_validate_names_file_and_field_of_a_bad_campaign(connections, tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    data = yaml.safe_load(CAMPAIGN.read_text())
+    data["pipeline"] = str(CAMPAIGN.parent / data["pipeline"])
+    data["sites"][1]["share"] = 0.9
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(CampaignConfigError, match=rf"{bad}: sites: shares must sum to 1.0"):
+        _validate(_params(campaign_file=str(bad)))
+
+
+def test_sites_param_must_keep_the_hub_and_rescales_shares(tmp_path) -> None:
+    with pytest.raises(CampaignConfigError, match="leaves out the hub 'usdf'"):
+        load_campaign(CAMPAIGN, sites=["frdf", "ukdf"])
+    with pytest.raises(CampaignConfigError, match=r"names \['nodf'\]"):
+        load_campaign(CAMPAIGN, sites=["usdf", "nodf"])
+    cfg = load_campaign(CAMPAIGN, sites=["usdf", "frdf"])
+    assert [s.name for s in cfg.sites] == ["usdf", "frdf"]
+    assert [round(s.share, 4) for s in cfg.sites] == [round(0.35 / 0.75, 4), round(0.40 / 0.75, 4)]
+
+
+def test_missing_connection_is_named_with_the_campaign_field(monkeypatch, connections) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_DRP_UKDF_WORKFLOW")
+    hook = CampaignHook(str(CAMPAIGN))
+    with pytest.raises(ConnectionMissingError, match=r"sites \(ukdf\)\.connections\.workflow = connection "
+                                                     r"'drp_ukdf_workflow' is not defined"):
+        _ = hook.settings
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"adapter": "panda"}, "adapter 'panda' is the production adapter"),
+    ({"adapter": "slurm"}, r"extra field 'adapter' is 'slurm'; expected one of \['embedded', 'panda'\]"),
+    ({"adapter": "embedded", "processes": 0}, r"extra field 'processes' is 0; expected an integer in \[1, 64\]"),
+    ({"adapter": "embedded", "poll_interval": "soon"}, "extra field 'poll_interval' is 'soon'"),
+])
+def test_bad_workflow_connection_is_refused_before_anything_runs(monkeypatch, connections, extra, message) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_WORKFLOW", json.dumps({"conn_type": "generic", "extra": extra}))
+    with pytest.raises(AdapterError, match=r"connection 'drp_frdf_workflow'.*" + message):
+        _ = CampaignHook(str(CAMPAIGN)).settings
+
+
+def test_skip_reasons(connections, sites_root) -> None:
+    from multisite_drp.services import actions
+
+    assert "dry_run" in skip_reason(_params(dry_run=True), None, "step1", "frdf")
+    assert "not among the selected steps" in skip_reason(_params(steps=["step2"]), None, "step1", "frdf")
+    hook = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), sites=["usdf", "frdf"])
+    assert "not among the selected sites" in skip_reason(_params(sites=["usdf", "frdf"]), hook, "step1", "ukdf")
+    actions.make_plan(hook.get_conn())
+    assert skip_reason(_params(), hook, "step1", "frdf") is None
+    assert "runs at ['usdf']" in skip_reason(_params(), hook, "step3", "frdf")
+
+
+def test_plan_is_kept_per_generation_and_guarded_against_change(connections, sites_root) -> None:
+    from multisite_drp.campaign import names
+    from multisite_drp.services import actions
+
+    full = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), generation=5)
+    shutil.rmtree(names.plan_dir(full.config, 5), ignore_errors=True)
+    first = actions.make_plan(full.get_conn())
+    assert set(first["sites"]) == {"usdf", "frdf", "ukdf"}
+    plan_file = names.plan_dir(full.config, 5) / "plan.json"
+    text = plan_file.read_text()
+    assert actions.make_plan(full.get_conn()) == first  # a rerun plans the same and keeps the file
+    assert plan_file.read_text() == text
+    # Dropping a site under an existing generation would move visits under finished work.
+    fewer = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), generation=5, sites=["usdf", "frdf"])
+    with pytest.raises(actions.PlanChangedError, match="trigger with a new 'generation'"):
+        actions.make_plan(fewer.get_conn())
+    assert plan_file.read_text() == text
+    # A new generation plans afresh.
+    fewer6 = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), generation=6, sites=["usdf", "frdf"])
+    assert set(actions.make_plan(fewer6.get_conn())["sites"]) == {"usdf", "frdf"}
