@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from multisite_drp.campaign import names
 from multisite_drp.campaign.config import load_campaign
 from multisite_drp.campaign.plan import CampaignPlan
@@ -280,7 +279,7 @@ def test_rate_report_exists_and_adds_up(cfg, campaign) -> None:
     assert report["wall_seconds"] <= campaign["first"]["wall"]
     assert rate["meets_quanta_target"] is (rate["quanta_per_hour"] >= cfg.rate_target.quanta_per_hour)
     assert rate["meets_quanta_target"], f"campaign below the target rate: {rate}"
-    assert f"| step4 | frdf | SUCCEEDED |" in md and "quanta/h" in md
+    assert "| step4 | frdf | SUCCEEDED |" in md and "quanta/h" in md
 
 
 # -- robustness --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ shape is the campaign's: per step, per site, the seven actions and their waits, 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_step_groups_read_like_sentences(dag) -> None:
         for site in sites:
             chain = [f"step{i}.{site}.{name}" for name in SITE_TASKS]
             assert set(chain) <= ids
-            for up, down in zip(chain, chain[1:], strict=False):
+            for up, down in itertools.pairwise(chain):
                 assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down} missing"
             assert f"step{i}.barrier" in dag.get_task(chain[-1]).downstream_task_ids
         for other in {"usdf", "frdf", "ukdf"} - set(sites):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from multisite_drp.campaign.config import CampaignConfigError, load_campaign
 from multisite_drp.hooks.campaign import CampaignHook, ConnectionMissingError
 from multisite_drp.operators.drp import ValidateCampaignOperator, skip_reason
 from multisite_drp.services.factory import AdapterError
+
 from scripts.load_airflow_settings import connection_env
 
 ROOT = Path(__file__).resolve().parents[2]
