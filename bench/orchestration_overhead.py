@@ -1,0 +1,153 @@
+"""Orchestration overhead: the same campaign through Airflow, and as a plain sequential script.
+
+Both runs start from freshly built embedded sites (separate directories) and do the same
+work with the same services and the same poll interval:
+
+* **airflow**: ``scripts/run_campaign.py`` (the drp_campaign DAG under ``dag.test()``:
+  Airflow's scheduling loop, task start-up, XCom, deferral to the triggers), timed from
+  process start to exit;
+* **script**: the actions of ``services.actions`` called one after the other, one site at a
+  time, polling the workflow and replica services at the same interval, no Airflow.
+
+Prints one line per run and, last, ``overhead: airflow_s=A script_s=S ratio=R``. R below 1
+means running the sites in parallel pays for Airflow's own overhead. Not a test: figures only.
+
+    python bench/orchestration_overhead.py [--root DIR] [--poll SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT / "plugins", ROOT / "include", ROOT):
+    sys.path.insert(0, str(p))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "plugins"), str(ROOT / "include"), str(ROOT)])
+CAMPAIGN = ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"
+
+
+def _wait(predicate, poll: float, what: str, timeout: float = 3600.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(what)
+
+
+def _rules_done(ctx, rules: list[dict]) -> bool:
+    from multisite_drp.services.replica.base import RuleRef, RuleState
+
+    refs = [RuleRef.from_dict(r) for r in rules]
+    status = ctx.replica.rule_status(refs)
+    if any(s.state is RuleState.STUCK for s in status.values()):
+        raise RuntimeError(f"stuck: {status}")
+    return all(s.state is RuleState.OK for s in status.values()) and all(
+        ctx.replica.verify_ingested(r).complete for r in refs)
+
+
+def run_script(data_root: Path, poll: float) -> float:
+    """The campaign as a sequential script of the same actions (no Airflow)."""
+    from minidrp.build import build_sites
+
+    from multisite_drp.campaign.config import load_campaign
+    from multisite_drp.services import actions, factory
+    from multisite_drp.services.report import write_report
+    from multisite_drp.services.workflow.base import WorkflowRef
+
+    build_sites(data_root)
+    t0 = time.monotonic()
+    cfg = load_campaign(CAMPAIGN, data_root=data_root)
+    extra = {"adapter": "embedded", "processes": 1, "poll_interval": poll}
+    ctx = factory.build_context(
+        cfg,
+        {s.name: factory.workflow_settings(s.name, extra, "bench") for s in cfg.sites},
+        factory.replica_settings(cfg, extra, "bench"),
+        {s.name: factory.butler_settings(cfg, s.name, {}, "bench") for s in cfg.sites},
+    )
+    actions.make_plan(ctx)
+    plan = ctx.plan()
+    for site in cfg.sites:
+        if site.name == cfg.hub.name:
+            continue
+        actions.distribute_bootstrap(ctx, site.name)
+        actions.distribute_raws(ctx, site.name)
+        rules = actions.distribution_rules(ctx, site.name)
+        _wait(lambda r=rules: _rules_done(ctx, r), poll, "distribution")
+        actions.verify_ingest(ctx, rules)
+        actions.ensure_input_chain(ctx, site.name)
+    for step in cfg.steps:
+        for site in plan.sites_for(step.name):
+            actions.generate_qg(ctx, step.name, site)
+            actions.replicate_inputs(ctx, step.name, site)
+            rules = actions.input_rules(ctx, step.name, site)
+            _wait(lambda r=rules: _rules_done(ctx, r), poll, "inputs")
+            actions.verify_ingest(ctx, rules)
+            ref = WorkflowRef.from_dict(actions.submit(ctx, step.name, site))
+            service = ctx.workflows[site]
+            _wait(lambda s=service, r=ref: s.status([r])[r.run_id].terminal, poll, "workflow")
+            if not actions.accept(ctx, ref)["accepted"]:
+                raise RuntimeError(f"{ref.name} rejected")
+            actions.merge(ctx, step.name, site)
+            actions.register(ctx, step.name, site)
+            rules = actions.replicate_outputs(ctx, step.name, site)
+            _wait(lambda r=rules: _rules_done(ctx, r), poll, "outputs")
+            actions.verify_ingest(ctx, rules)
+        actions.barrier(ctx, step.name)
+    actions.chain_outputs(ctx)
+    actions.collect_provenance(ctx)
+    report, _ = write_report(ctx)
+    elapsed = time.monotonic() - t0
+    print(f"script: seconds={elapsed:.1f} quanta={report['totals']['quanta_succeeded']} "
+          f"quanta_per_hour={report['rate']['quanta_per_hour']}", flush=True)
+    return elapsed
+
+
+def run_airflow(data_root: Path, airflow_home: Path, poll: float) -> float:
+    from minidrp.build import build_sites
+
+    build_sites(data_root)
+    env = {**os.environ, "AIRFLOW_HOME": str(airflow_home)}
+    # The metadata database is created once, outside the timed run (as on a deployed Airflow).
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (airflow_home / ".db-migrated").touch()
+    t0 = time.monotonic()
+    with open(data_root.parent / "airflow_run.log", "w") as log:
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_campaign.py"), "--data-root",
+                               str(data_root), "--poll", str(poll), "--quiet"],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    elapsed = time.monotonic() - t0
+    if proc.returncode:
+        raise SystemExit(f"the Airflow run failed; see {data_root.parent / 'airflow_run.log'}")
+    print(f"airflow: seconds={elapsed:.1f} (dag.test, process start to exit)", flush=True)
+    return elapsed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", help="scratch directory (default: a temporary one, removed afterwards)")
+    p.add_argument("--poll", type=float, default=2.0, help="poll interval of both runs (the embedded default: 2 s)")
+    args = p.parse_args()
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="orchestration-"))
+    try:
+        airflow_s = run_airflow(root / "airflow_run" / "sites", root / "airflow_run" / "home", args.poll)
+        script_s = run_script(root / "script_run" / "sites", args.poll)
+    finally:
+        if not args.root:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"overhead: airflow_s={airflow_s:.1f} script_s={script_s:.1f} ratio={airflow_s / script_s:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
