@@ -49,7 +49,8 @@ demo: venv
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	set -o pipefail; $(BIN)/python scripts/run_campaign.py --data-root $(DEMO)/sites --json-out $(DEMO)/run.json \
 	  2>&1 | tee $(DEMO)/airflow.log | grep --line-buffered -E \
-	  'DAG TEST\] starting task_id|DRP ALERT|^[|#]|^(Wall|Rate|Distribution)|^drp_campaign|building|minidrp build'
+	  'DAG TEST\] starting task_id|DRP ALERT|^[|#]|^(Wall|Rate|Distribution)|^drp_campaign|building|minidrp build' \
+	  | sed -u -E 's/.*\[DAG TEST\] starting task_id=([^ ]+).*/  running \1/'
 	@echo "report: $(DEMO)/sites/work/report/g0/report.md   plan and sky map: $(DEMO)/sites/work/plan/g0/"
 
 airflow-settings: venv
