@@ -33,10 +33,13 @@ def test_transfers_follow_the_dataflow(config, flow, inputs) -> None:
     plan = plan_campaign(config, inputs, dataflow=flow)
     kinds = {(t.step, t.kind, t.dataset_type) for t in plan.transfers}
     assert ("step1", "bootstrap", "refcat") in kinds
-    assert ("step3", "gather", "sourceTable_visit") in kinds
     assert ("step4", "overlap", "pvi") in kinds
     assert ("step7", "overlap", "objectTable_tract") in kinds
-    assert ("step9", "gather", "forcedSourceTable_visit") in kinds
+    # The embedded campaign returns everything to the hub (empty `returns`), so the global
+    # steps' inputs are there already: returned, never gathered a second time.
+    assert ("step2", "return", "sourceTable_visit") in kinds and ("step8", "return", "forcedSourceTable_visit") in kinds
+    assert not [t for t in plan.transfers if t.kind == "gather"]
+    assert not [t for t in plan.transfers if t.destination == "usdf" and t.kind not in ("return",)]
     # Overlap PVIs come from the visit's owner and go to a site owning a tract it overlaps.
     owner = {v: s.name for s in plan.sites for v in s.visits}
     region = {t: s.name for s in plan.sites for t in s.tracts}
@@ -63,8 +66,9 @@ def test_fanout_after_global_step(config, inputs) -> None:
     data["steps"][3]["returns"] = ["deepCoadd"]
     cfg = type(config).model_validate({**data, "source_path": config.source_path})
     plan = plan_campaign(cfg, inputs, dataflow=dataflow_from_mapping(cfg, synthetic.DRP_LIKE_DATAFLOW))
-    fan = [t for t in plan.transfers if t.kind == "fanout"]
+    fan = [t for t in plan.transfers if t.kind == "fanout" and t.step == "step4"]
     assert fan and all(t.source == "usdf" and t.dataset_type == "photoCalib" for t in fan)
+    assert {t.destination for t in fan} == {"frdf", "ukdf"}
     ret = [t for t in plan.transfers if t.kind == "return"]
     assert {t.source for t in ret} == {"frdf", "ukdf"} and all(t.destination == "usdf" for t in ret)
 
@@ -172,3 +176,19 @@ def test_more_sites_than_tracts(config, flow) -> None:
 
     with pytest.raises(PartitionError, match="3 sites but only 2 tracts with work; expected at least one"):
         plan_campaign(config, small_inputs(seed=1, n_visits=3, nx=2, ny=1), dataflow=flow)
+
+
+def test_gather_before_global_step_when_its_inputs_do_not_return(config, inputs) -> None:
+    from multisite_drp.campaign import synthetic
+    from multisite_drp.campaign.dataflow import dataflow_from_mapping
+
+    data = config.model_dump()
+    data["steps"][1]["returns"] = ["visitSummary"]  # step2 keeps sourceTable_visit at the sites
+    cfg = type(config).model_validate({**data, "source_path": config.source_path})
+    plan = plan_campaign(cfg, inputs, dataflow=dataflow_from_mapping(cfg, synthetic.DRP_LIKE_DATAFLOW))
+    gather = [t for t in plan.transfers if t.kind == "gather"]
+    assert gather and all(t.step == "step3" and t.dataset_type == "sourceTable_visit" and t.destination == "usdf"
+                          for t in gather)
+    remote_visits = {v for s in plan.sites if s.name != "usdf" for v in s.visits}
+    assert sorted(v for t in gather for v in t.visits) == sorted(remote_visits)
+    assert plan.metrics.bytes_by_kind["gather"] == sum(t.bytes for t in gather) > 0

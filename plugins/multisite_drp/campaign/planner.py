@@ -11,7 +11,10 @@ Steps
 3. Derive transfers generically from the dataflow (:mod:`.dataflow`): for every step and
    every type in its ``requires``, where each needed dataset is held (the producing
    step's owner of that visit or tract, or the hub for global steps) and where it is
-   needed (from the consuming step's sharding and the type's dimensions).
+   needed (from the consuming step's sharding and the type's dimensions). The hub also
+   holds everything returned to it: a step's ``returns`` types, or, when the list is
+   empty, every type it produces (what the campaign DAG does), so a later step at the
+   hub (a gather before a global step) needs no second transfer of them.
 
 Quality metric
 --------------
@@ -300,7 +303,7 @@ class _Context:
                                     f"steps[{st.name}].requires: no transfer planned for it")
             for dtype in st.requires:
                 self._step_type(out, st, dtype)
-            for dtype in st.returns:
+            for dtype in self.returned_types(st):
                 self._returns(out, st, dtype)
         out.sort(key=lambda t: ([s.name for s in steps].index(t.step), t.kind, t.dataset_type, t.source,
                                 t.destination))
@@ -330,6 +333,8 @@ class _Context:
             return
         producer = self.config.step(flow.steps[pidx].name)
         kind = "gather" if st.is_global else ("fanout" if producer.is_global else "overlap")
+        if self.returned(producer, dtype):
+            dests = [x for x in dests if x != self.hub]  # already at the hub
         for x in dests:
             if key == "visit":
                 v, det = self.needed_visits(st.sharding, x)
@@ -352,6 +357,15 @@ class _Context:
                 holders = [self.hub] if producer.is_global else list(range(self.k))
                 for h in holders:
                     self._emit(out, st.name, dtype, h, x, kind, count=1)
+
+    def returned(self, step, dtype: str) -> bool:
+        """True if ``step``'s outputs of ``dtype`` are returned to the hub (see the module docstring)."""
+        return step.is_global or not step.returns or dtype in step.returns
+
+    def returned_types(self, step) -> list[str]:
+        if step.returns:
+            return list(step.returns)
+        return sorted(self.flow.steps[self.flow.step_index(step.name)].produces)
 
     def _returns(self, out: list[Transfer], st, dtype: str) -> None:
         if st.is_global:

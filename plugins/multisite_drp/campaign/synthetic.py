@@ -330,16 +330,21 @@ _VD = ["instrument", "visit", "detector"]
 _V = ["instrument", "visit"]
 _TPB = ["skymap", "tract", "patch", "band"]
 DRP_LIKE_DATAFLOW: dict[str, dict[str, dict[str, list[str]]]] = {
+    # Names follow both the production pipelines (photoCalib) and the embedded MiniCam
+    # pipeline (zeroPoint), so the benchmark's and the embedded campaign's requires resolve.
     "step1": {"consumes": {"raw": ["instrument", "exposure", "detector"], "bias": ["instrument", "detector"],
                            "flat": ["instrument", "detector", "physical_filter"], "refcat": ["htm7"]},
               "produces": {"src": _VD, "pvi": _VD}},
     "step2": {"consumes": {"src": _VD}, "produces": {"sourceTable_visit": _V, "visitSummary": _V}},
-    "step3": {"consumes": {"sourceTable_visit": _V}, "produces": {"photoCalib": _V}},
-    "step4": {"consumes": {"pvi": _VD, "skyMap": ["skymap"]}, "produces": {"deepCoadd": _TPB}},
+    "step3": {"consumes": {"sourceTable_visit": _V}, "produces": {"photoCalib": _V, "zeroPoint": _V}},
+    "step4": {"consumes": {"pvi": _VD, "visitSummary": _V, "zeroPoint": _V, "skyMap": ["skymap"]},
+              "produces": {"deepCoadd": _TPB}},
     "step5": {"consumes": {"deepCoadd": _TPB}, "produces": {"deepCoadd_meas": _TPB}},
     "step6": {"consumes": {"deepCoadd_meas": _TPB}, "produces": {"objectTable_tract": ["skymap", "tract"]}},
-    "step7": {"consumes": {"objectTable_tract": ["skymap", "tract"], "pvi": _VD},
+    "step7": {"consumes": {"objectTable_tract": ["skymap", "tract"], "pvi": _VD, "visitSummary": _V,
+                           "zeroPoint": _V},
               "produces": {"forcedSource": _VD}},
     "step8": {"consumes": {"forcedSource": _VD}, "produces": {"forcedSourceTable_visit": _V}},
-    "step9": {"consumes": {"forcedSourceTable_visit": _V}, "produces": {"surveySummary": ["instrument"]}},
+    "step9": {"consumes": {"forcedSourceTable_visit": _V, "objectTable_tract": ["skymap", "tract"]},
+              "produces": {"surveySummary": ["instrument"]}},
 }
