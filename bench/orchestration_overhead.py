@@ -73,7 +73,7 @@ def run_script(data_root: Path, poll: float) -> float:
         factory.replica_settings(cfg, extra, "bench"),
         {s.name: factory.butler_settings(cfg, s.name, {}, "bench") for s in cfg.sites},
     )
-    actions.make_plan(ctx)
+    actions.make_plan(cfg, 0)
     plan = ctx.plan()
     for site in cfg.sites:
         if site.name == cfg.hub.name:

@@ -102,10 +102,10 @@ with DAG(
             doc_md="At USDF, chain every step's output RUNs (newest step first) and the inputs under the "
                    "campaign's output prefix.")
         provenance = FinalizeOperator(
-            task_id="collect_provenance", what="collect_provenance",
+            task_id="collect_provenance", what="collect_provenance", trigger_rule=TriggerRule.NONE_FAILED,
             doc_md="Copy every site's QuantumGraph, workflow state and logs back to USDF's provenance area.")
         report = CampaignReportOperator(
-            task_id="report",
+            task_id="report", trigger_rule=TriggerRule.NONE_FAILED,  # runs in dry_run too: the plan's report
             doc_md="Write report.json and report.md (quanta, wall time, bytes in/out, quanta and visits per "
                    "hour against the campaign's rate target) and print the table in this log.")
         chain >> provenance >> report

@@ -323,3 +323,24 @@ def test_clearing_one_sites_step_reruns_it_without_duplicates(cfg, campaign) -> 
     assert decision.stat().st_mtime_ns > stamp
     # ... and found their earlier work: no new submission, rule, Rucio file or dataset.
     assert snapshot(cfg) == before
+
+
+def test_dry_run_plans_and_reports_without_any_external_action(tmp_path) -> None:
+    from minidrp.build import build_sites
+
+    data_root = tmp_path / "sites"
+    build_sites(data_root)
+    cfg = load_campaign(CAMPAIGN, data_root=data_root)
+    run = _run_dag(data_root, tmp_path / "airflow", tmp_path / "dry.json", "--dry-run")
+    assert run["state"] == "success", f"dry run failed; log {run['log']}"
+    states = run["task_states"]
+    assert states["success"] == 3 and states["skipped"] == sum(states.values()) - 3  # validate, plan, report
+    assert (names.plan_dir(cfg, 0) / "plan.json").is_file() and (names.plan_dir(cfg, 0) / "skymap.png").is_file()
+    # Nothing external happened: no rule, no graph, no submission, no new dataset at any site.
+    assert not (cfg.work_path / "replicas").exists()
+    assert not (cfg.work_path / "graphs").exists() and not (cfg.work_path / "submit").exists()
+    for s in cfg.sites:
+        b = _butler(cfg, s.name)
+        assert _step_runs(b, cfg) == []
+        assert len(b.refs("raw", cfg.input_collections)) == (120 if s.name == cfg.hub.name else 0)
+    assert "dry run: the plan" in Path(run["log"]).read_text()

@@ -111,7 +111,7 @@ def test_skip_reasons(connections, sites_root) -> None:
     assert "not among the selected steps" in skip_reason(_params(steps=["step2"]), None, "step1", "frdf")
     hook = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), sites=["usdf", "frdf"])
     assert "not among the selected sites" in skip_reason(_params(sites=["usdf", "frdf"]), hook, "step1", "ukdf")
-    actions.make_plan(hook.get_conn())
+    actions.make_plan(hook.config, hook.generation)
     assert skip_reason(_params(), hook, "step1", "frdf") is None
     assert "runs at ['usdf']" in skip_reason(_params(), hook, "step3", "frdf")
 
@@ -122,17 +122,17 @@ def test_plan_is_kept_per_generation_and_guarded_against_change(connections, sit
 
     full = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), generation=5)
     shutil.rmtree(names.plan_dir(full.config, 5), ignore_errors=True)
-    first = actions.make_plan(full.get_conn())
+    first = actions.make_plan(full.config, full.generation)
     assert set(first["sites"]) == {"usdf", "frdf", "ukdf"}
     plan_file = names.plan_dir(full.config, 5) / "plan.json"
     text = plan_file.read_text()
-    assert actions.make_plan(full.get_conn()) == first  # a rerun plans the same and keeps the file
+    assert actions.make_plan(full.config, full.generation) == first  # a rerun plans the same and keeps the file
     assert plan_file.read_text() == text
     # Dropping a site under an existing generation would move visits under finished work.
     fewer = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), generation=5, sites=["usdf", "frdf"])
     with pytest.raises(actions.PlanChangedError, match="trigger with a new 'generation'"):
-        actions.make_plan(fewer.get_conn())
+        actions.make_plan(fewer.config, fewer.generation)
     assert plan_file.read_text() == text
     # A new generation plans afresh.
     fewer6 = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), generation=6, sites=["usdf", "frdf"])
-    assert set(actions.make_plan(fewer6.get_conn())["sites"]) == {"usdf", "frdf"}
+    assert set(actions.make_plan(fewer6.config, fewer6.generation)["sites"]) == {"usdf", "frdf"}

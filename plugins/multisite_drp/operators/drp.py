@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, SkipMixin
 from airflow.sdk.exceptions import AirflowSkipException
 
 from multisite_drp.hooks.campaign import CampaignHook
@@ -213,17 +213,26 @@ class ValidateCampaignOperator(BaseOperator):
         return summary
 
 
-class PlanCampaignOperator(CampaignActionOperator):
-    """Plan the generation (runs in dry_run too: planning takes no external action)."""
+class PlanCampaignOperator(CampaignActionOperator, SkipMixin):
+    """Plan the generation (runs in dry_run too: planning takes no external action).
+
+    In a dry run it then marks every later task skipped at once, except the report,
+    which prints the plan: nothing is built, moved or submitted, and nothing waits.
+    """
 
     ui_color = "#d0e0e3"
+    REPORT_TASK = "finalize.report"
 
     def execute(self, context) -> Any:
         from multisite_drp.services import actions
 
-        ctx = self.hook(context).get_conn()
-        result = actions.make_plan(ctx)
+        hook = self.hook(context)
+        result = actions.make_plan(hook.config, hook.generation)
         self.log.info("plan: %s", json.dumps(result))
+        if context["params"].get("dry_run"):
+            later = [t for t in self.get_flat_relatives(upstream=False) if t.task_id != self.REPORT_TASK]
+            self.log.info("dry run: skipping %d later tasks; %s prints the plan", len(later), self.REPORT_TASK)
+            self.skip(ti=context["ti"], tasks=later)
         return result
 
 

@@ -79,7 +79,7 @@ class PlanChangedError(RuntimeError):
     """A generation's plan would change: its earlier tasks ran on the old one."""
 
 
-def make_plan(ctx: CampaignContext) -> dict:
+def make_plan(cfg: CampaignConfig, generation: int = 0) -> dict:
     """Plan the generation once; a rerun checks the inputs still give the same plan.
 
     The plan is what every later task reads. Replanning the same generation with another
@@ -90,24 +90,23 @@ def make_plan(ctx: CampaignContext) -> dict:
     from multisite_drp.campaign.plan import CampaignPlan
     from multisite_drp.campaign.planner import plan_to_directory
 
-    cfg = ctx.config
-    out = names.plan_dir(cfg, ctx.generation)
+    out = names.plan_dir(cfg, generation)
     if (out / "plan.json").exists():
         old = CampaignPlan.load(out)
-        new = plan_to_directory(cfg, out.with_name(out.name + ".check"), generation=ctx.generation, baselines=False)
+        new = plan_to_directory(cfg, out.with_name(out.name + ".check"), generation=generation, baselines=False)
         before = {s.name: (s.visits, s.tracts) for s in old.sites}
         after = {s.name: (s.visits, s.tracts) for s in new.sites}
         shutil.rmtree(out.with_name(out.name + ".check"), ignore_errors=True)
         if before != after:
             changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
             raise PlanChangedError(
-                f"{out / 'plan.json'}: generation {ctx.generation} was planned for sites {sorted(before)}; "
+                f"{out / 'plan.json'}: generation {generation} was planned for sites {sorted(before)}; "
                 f"planning again now gives another assignment (changed: {changed}). Keep the campaign's "
                 "sites and inputs, or trigger with a new 'generation' to reprocess in new collections."
             )
         plan = old
     else:
-        plan = plan_to_directory(cfg, out, generation=ctx.generation)
+        plan = plan_to_directory(cfg, out, generation=generation)
     return {"plan_dir": str(out), "method": plan.method,
             "sites": {s.name: {"visits": len(s.visits), "tracts": len(s.tracts),
                                "share_target": s.share_target, "share_achieved": round(s.share_achieved, 4)}
