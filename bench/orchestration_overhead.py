@@ -57,7 +57,6 @@ def _rules_done(ctx, rules: list[dict]) -> bool:
 def run_script(data_root: Path, poll: float) -> float:
     """The campaign as a sequential script of the same actions (no Airflow)."""
     from minidrp.build import build_sites
-
     from multisite_drp.campaign.config import load_campaign
     from multisite_drp.services import actions, factory
     from multisite_drp.services.report import write_report
