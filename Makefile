@@ -63,7 +63,7 @@ up: venv
 	$(BIN)/airflow db migrate >/dev/null
 	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml
 	$(BIN)/python -m minidrp build --root $(DATA)
-	$(BIN)/airflow standalone
+	PATH="$(ROOT)/$(BIN):$$PATH" $(BIN)/airflow standalone  # it starts `airflow scheduler` etc. from PATH
 
 bench: venv
 	$(BIN)/python bench/planner_scale.py

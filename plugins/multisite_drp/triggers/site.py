@@ -41,10 +41,12 @@ class WorkflowTrigger(BaseTrigger):
                  "label": self.label})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from multisite_drp.services.workflow.base import WorkflowRef  # ctrl_bps: not at DAG parse time
+        def build():  # imports the LSST middleware: off the event loop
+            from multisite_drp.services.workflow.base import WorkflowRef
 
-        service = factory.workflow_service(self.settings)
-        refs = [WorkflowRef.from_dict(r) for r in self.refs]
+            return factory.workflow_service(self.settings), [WorkflowRef.from_dict(r) for r in self.refs]
+
+        service, refs = await asyncio.to_thread(build)
         last = None
         while True:
             statuses = await asyncio.to_thread(service.status, refs)
@@ -76,7 +78,7 @@ class ReplicationTrigger(BaseTrigger):
                  "label": self.label})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        service = factory.replica_service(self.settings)
+        service = await asyncio.to_thread(factory.replica_service, self.settings)  # opens the catalogue
         refs = [RuleRef.from_dict(r) for r in self.rules]
         last = None
         while True:
