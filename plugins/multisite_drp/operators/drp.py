@@ -114,12 +114,8 @@ class ReplicateInputsOperator(StepSiteOperator):
 
 
 class SubmitWorkflowOperator(StepSiteOperator):
+    action = "submit"  # finds an earlier submission; restarts a FAILED one (restart_failed=True)
     ui_color = "#cfe2f3"
-
-    def act(self, ctx, context) -> Any:
-        from multisite_drp.services import actions
-
-        return actions.submit(ctx, self.step, self.site, restart_failed=True)
 
 
 class MergeOutputsOperator(StepSiteOperator):
