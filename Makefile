@@ -48,9 +48,9 @@ DEMO ?= $(ROOT)/var/demo
 demo: venv
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	set -o pipefail; $(BIN)/python scripts/run_campaign.py --data-root $(DEMO)/sites --json-out $(DEMO)/run.json \
-	  2>&1 | tee $(DEMO)/airflow.log | grep --line-buffered -E \
-	  'DAG TEST\] starting task_id|DRP ALERT|^[|#]|^(Wall|Rate|Distribution)|^drp_campaign|building|minidrp build' \
-	  | sed -u -E 's/.*\[DAG TEST\] starting task_id=([^ ]+).*/  running \1/'
+	  2>&1 | tee $(DEMO)/airflow.log | awk '/^=== campaign report/ {p=1} p {print; fflush(); next} \
+	    /\[DAG TEST\] starting task_id=/ {match($$0, /task_id=[^ ]+/); print "  running " substr($$0, RSTART+8, RLENGTH-8); fflush(); next} \
+	    /DRP ALERT|^building|^\[minidrp build\]|^drp_campaign:/ {print; fflush()}'
 	@echo "report: $(DEMO)/sites/work/report/g0/report.md   plan and sky map: $(DEMO)/sites/work/plan/g0/"
 
 airflow-settings: venv

@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                         data_root=data_root, check_pipeline=False)
     report = names.report_dir(cfg, args.generation) / "report.md"
     if report.exists() and not args.quiet:
+        print(f"=== campaign report: {report} ===")
         print(report.read_text())
     print(f"drp_campaign run {dr.run_id}: {dr.state} in {elapsed:.1f} s; tasks {states}", flush=True)
     return 0 if str(dr.state) == "success" else 1
