@@ -215,6 +215,14 @@ class EmbeddedReplicaService(ReplicaService):
 
     def retry(self, rule: RuleRef) -> RuleRef:
         """Re-evaluate a STUCK rule (like ``rucio update-rule --boost-rule``)."""
+        with self.catalogue.connect() as db:
+            row = db.execute("SELECT pid, state FROM rules WHERE rule_id = ?", (rule.rule_id,)).fetchone()
+        # The conveyor that gave up marks the rule STUCK just before it exits: let it go, so
+        # the retry starts a fresh one instead of mistaking the leaving one for a live worker.
+        deadline = time.monotonic() + 10.0
+        while row and row["state"] == RuleState.STUCK.value and group_alive(row["pid"]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         with self.catalogue.transaction() as db:
             db.execute("UPDATE rules SET state = 'REPLICATING', error = '', attempts = 0, updated = ? "
                        "WHERE rule_id = ? AND state = 'STUCK'", (time.time(), rule.rule_id))
@@ -222,6 +230,7 @@ class EmbeddedReplicaService(ReplicaService):
 
     def rule_status(self, rules: Sequence[RuleRef]) -> dict[str, RuleStatus]:
         out: dict[str, RuleStatus] = {}
+        respawn: list[str] = []
         if not rules:
             return out
         with self.catalogue.connect() as db:
@@ -238,8 +247,11 @@ class EmbeddedReplicaService(ReplicaService):
                 state = RuleState(row["state"])
                 error = row["error"]
                 if state is RuleState.REPLICATING and not group_alive(row["pid"]):
-                    # The conveyor died; the next add_rule/retry respawns it. Report it honestly.
-                    error = error or "conveyor not running"
+                    # Rucio's transfer daemons never stop; the embedded conveyor can (killed, or a
+                    # race with a retry). Supervise it like a daemon: start a new one. A conveyor
+                    # finding the rule already OK exits at once, so this is safe to repeat.
+                    respawn.append(ref.rule_id)
+                    error = error or "conveyor not running; restarted"
                 pending = counts["total"] - counts["ok"]
                 out[ref.rule_id] = RuleStatus(
                     rule_id=ref.rule_id, state=state, locks_ok=counts["ok"],
@@ -247,6 +259,8 @@ class EmbeddedReplicaService(ReplicaService):
                     locks_stuck=pending if state is RuleState.STUCK else 0,
                     bytes=row["bytes"], error=error, created=row["created"], updated=row["updated"],
                 )
+        for rule_id in respawn:
+            self._spawn_conveyor(rule_id)
         return out
 
     def dataset_refs(self, dataset: str) -> list[DatasetRef]:

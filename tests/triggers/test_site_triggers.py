@@ -1,0 +1,132 @@
+"""The triggers and the alert notifier on their own, against the real embedded services.
+
+The triggers are serialised and rebuilt (what the triggerer does), then run on an event
+loop until their first event. The replication case breaks a real transfer (a source file
+hidden after registration) so the conveyor's retries end STUCK; once the file is back,
+``ReplicaService.retry`` and a fresh trigger see the rule OK and the files ingested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from multisite_drp.campaign.config import load_campaign
+from multisite_drp.services import factory
+from multisite_drp.services.butler import SiteButler
+from multisite_drp.services.fileio import atomic_write_json
+from multisite_drp.triggers.site import ReplicationTrigger, WorkflowTrigger
+
+CAMPAIGN = Path(__file__).resolve().parents[2] / "include" / "campaigns" / "minidrp_embedded.yaml"
+
+
+def _rebuilt(trigger):
+    from airflow.sdk._shared.module_loading import import_string
+
+    classpath, kwargs = trigger.serialize()
+    return import_string(classpath)(**json.loads(json.dumps(kwargs)))
+
+
+def _first_event(trigger, timeout: float = 120.0):
+    async def first():
+        async for event in trigger.run():
+            return event
+
+    return asyncio.run(asyncio.wait_for(first(), timeout))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    proc.wait()
+    return proc.pid
+
+
+def test_workflow_trigger_fires_once_every_workflow_is_terminal(tmp_path: Path) -> None:
+    refs = []
+    for name, state in (("done", "SUCCEEDED"), ("lost", "RUNNING")):
+        d = tmp_path / name
+        d.mkdir()
+        atomic_write_json(d / "state.json", {"name": name, "site": "frdf", "submit_dir": str(d), "state": state,
+                                             "pgid": _dead_pid(), "attempt": 1, "phase": "run-qbb",
+                                             "counts": {"total": 4, "succeeded": 4 if state == "SUCCEEDED" else 1,
+                                                        "failed": 0, "blocked": 0 if state == "SUCCEEDED" else 3}})
+        refs.append({"run_id": name, "name": name, "site": "frdf", "submit_dir": str(d)})
+    settings = factory.workflow_settings("frdf", {"adapter": "embedded", "poll_interval": 0.1}, "test")
+    event = _first_event(_rebuilt(WorkflowTrigger(settings=settings, refs=refs, poll_interval=0.1, label="t")))
+    wf = event.payload["workflows"]
+    assert event.payload["status"] == "done"
+    assert wf["done"]["state"] == "SUCCEEDED" and wf["done"]["quanta_succeeded"] == 4
+    # A runner whose process group is gone is FAILED, not RUNNING forever.
+    assert wf["lost"]["state"] == "FAILED" and "gone" in wf["lost"]["message"]
+
+
+@pytest.mark.e2e
+def test_replication_trigger_reports_stuck_then_ok_after_retry(tmp_path: Path) -> None:
+    from minidrp.build import build_sites
+
+    build_sites(tmp_path / "sites")
+    cfg = load_campaign(CAMPAIGN, data_root=tmp_path / "sites")
+    settings = factory.replica_settings(cfg, {"adapter": "embedded", "poll_interval": 0.2}, "test")
+    replica = factory.replica_service(settings)
+    hub = SiteButler("usdf", cfg.repo_of("usdf"))
+    refs = hub.refs("flat", cfg.input_collections)[:3]
+    dataset = "Dataset/minidrp/test/frdf/inputs"
+    assert replica.register("usdf", dataset, refs).files == 3
+    source = Path(hub.butler.getURI(refs[0]).ospath)
+    hidden = source.with_name(source.name + ".hidden")
+    source.rename(hidden)  # the transfer will fail on this file
+    rule = replica.add_rule(dataset, "frdf")
+    trigger = ReplicationTrigger(settings=settings, rules=[rule.to_dict()], poll_interval=0.2, label="t")
+    event = _first_event(_rebuilt(trigger))
+    assert event.payload["status"] == "stuck"
+    assert f"{dataset}@frdf" in event.payload["stuck"] and event.payload["stuck"][f"{dataset}@frdf"]
+
+    hidden.rename(source)
+    replica.retry(rule)
+    event = _first_event(_rebuilt(trigger))
+    assert event.payload == {"status": "ok", "ingested": {f"{dataset}@frdf": 3}}
+    frdf = SiteButler("frdf", cfg.repo_of("frdf"))
+    assert frdf.missing(refs) == []
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's API
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_alert_notifier_records_and_posts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from multisite_drp.notifiers.alert import CampaignAlertNotifier
+
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MULTISITE_DRP_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/hook")
+    ti = SimpleNamespace(dag_id="drp_campaign", run_id="r1", task_id="step4.frdf.wait_workflow", try_number=2,
+                         log_url="http://localhost:8080/x")
+    context = {"ti": ti, "exception": RuntimeError("minidrp_step4_frdf_g0 rejected"),
+               "params": {"campaign_file": str(CAMPAIGN), "data_root": str(tmp_path), "generation": 0}}
+    try:
+        CampaignAlertNotifier().notify(context)
+    finally:
+        server.shutdown()
+    lines = (tmp_path / "work" / "alerts.jsonl").read_text().splitlines()
+    record = json.loads(lines[-1])
+    assert record["task_id"] == "step4.frdf.wait_workflow" and record["try_number"] == 2
+    assert record["error"] == "RuntimeError: minidrp_step4_frdf_g0 rejected"
+    assert _Hook.received and _Hook.received[-1]["text"].startswith("DRP step4.frdf.wait_workflow failed (try 2)")
