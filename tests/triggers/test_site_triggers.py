@@ -15,9 +15,9 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-
 from multisite_drp.campaign.config import load_campaign
 from multisite_drp.services import factory
 from multisite_drp.services.butler import SiteButler
@@ -97,9 +97,9 @@ def test_replication_trigger_reports_stuck_then_ok_after_retry(tmp_path: Path) -
 
 
 class _Hook(BaseHTTPRequestHandler):
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's API
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Hook.received.append(json.loads(body))
         self.send_response(204)
