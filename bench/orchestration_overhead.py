@@ -44,14 +44,12 @@ def _wait(predicate, poll: float, what: str, timeout: float = 3600.0):
 
 
 def _rules_done(ctx, rules: list[dict]) -> bool:
-    from multisite_drp.services.replica.base import RuleRef, RuleState
+    from multisite_drp.services.replica.base import RuleRef, replication_progress
 
-    refs = [RuleRef.from_dict(r) for r in rules]
-    status = ctx.replica.rule_status(refs)
-    if any(s.state is RuleState.STUCK for s in status.values()):
-        raise RuntimeError(f"stuck: {status}")
-    return all(s.state is RuleState.OK for s in status.values()) and all(
-        ctx.replica.verify_ingested(r).complete for r in refs)
+    progress = replication_progress(ctx.replica, [RuleRef.from_dict(r) for r in rules])
+    if progress.state == "stuck":
+        raise RuntimeError(f"stuck: {progress.stuck}")
+    return progress.state == "ok"
 
 
 def run_script(data_root: Path, poll: float) -> float:

@@ -140,16 +140,9 @@ class ReplicationSensor(_SiteSensor):
         return actions.output_rules(ctx, self.step, self.site)
 
     def _state(self, ctx, rules: list[dict]) -> str:
-        from multisite_drp.services.replica.base import RuleRef, RuleState
+        from multisite_drp.services.replica.base import RuleRef, replication_progress
 
-        refs = [RuleRef.from_dict(r) for r in rules]
-        status = ctx.replica.rule_status(refs)
-        if any(s.state is RuleState.STUCK for s in status.values()):
-            return "stuck"
-        if all(s.state is RuleState.OK for s in status.values()) and all(
-                ctx.replica.verify_ingested(r).complete for r in refs):
-            return "ok"
-        return "waiting"
+        return replication_progress(ctx.replica, [RuleRef.from_dict(r) for r in rules]).state
 
     def poke(self, context) -> bool:
         _, ctx = self._setup(context)

@@ -19,7 +19,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from multisite_drp.services import factory
-from multisite_drp.services.replica.base import RuleRef, RuleState
+from multisite_drp.services.replica.base import RuleRef, replication_progress
 
 __all__ = ["ReplicationTrigger", "WorkflowTrigger"]
 
@@ -82,23 +82,16 @@ class ReplicationTrigger(BaseTrigger):
         refs = [RuleRef.from_dict(r) for r in self.rules]
         last = None
         while True:
-            status = await asyncio.to_thread(service.rule_status, refs)
-            summary = {f"{r.dataset}@{r.site}": status[r.rule_id].state.value for r in refs}
-            if summary != last:
-                self.log.info("%s: %s", self.label, summary)
-                last = summary
-            stuck = {k: status[r.rule_id].error for k, r in zip(summary, refs, strict=True)
-                     if status[r.rule_id].state is RuleState.STUCK}
-            if stuck:
-                yield TriggerEvent({"status": "stuck", "stuck": stuck})
+            progress = await asyncio.to_thread(replication_progress, service, refs)
+            shown = (progress.states, progress.ingested)
+            if shown != last:
+                self.log.info("%s: %s %s", self.label, progress.states, progress.ingested or "")
+                last = shown
+            if progress.state == "stuck":
+                yield TriggerEvent({"status": "stuck", "stuck": progress.stuck})
                 return
-            if all(status[r.rule_id].state is RuleState.OK for r in refs):
-                # Rucio says the files are there; the ingest daemon may still be catching up.
-                checks = await asyncio.to_thread(lambda: [service.verify_ingested(r) for r in refs])
-                if all(c.complete for c in checks):
-                    yield TriggerEvent({"status": "ok", "ingested": {f"{c.dataset}@{c.site}": c.found
-                                                                     for c in checks}})
-                    return
-                self.log.info("%s: rules OK, waiting for ingest: %s", self.label,
-                              {f"{c.dataset}@{c.site}": f"{c.found}/{c.expected}" for c in checks})
+            if progress.state == "ok":
+                yield TriggerEvent({"status": "ok", "ingested": {k: int(v.split("/")[0])
+                                                                 for k, v in progress.ingested.items()}})
+                return
             await asyncio.sleep(self.poll_interval)

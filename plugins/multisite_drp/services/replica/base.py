@@ -33,9 +33,11 @@ __all__ = [
     "RegisteredDataset",
     "ReplicaError",
     "ReplicaService",
+    "ReplicationProgress",
     "RuleRef",
     "RuleState",
     "RuleStatus",
+    "replication_progress",
 ]
 
 
@@ -146,3 +148,34 @@ class ReplicaService(abc.ABC):
     def retry(self, rule: RuleRef) -> RuleRef:
         """Re-evaluate a STUCK rule. Default: nothing to do."""
         return rule
+
+
+@dataclasses.dataclass
+class ReplicationProgress:
+    """Where a set of rules stands: ``stuck`` (any rule STUCK), ``ok`` (every rule OK and
+    every dataset ingested at its destination) or ``waiting``."""
+
+    state: str
+    states: dict[str, str]  # "dataset@site" -> rule state
+    stuck: dict[str, str] = dataclasses.field(default_factory=dict)  # "dataset@site" -> error
+    ingested: dict[str, str] = dataclasses.field(default_factory=dict)  # "dataset@site" -> "found/expected"
+
+
+def replication_progress(service: ReplicaService, rules: Sequence[RuleRef]) -> ReplicationProgress:
+    """One status call for all ``rules``, then (once all are OK) the destination butlers.
+
+    Rucio saying OK is not enough: the ingest daemon at a Data Facility may still be
+    catching up, so the butler is asked. The sensor, the trigger and the benchmark's
+    script all wait on this.
+    """
+    status = service.rule_status(rules)
+    key = {r.rule_id: f"{r.dataset}@{r.site}" for r in rules}
+    states = {key[r.rule_id]: status[r.rule_id].state.value for r in rules}
+    stuck = {key[r.rule_id]: status[r.rule_id].error for r in rules if status[r.rule_id].state is RuleState.STUCK}
+    if stuck:
+        return ReplicationProgress("stuck", states, stuck=stuck)
+    if not all(status[r.rule_id].state is RuleState.OK for r in rules):
+        return ReplicationProgress("waiting", states)
+    checks = [service.verify_ingested(r) for r in rules]
+    ingested = {f"{c.dataset}@{c.site}": f"{c.found}/{c.expected}" for c in checks}
+    return ReplicationProgress("ok" if all(c.complete for c in checks) else "waiting", states, ingested=ingested)
