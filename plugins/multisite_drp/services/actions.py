@@ -88,15 +88,14 @@ def make_plan(cfg: CampaignConfig, generation: int = 0) -> dict:
     generation for a fresh run in new collections.
     """
     from multisite_drp.campaign.plan import CampaignPlan
-    from multisite_drp.campaign.planner import plan_to_directory
+    from multisite_drp.campaign.planner import load_inputs, plan_campaign, plan_to_directory
 
     out = names.plan_dir(cfg, generation)
     if (out / "plan.json").exists():
         old = CampaignPlan.load(out)
-        new = plan_to_directory(cfg, out.with_name(out.name + ".check"), generation=generation, baselines=False)
+        new = plan_campaign(cfg, load_inputs(cfg))  # in memory: only the assignment is compared
         before = {s.name: (s.visits, s.tracts) for s in old.sites}
         after = {s.name: (s.visits, s.tracts) for s in new.sites}
-        shutil.rmtree(out.with_name(out.name + ".check"), ignore_errors=True)
         if before != after:
             changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
             raise PlanChangedError(
