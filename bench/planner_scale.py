@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "plugins"))
 from multisite_drp.campaign import synthetic
 from multisite_drp.campaign.config import CampaignConfig
 from multisite_drp.campaign.dataflow import dataflow_from_mapping
-from multisite_drp.campaign.planner import plan_campaign, plan_to_directory
+from multisite_drp.campaign.planner import METRIC_EXCLUDED, plan_campaign, plan_to_directory
 from multisite_drp.campaign.spatial import from_butler, from_parquet, to_parquet
 
 MB = 1_000_000
@@ -87,6 +87,16 @@ def production_like_config(work: Path, max_group: int = 5000) -> CampaignConfig:
         ],
     }
     return CampaignConfig.model_validate(data)
+
+
+def pair_volumes(plan) -> str:
+    """The metric's TB between each pair of sites, both directions: where the boundaries cost."""
+    pairs: dict[str, int] = {}
+    for t in plan.transfers:
+        if t.kind not in METRIC_EXCLUDED:
+            key = "|".join(sorted((t.source, t.destination)))
+            pairs[key] = pairs.get(key, 0) + t.bytes
+    return ", ".join(f"{k} {v / 1e12:.2f} TB" for k, v in sorted(pairs.items()))
 
 
 def peak_gb() -> float:
@@ -223,6 +233,8 @@ def main() -> None:
         pm = p.metrics
         print(f"  {name:12s} cross-site {pm.cross_site_bytes / 1e12:9.2f} TB  overlap {pm.overlap_bytes / 1e12:9.2f} TB"
               f"  share_error {pm.share_error:.4f}  connected {'yes' if pm.connected else 'no'}")
+    for name, p in (("graph", plan), ("ra_stripes", stripes)):
+        print(f"  {name:12s} metric by site pair (both directions): {pair_volumes(p)}")
     print(f"  graph / ra_stripes = {ratio:.3f}; graph / round_robin = "
           f"{m.cross_site_bytes / robin.metrics.cross_site_bytes:.3f}")
     if not args.skip_butler:

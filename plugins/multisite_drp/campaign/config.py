@@ -177,6 +177,10 @@ class PlannerSettings(_Strict):
         default=50_000, gt=0, description="Largest number of data IDs in one BPS submission group."
     )
     seed: int = 0
+    partition_trials: int = Field(
+        default=48, ge=1, le=1000,
+        description="METIS runs (seeds seed .. seed+N-1) the graph method refines and keeps the best of.",
+    )
     share_tolerance: float = Field(
         default=0.002, gt=0.0, lt=0.5,
         description="Largest |achieved - target| share the planner's balancing passes aim for.",
