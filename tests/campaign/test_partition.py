@@ -86,3 +86,24 @@ def test_more_sites_than_tracts_is_an_error() -> None:
 def test_unknown_method() -> None:
     with pytest.raises(P.PartitionError, match="method: expected one of"):
         P.partition(small_inputs(), SHARES, "spiral")
+
+
+def test_exchanges_improve_where_single_moves_stall(survey) -> None:
+    """Pairs of opposite moves between two sites get past the share window single moves stop at."""
+    work, active = P._check(survey, SHARES)
+    xadj, adjncy, _ = P._graph(survey, active)
+    ov = P._Overlaps(survey, active, 3)
+    best_gain = 0.0
+    for shares in (SHARES, [0.25, 0.40, 0.35], [0.40, 0.35, 0.25]):
+        owner = P.partition(survey, shares, "ra_stripes")
+        ov.assign(owner)
+        while P._single_moves(P._Mover(owner, ov, work, xadj, adjncy, shares, 0.002)):
+            pass
+        stalled = ov.cost()
+        m = P._Mover(owner, ov, work, xadj, adjncy, shares, 0.002)
+        if P._exchanges(m):
+            assert ov.cost() == P.crossing_work(survey, owner, 3) < stalled
+            assert P.components_per_site(survey, owner, 3) == [1, 1, 1]
+            assert (np.abs(m.load - m.target) <= m.tol + 1e-9).all()
+            best_gain = max(best_gain, stalled - ov.cost())
+    assert best_gain > 0  # at least one of the starts had a profitable exchange

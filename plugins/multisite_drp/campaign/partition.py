@@ -397,52 +397,128 @@ def _stays_connected(owner: I64, u: int, xadj: I64, adjncy: I64) -> bool:
     return _components(members, xadj, adjncy) == 1
 
 
+class _Mover:
+    """Boundary-tract moves under the share window and contiguity, with the affinity kept current."""
+
+    def __init__(self, owner: I64, ov: _Overlaps, work: I64, xadj: I64, adjncy: I64, shares: Sequence[float],
+                 tolerance: float) -> None:
+        self.owner, self.ov, self.work, self.xadj, self.adjncy = owner, ov, work, xadj, adjncy
+        self.k = len(shares)
+        total = float(work.sum())
+        self.target = np.asarray(shares, dtype=float) * total
+        self.tol = tolerance * total
+        self.load = np.bincount(owner, weights=work, minlength=self.k).astype(float)
+        self.touched = np.zeros(len(ov.aff), dtype=bool)
+
+    def candidates(self) -> tuple[I64, I64, NDArray[np.float64]]:
+        """Every (boundary tract with work, neighbouring site) and the move's gain alone."""
+        sw = _site_weights(self.owner, self.xadj, self.adjncy, np.ones(len(self.adjncy)), self.k)
+        u_idx, r_idx = np.nonzero(sw > 0)
+        ok = (r_idx != self.owner[u_idx]) & (self.work[u_idx] > 0)
+        u_idx, r_idx = u_idx[ok], r_idx[ok]
+        return u_idx, r_idx, self.ov.gains(u_idx, self.owner[u_idx], r_idx)
+
+    def visits(self, u: int) -> I64:
+        return self.ov.visit[self.ov.ptr[u]:self.ov.ptr[u + 1]]
+
+    def in_window(self, s: int, r: int, dw: float) -> bool:
+        """Would moving work ``dw`` from s to r keep both within the window (or not widen a gap)?"""
+        lo_s, hi_r = self.target[s] - self.tol, self.target[r] + self.tol
+        return self.load[s] - dw >= lo_s and self.load[r] + dw <= hi_r
+
+    def movable(self, u: int, r: int) -> bool:
+        nb = self.adjncy[self.xadj[u]:self.xadj[u + 1]]
+        return bool((self.owner[nb] == r).any()) and _stays_connected(self.owner, u, self.xadj, self.adjncy)
+
+    def apply(self, u: int, r: int) -> None:
+        s = int(self.owner[u])
+        self.ov.move(u, s, r)
+        self.owner[u] = r
+        self.load[s] -= self.work[u]
+        self.load[r] += self.work[u]
+        self.touched[self.visits(u)] = True
+
+
+def _single_moves(m: _Mover) -> int:
+    """Apply, best first, every improving move that is independent of those already made."""
+    u_idx, r_idx, g = m.candidates()
+    moved = 0
+    for j in np.lexsort((r_idx, u_idx, -g)):
+        if g[j] <= 0:
+            break
+        u, r = int(u_idx[j]), int(r_idx[j])
+        if m.touched[m.visits(u)].any() or not m.in_window(int(m.owner[u]), r, m.work[u]):
+            continue
+        if m.movable(u, r):
+            m.apply(u, r)
+            moved += 1
+    return moved
+
+
+def _exchanges(m: _Mover, limit: int = 300) -> int:
+    """Pairs of moves between two sites (u: s->r, v: r->s) whose gains sum to more than zero.
+
+    Single moves stall where the shares bind: a cheap move at one stretch of a boundary
+    needs a compensating move elsewhere (typically where two regions meet at a dense edge
+    on one side of the sky and at a sparse one on the other).
+    """
+    u_idx, r_idx, g = m.candidates()
+    src = m.owner[u_idx]
+    moved = 0
+    for s in range(m.k):
+        for r in range(s + 1, m.k):
+            a = np.flatnonzero((src == s) & (r_idx == r))
+            b = np.flatnonzero((src == r) & (r_idx == s))
+            a = a[np.lexsort((u_idx[a], -g[a]))][:limit]
+            b = b[np.lexsort((u_idx[b], -g[b]))][:limit]
+            used = np.zeros(len(b), dtype=bool)
+            for ia in a:
+                if not len(b) or g[ia] + g[b[~used]].max(initial=-np.inf) <= 0:
+                    break
+                u = int(u_idx[ia])
+                if m.touched[m.visits(u)].any():
+                    continue
+                for jb, ib in enumerate(b):
+                    if used[jb]:
+                        continue
+                    if g[ia] + g[ib] <= 0:
+                        break
+                    v = int(u_idx[ib])
+                    vu, vv = m.visits(u), m.visits(v)
+                    if m.touched[vv].any() or np.intersect1d(vu, vv).size:
+                        continue
+                    dw = float(m.work[u] - m.work[v])  # net work from s to r
+                    if not (m.in_window(s, r, dw) if dw >= 0 else m.in_window(r, s, -dw)):
+                        continue
+                    if not m.movable(u, r):
+                        break
+                    m.apply(u, r)
+                    if m.movable(v, s):
+                        m.apply(v, s)
+                        used[jb] = True
+                        moved += 2
+                        break
+                    m.apply(u, s)  # undo: v cannot leave r
+                    m.touched[vu] = False
+                    break
+    return moved
+
+
 def _improve(owner: I64, ov: _Overlaps, work: I64, xadj: I64, adjncy: I64, shares: Sequence[float],
-             tolerance: float, max_rounds: int = 50) -> I64:
-    """Move boundary tracts to a neighbouring site while that lowers :func:`crossing_work`.
+             tolerance: float, max_rounds: int = 60) -> I64:
+    """Move boundary tracts between neighbouring sites while that lowers :func:`crossing_work`.
 
     The METIS edge weights are pairwise proxies of the true cost (a visit on a tract
     corner is counted on several edges); this pass works on the objective itself. Each
-    round evaluates every (boundary tract, neighbouring site) move at once, then applies
-    the best ones that touch no visit already affected this round, keep both sites'
-    work within ``tolerance`` of target and keep the losing site's region connected.
+    round evaluates every (boundary tract, neighbouring site) move at once and applies
+    the best improving ones that touch no visit already affected this round, keep every
+    site's work within ``tolerance`` of target and keep the losing site's region
+    connected. When no single move improves, pairs of opposite moves between two sites
+    whose gains sum to more than zero (:func:`_exchanges`) are tried.
     """
-    k = len(shares)
-    total = float(work.sum())
-    target = np.asarray(shares, dtype=float) * total
-    tol = tolerance * total
-    load = np.bincount(owner, weights=work, minlength=k).astype(float)
-    ones = np.ones(len(adjncy))
     for _ in range(max_rounds):
-        sw = _site_weights(owner, xadj, adjncy, ones, k)
-        u_idx, r_idx = np.nonzero(sw > 0)
-        ok = (r_idx != owner[u_idx]) & (work[u_idx] > 0)
-        u_idx, r_idx = u_idx[ok], r_idx[ok]
-        if not len(u_idx):
-            break
-        g = ov.gains(u_idx, owner[u_idx], r_idx)
-        touched = np.zeros(len(ov.aff), dtype=bool)
-        moved = 0
-        for j in np.lexsort((r_idx, u_idx, -g)):
-            if g[j] <= 0:
-                break
-            u, r = int(u_idx[j]), int(r_idx[j])
-            s = int(owner[u])
-            vs = ov.visit[ov.ptr[u]:ov.ptr[u + 1]]
-            if touched[vs].any():
-                continue
-            if load[s] - work[u] < target[s] - tol or load[r] + work[u] > target[r] + tol:
-                continue
-            nb = adjncy[xadj[u]:xadj[u + 1]]
-            if not (owner[nb] == r).any() or not _stays_connected(owner, u, xadj, adjncy):
-                continue
-            ov.move(u, s, r)
-            owner[u] = r
-            load[s] -= work[u]
-            load[r] += work[u]
-            touched[vs] = True
-            moved += 1
-        if moved == 0:
+        m = _Mover(owner, ov, work, xadj, adjncy, shares, tolerance)
+        if _single_moves(m) == 0 and _exchanges(m) == 0:
             break
     return owner
 

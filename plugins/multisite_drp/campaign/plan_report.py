@@ -17,7 +17,7 @@ import numpy as np
 from .plan import CampaignPlan
 from .spatial import SpatialInputs
 
-__all__ = ["plan_summary", "write_markdown", "write_report", "write_skymap_png"]
+__all__ = ["footprint_outlines", "plan_summary", "write_markdown", "write_report", "write_skymap_png"]
 
 SITE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 
@@ -80,13 +80,39 @@ def write_markdown(plan: CampaignPlan, path: str | os.PathLike[str],
     return p
 
 
+def footprint_outlines(ra: np.ndarray, dec: np.ndarray, radius: np.ndarray, n: int = 32) -> np.ndarray:
+    """(N, n, 2) RA/Dec (deg) of small circles of ``radius`` (deg) around each centre."""
+    from .spatial import centres_xyz
+
+    c = centres_xyz(ra, dec)
+    r_ra, r_dec = np.radians(ra), np.radians(dec)
+    east = np.stack([-np.sin(r_ra), np.cos(r_ra), np.zeros_like(r_ra)], axis=1)
+    north = np.stack([-np.sin(r_dec) * np.cos(r_ra), -np.sin(r_dec) * np.sin(r_ra), np.cos(r_dec)], axis=1)
+    th = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
+    rr = np.radians(radius)[:, None, None]
+    pts = (np.cos(rr) * c[:, None, :]
+           + np.sin(rr) * (np.cos(th)[None, :, None] * east[:, None, :] + np.sin(th)[None, :, None] * north[:, None, :]))
+    lon = np.degrees(np.arctan2(pts[..., 1], pts[..., 0])) % 360.0
+    lat = np.degrees(np.arcsin(np.clip(pts[..., 2], -1.0, 1.0)))
+    return np.stack([lon, lat], axis=-1)
+
+
 def write_skymap_png(plan: CampaignPlan, inputs: SpatialInputs, path: str | os.PathLike[str],
-                     max_visits: int = 4000) -> Path:
-    """Tracts coloured by owning site, visit centres, and boundary-crossing visits highlighted."""
+                     max_visits: int = 4000, max_footprints: int = 1500) -> Path:
+    """Tracts coloured by owning site, visit footprints, and boundary-crossing visits highlighted.
+
+    Survey-sized inputs are drawn on an equal-area Mollweide projection (RA increasing to
+    the left, as on the sky); small inputs (under 400 tracts) on a plain RA/Dec plot with
+    tract ids. Footprints (outlines of each visit's field, from ``inputs.visit_radius``)
+    are drawn for a sample of ``max_footprints`` visits, half of them boundary-crossing
+    ones (in bold);
+    without radii only visit centres are shown.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
     from matplotlib.patches import Patch
 
     site_index = {s.name: i for i, s in enumerate(plan.sites)}
@@ -110,44 +136,72 @@ def write_skymap_png(plan: CampaignPlan, inputs: SpatialInputs, path: str | os.P
     cross[inputs.ov_visit[diff]] = True
 
     small = inputs.n_tracts < 400
-    fig, ax = plt.subplots(figsize=(12, 6.5), dpi=110)
-    ra_t = inputs.tract_ra.copy()
-    if not small:
-        ra_t = np.where(ra_t > 180, ra_t - 360, ra_t)
+    if small:
+        fig, ax = plt.subplots(figsize=(12, 6.5), dpi=110)
+
+        def xy(ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return ra, dec
+    else:
+        fig = plt.figure(figsize=(12, 6.8), dpi=110)
+        ax = fig.add_subplot(111, projection="mollweide")
+
+        def xy(ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            wrapped = np.where(ra > 180.0, ra - 360.0, ra)
+            return -np.radians(wrapped), np.radians(dec)  # RA increases to the left
+
     cols = np.array([SITE_COLOURS[o % len(SITE_COLOURS)] if o >= 0 else "#cccccc" for o in t_owner])
-    sizes = 30 if not small else 900
-    ax.scatter(ra_t[~t_empty], inputs.tract_dec[~t_empty], c=cols[~t_empty], s=sizes / 3 if not small else sizes,
-               marker="s", alpha=0.55, linewidths=0)
-    ax.scatter(ra_t[t_empty], inputs.tract_dec[t_empty], c=cols[t_empty], s=sizes / 8 if not small else sizes / 3,
-               marker="s", alpha=0.15, linewidths=0)
+    tx, ty = xy(inputs.tract_ra, inputs.tract_dec)
+    size = 900 if small else 9
+    ax.scatter(tx[~t_empty], ty[~t_empty], c=cols[~t_empty], s=size, marker="s", alpha=0.55, linewidths=0)
+    ax.scatter(tx[t_empty], ty[t_empty], c=cols[t_empty], s=size / 3, marker="s", alpha=0.15, linewidths=0)
     if small:
         for i in range(inputs.n_tracts):
-            ax.annotate(str(inputs.tract_id[i]), (ra_t[i], inputs.tract_dec[i]), fontsize=7, ha="center")
+            ax.annotate(str(inputs.tract_id[i]), (tx[i], ty[i]), fontsize=7, ha="center")
+
     rng = np.random.default_rng(0)
     vis = np.arange(inputs.n_visits)
-    if len(vis) > max_visits:
-        vis = np.sort(rng.choice(vis, max_visits, replace=False))
-    ra_v = inputs.visit_ra[vis]
-    if not small:
-        ra_v = np.where(ra_v > 180, ra_v - 360, ra_v)
-    inner = vis[~cross[vis]]
-    edge = vis[cross[vis]]
-    ra_of = {int(v): r for v, r in zip(vis, ra_v)}
-    fov_pts = 2.0 if small else 1.0
-    ax.scatter([ra_of[int(v)] for v in inner], inputs.visit_dec[inner], s=fov_pts * 40 if small else 1.0,
-               facecolors="none" if small else "k", edgecolors="k", linewidths=0.3, alpha=0.5)
-    ax.scatter([ra_of[int(v)] for v in edge], inputs.visit_dec[edge], s=fov_pts * 40 if small else 2.0,
-               c="#000000", linewidths=1.0, marker="x")
-    ax.set_xlabel("RA (deg)" + ("" if small else ", -180..180"))
-    ax.set_ylabel("Dec (deg)")
-    if not small:
-        ax.invert_xaxis()
+    if inputs.visit_radius is not None:
+        # Half the sample from the boundary-crossing visits (the ones an operator looks for).
+        bnd, rest = vis[cross], vis[~cross]
+        nb = min(len(bnd), max_footprints // 2)
+        nr = min(len(rest), max_footprints - nb)
+        sample = np.sort(np.concatenate([rng.choice(bnd, nb, replace=False), rng.choice(rest, nr, replace=False)]))
+        outlines = footprint_outlines(inputs.visit_ra[sample], inputs.visit_dec[sample],
+                                      inputs.visit_radius[sample])
+        px, py = xy(outlines[..., 0].ravel(), outlines[..., 1].ravel())
+        polys = np.stack([px.reshape(outlines.shape[:2]), py.reshape(outlines.shape[:2])], axis=-1)
+        span = np.pi if not small else 180.0
+        keep = (polys[..., 0].max(axis=1) - polys[..., 0].min(axis=1)) < span  # not across the RA seam
+        inner, edge = keep & ~cross[sample], keep & cross[sample]
+        ax.add_collection(PolyCollection(polys[inner], facecolors="none", edgecolors="#333333",
+                                         linewidths=0.25, alpha=0.45), autolim=small)
+        ax.add_collection(PolyCollection(polys[edge], facecolors="none", edgecolors="#000000", linewidths=0.9),
+                          autolim=small)  # a geo projection's limits are fixed; skip its slow path extents
+        legend_visits = f"{int(keep.sum())} visit footprints drawn, boundary-crossing in bold"
+    else:
+        if len(vis) > max_visits:
+            vis = np.sort(rng.choice(vis, max_visits, replace=False))
+        vx, vy = xy(inputs.visit_ra[vis], inputs.visit_dec[vis])
+        c = cross[vis]
+        ax.scatter(vx[~c], vy[~c], s=1.0, c="k", alpha=0.5, linewidths=0)
+        ax.scatter(vx[c], vy[c], s=6.0, c="k", marker="x", linewidths=0.8)
+        legend_visits = "visit centres; boundary-crossing (x)"
+    if small:
+        ax.set_xlabel("RA (deg)")
+        ax.set_ylabel("Dec (deg)")
+        ax.autoscale_view()
+    else:
+        ticks = np.arange(-150, 181, 30)
+        ax.set_xticks(np.radians(ticks))
+        ax.set_xticklabels([f"{(-t) % 360:.0f}°" for t in ticks], fontsize=7)
+        ax.grid(True, linewidth=0.3, alpha=0.5)
+        ax.set_xlabel("RA (Mollweide, equal area)")
     ax.set_title(f"{plan.campaign}: tract regions by site ({plan.method}); "
-                 f"{int(cross.sum())} boundary-crossing visits (x)")
+                 f"{int(cross.sum())} of {inputs.n_visits} visits cross a boundary\n{legend_visits}", fontsize=10)
     handles = [Patch(color=SITE_COLOURS[i % len(SITE_COLOURS)],
                      label=f"{s.name}: {s.share_achieved:.3f} (target {s.share_target:.2f})")
                for i, s in enumerate(plan.sites)]
-    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    ax.legend(handles=handles, loc="lower right" if not small else "upper right", fontsize=8)
     fig.tight_layout()
     p = Path(path)
     fig.savefig(p)

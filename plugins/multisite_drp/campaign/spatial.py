@@ -72,6 +72,9 @@ class SpatialInputs:
     det_detector: I64 | None = None
     det_tract: I64 | None = None
     det_patch: I64 | None = None
+    # Optional: each visit's footprint radius (deg, centre to the farthest detector corner),
+    # for drawing footprints on the plan's sky map.
+    visit_radius: F64 | None = None
     source: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -94,8 +97,8 @@ class SpatialInputs:
             if len(getattr(self, name)) != self.n_tracts:
                 raise SpatialInputError(f"{src}: {name} has {len(getattr(self, name))} rows, "
                                         f"expected one per tract ({self.n_tracts})")
-        for name in ("visit_band", "visit_ra", "visit_dec", "visit_ndet"):
-            if len(getattr(self, name)) != self.n_visits:
+        for name in ("visit_band", "visit_ra", "visit_dec", "visit_ndet", "visit_radius"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != self.n_visits:
                 raise SpatialInputError(f"{src}: {name} has {len(getattr(self, name))} rows, "
                                         f"expected one per visit ({self.n_visits})")
         if len(np.unique(self.visit_id)) != self.n_visits:
@@ -219,6 +222,13 @@ def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, wher
         if ndet[i] == 0 and r.region is not None:
             vxyz[i] = PolygonSet.from_sphgeom([r.region]).centres[0]
     visit_ra, visit_dec = xyz_to_lonlat(vxyz)
+    radius = np.zeros(len(visit_id))
+    if det_polys is not None:
+        # Farthest detector corner from the visit centre: the footprint's radius.
+        valid = np.arange(det_polys.vertices.shape[1])[None, :] < det_polys.nvert[:, None]
+        cosd = np.einsum("dvk,dk->dv", det_polys.vertices, vxyz[dv])
+        far = np.degrees(np.arccos(np.clip(np.where(valid, cosd, 1.0).min(axis=1), -1.0, 1.0)))
+        np.maximum.at(radius, dv, far)
 
     if overlaps == "geometry":
         if det_polys is not None:
@@ -246,6 +256,7 @@ def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, wher
         tract_id=tract_id, tract_ra=tract_ra, tract_dec=tract_dec, tract_npatch=npatch,
         adj_a=adj_a, adj_b=adj_b,
         visit_id=visit_id, visit_band=band, visit_ra=visit_ra, visit_dec=visit_dec, visit_ndet=ndet,
+        visit_radius=radius,
         ov_visit=(ukey // len(tract_id)).astype(np.int64), ov_tract=(ukey % len(tract_id)).astype(np.int64),
         ov_ndet=counts.astype(np.int32),
         det_visit=rows[:, 0], det_detector=rows[:, 1], det_tract=rows[:, 2], det_patch=rows[:, 3],
@@ -271,8 +282,11 @@ def to_parquet(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
     pq.write_table(pa.table({"tract": t, "ra": inputs.tract_ra, "dec": inputs.tract_dec,
                              "npatch": inputs.tract_npatch}), out / "tracts.parquet")
     pq.write_table(pa.table({"tract_a": t[inputs.adj_a], "tract_b": t[inputs.adj_b]}), out / "adjacency.parquet")
-    pq.write_table(pa.table({"visit": v, "band": inputs.visit_band.astype(str), "ra": inputs.visit_ra,
-                             "dec": inputs.visit_dec, "ndet": inputs.visit_ndet}), out / "visits.parquet")
+    visits = {"visit": v, "band": inputs.visit_band.astype(str), "ra": inputs.visit_ra, "dec": inputs.visit_dec,
+              "ndet": inputs.visit_ndet}
+    if inputs.visit_radius is not None:
+        visits["radius"] = inputs.visit_radius
+    pq.write_table(pa.table(visits), out / "visits.parquet")
     pq.write_table(pa.table({"visit": v[inputs.ov_visit], "tract": t[inputs.ov_tract], "ndet": inputs.ov_ndet}),
                    out / "overlaps.parquet")
     if inputs.det_visit is not None:
@@ -308,6 +322,8 @@ def from_parquet(path: str | os.PathLike[str]) -> SpatialInputs:
         visit_ra=col(vi, "ra", np.float64), visit_dec=col(vi, "dec", np.float64),
         visit_ndet=col(vi, "ndet", np.int32), ov_visit=np.zeros(0, np.int64), ov_tract=np.zeros(0, np.int64),
         ov_ndet=np.zeros(0, np.int32), source=str(src))
+    if "radius" in vi.column_names:
+        partial.visit_radius = col(vi, "radius", np.float64)
     partial.validate()
     partial.adj_a = partial.tract_index(col(ad, "tract_a", np.int64))
     partial.adj_b = partial.tract_index(col(ad, "tract_b", np.int64))

@@ -298,6 +298,12 @@ def count_overlaps(visits: dict[str, np.ndarray], skymap: SkyMapGeometry, fp: np
     return res
 
 
+def _fov_radius(fp: np.ndarray) -> float:
+    """Angular distance (deg) from the boresight to the farthest detector corner (gnomonic)."""
+    t = np.tan(np.radians(fp.reshape(-1, 2)))
+    return float(np.degrees(np.arctan(np.hypot(t[:, 0], t[:, 1]).max())))
+
+
 def synthetic_survey(n_visits: int, *, skymap: SkyMapGeometry | None = None, seed: int = 0,
                      fp: np.ndarray | None = None, visits: dict[str, np.ndarray] | None = None,
                      detectors: bool = False) -> SpatialInputs:
@@ -313,6 +319,7 @@ def synthetic_survey(n_visits: int, *, skymap: SkyMapGeometry | None = None, see
         adj_a=adj_a, adj_b=adj_b,
         visit_id=visits["visit"], visit_band=visits["band"].astype(np.str_), visit_ra=visits["ra"],
         visit_dec=visits["dec"], visit_ndet=np.full(len(visits["visit"]), fp.shape[0], np.int32),
+        visit_radius=np.full(len(visits["visit"]), _fov_radius(fp)),
         ov_visit=ov["visit"].astype(np.int64), ov_tract=ov["tract"].astype(np.int64), ov_ndet=ov["ndet"],
         source=f"synthetic LSST-like survey ({len(visits['visit'])} visits, {len(skymap.tract_id)} tracts, "
                f"seed {seed})",
