@@ -101,9 +101,9 @@ def write_skymap_png(plan: CampaignPlan, inputs: SpatialInputs, path: str | os.P
                      max_visits: int = 4000, max_footprints: int = 1500) -> Path:
     """Tracts coloured by owning site, visit footprints, and boundary-crossing visits highlighted.
 
-    Survey-sized inputs are drawn on an equal-area Mollweide projection (RA increasing to
-    the left, as on the sky); small inputs (under 400 tracts) on a plain RA/Dec plot with
-    tract ids. Footprints (outlines of each visit's field, from ``inputs.visit_radius``)
+    Survey-sized inputs are drawn on an equal-area Mollweide projection, small inputs
+    (under 400 tracts) on an RA/Dec plot with tract ids; RA increases to the left, as on
+    the sky. Footprints (outlines of each visit's field, from ``inputs.visit_radius``)
     are drawn for a sample of ``max_footprints`` visits, half of them boundary-crossing
     ones (in bold);
     without radii only visit centres are shown.
@@ -151,12 +151,28 @@ def write_skymap_png(plan: CampaignPlan, inputs: SpatialInputs, path: str | os.P
 
     cols = np.array([SITE_COLOURS[o % len(SITE_COLOURS)] if o >= 0 else "#cccccc" for o in t_owner])
     tx, ty = xy(inputs.tract_ra, inputs.tract_dec)
-    size = 900 if small else 9
-    ax.scatter(tx[~t_empty], ty[~t_empty], c=cols[~t_empty], s=size, marker="s", alpha=0.55, linewidths=0)
-    ax.scatter(tx[t_empty], ty[t_empty], c=cols[t_empty], s=size / 3, marker="s", alpha=0.15, linewidths=0)
     if small:
+        # Tracts as squares as wide as the spacing of their centres (the inputs carry no tract polygons).
+        from .spatial import centres_xyz
+
+        c = centres_xyz(inputs.tract_ra, inputs.tract_dec)
+        dots = np.clip(c @ c.T, -1.0, 1.0)
+        np.fill_diagonal(dots, -1.0)
+        side = float(np.median(np.degrees(np.arccos(dots.max(axis=1))))) if inputs.n_tracts > 1 else 1.0
+        hw = side / 2 / np.maximum(np.cos(np.radians(inputs.tract_dec)), 0.05)
+        hh = np.full(inputs.n_tracts, side / 2)
+        squares = np.stack([np.stack([tx - hw, ty - hh], 1), np.stack([tx + hw, ty - hh], 1),
+                            np.stack([tx + hw, ty + hh], 1), np.stack([tx - hw, ty + hh], 1)], axis=1)
+        alpha = np.where(t_empty, 0.15, 0.45)
+        ax.add_collection(PolyCollection(squares, facecolors=[matplotlib.colors.to_rgba(col, a)
+                                                              for col, a in zip(cols, alpha)],
+                                         edgecolors="white", linewidths=1.0))
         for i in range(inputs.n_tracts):
-            ax.annotate(str(inputs.tract_id[i]), (tx[i], ty[i]), fontsize=7, ha="center")
+            ax.annotate(str(inputs.tract_id[i]), (tx[i], ty[i]), fontsize=7, ha="center", va="center")
+        ax.set_aspect(1.0 / max(float(np.cos(np.radians(np.median(inputs.tract_dec)))), 0.05))
+    else:
+        ax.scatter(tx[~t_empty], ty[~t_empty], c=cols[~t_empty], s=9, marker="s", alpha=0.55, linewidths=0)
+        ax.scatter(tx[t_empty], ty[t_empty], c=cols[t_empty], s=3, marker="s", alpha=0.15, linewidths=0)
 
     rng = np.random.default_rng(0)
     vis = np.arange(inputs.n_visits)
@@ -190,6 +206,7 @@ def write_skymap_png(plan: CampaignPlan, inputs: SpatialInputs, path: str | os.P
         ax.set_xlabel("RA (deg)")
         ax.set_ylabel("Dec (deg)")
         ax.autoscale_view()
+        ax.invert_xaxis()  # RA increases to the left, as on the sky
     else:
         ticks = np.arange(-150, 181, 30)
         ax.set_xticks(np.radians(ticks))
