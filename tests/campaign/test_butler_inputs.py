@@ -34,8 +34,11 @@ def test_geometry_overlaps_match_registry_spatial_join(root: Path) -> None:
     a = from_butler(repo, cfg.instrument, cfg.skymap, overlaps="geometry")
     b = from_butler(repo, cfg.instrument, cfg.skymap, overlaps="registry")
     assert a.n_visits > 0 and len(a.ov_visit) > a.n_visits  # visits straddle tracts
-    for name in ("ov_visit", "ov_tract", "ov_ndet", "det_visit", "det_detector", "det_tract", "det_patch"):
+    for name in ("ov_visit", "ov_tract", "ov_ndet", "det_visit", "det_detector", "det_tract", "det_patch",
+                 "visit_radius"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    # Footprint radius (centre to farthest detector corner): MiniCam's 2x2 detectors span about 2 deg.
+    assert ((a.visit_radius > 0.5) & (a.visit_radius < 2.0)).all()
 
 
 def test_empty_selection_from_butler(root: Path) -> None:

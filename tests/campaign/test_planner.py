@@ -96,8 +96,22 @@ def test_data_query_and_transfers_for(config, flow, inputs) -> None:
 def test_parquet_round_trip(tmp_path, inputs) -> None:
     to_parquet(inputs, tmp_path / "in.parquet")
     back = from_parquet(tmp_path / "in.parquet")
-    for name in ("tract_id", "adj_a", "adj_b", "visit_id", "ov_visit", "ov_tract", "ov_ndet", "det_tract"):
+    for name in ("tract_id", "adj_a", "adj_b", "visit_id", "ov_visit", "ov_tract", "ov_ndet", "det_tract",
+                 "visit_radius"):
         assert np.array_equal(getattr(back, name), getattr(inputs, name)), name
+
+
+def test_footprint_outlines_are_circles_of_the_visit_radius() -> None:
+    from multisite_drp.campaign.plan_report import footprint_outlines
+    from multisite_drp.campaign.spatial import centres_xyz
+
+    ra, dec, r = np.array([0.5, 359.0, 120.0, 10.0]), np.array([0.0, -89.0, 45.0, -60.0]), np.array([2.0, 1.5, 0.3, 3.5])
+    out = footprint_outlines(ra, dec, r, n=16)
+    assert out.shape == (4, 16, 2)
+    c = centres_xyz(ra, dec)
+    pts = centres_xyz(out[..., 0].ravel(), out[..., 1].ravel()).reshape(4, 16, 3)
+    dist = np.degrees(np.arccos(np.clip(np.einsum("vk,vnk->vn", c, pts), -1, 1)))
+    assert np.allclose(dist, r[:, None], atol=1e-9)
 
 
 # -- bad inputs ------------------------------------------------------------------------------
@@ -136,6 +150,7 @@ def _with_orphan(inputs: SpatialInputs) -> SpatialInputs:
     inputs.visit_ra = np.append(inputs.visit_ra, 200.0)
     inputs.visit_dec = np.append(inputs.visit_dec, 40.0)
     inputs.visit_ndet = np.append(inputs.visit_ndet, 21).astype(np.int32)
+    inputs.visit_radius = np.append(inputs.visit_radius, 0.5)
     return inputs
 
 
