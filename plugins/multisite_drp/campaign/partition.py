@@ -422,7 +422,7 @@ class _Mover:
         return self.ov.visit[self.ov.ptr[u]:self.ov.ptr[u + 1]]
 
     def in_window(self, s: int, r: int, dw: float) -> bool:
-        """Would moving work ``dw`` from s to r keep both within the window (or not widen a gap)?"""
+        """Would moving work ``dw`` from s to r keep s above its lower and r below its upper bound?"""
         lo_s, hi_r = self.target[s] - self.tol, self.target[r] + self.tol
         return self.load[s] - dw >= lo_s and self.load[r] + dw <= hi_r
 
