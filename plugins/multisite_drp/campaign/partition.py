@@ -39,6 +39,7 @@ contiguity is judged on that bridged graph.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -127,14 +128,30 @@ def _bridges(inputs: SpatialInputs) -> tuple[I64, I64]:
     return np.asarray(ea, np.int64), np.asarray(eb, np.int64)
 
 
-def _graph(inputs: SpatialInputs, active: I64) -> tuple[I64, I64, I64]:
-    """CSR (xadj, adjncy, eweights) over the active tracts (local indices)."""
+def _edges(inputs: SpatialInputs, active: I64) -> tuple[I64, I64, I64]:
+    """(a, b, local index of every tract) for the neighbour pairs (plus bridges) among the active tracts."""
     local = np.full(inputs.n_tracts, -1, dtype=np.int64)
     local[active] = np.arange(len(active))
     ba, bb = _bridges(inputs)
     a, b = local[np.concatenate([inputs.adj_a, ba])], local[np.concatenate([inputs.adj_b, bb])]
     keep = (a >= 0) & (b >= 0)
-    a, b = a[keep], b[keep]
+    return a[keep], b[keep], local
+
+
+def _csr(a: I64, b: I64, w: I64, n: int) -> tuple[I64, I64, I64]:
+    """Symmetric CSR (xadj, adjncy, weights) of the undirected edges (a, b, w) over n vertices."""
+    src = np.concatenate([a, b])
+    dst = np.concatenate([b, a])
+    ww = np.concatenate([w, w])
+    order = np.lexsort((dst, src))
+    src, dst, ww = src[order], dst[order], ww[order]
+    xadj = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
+    return xadj.astype(np.int64), dst.astype(np.int64), ww.astype(np.int64)
+
+
+def _graph(inputs: SpatialInputs, active: I64) -> tuple[I64, I64, I64]:
+    """CSR (xadj, adjncy, eweights) over the active tracts (local indices)."""
+    a, b, local = _edges(inputs, active)
     # Edge weight: co-overlap summed over visits (pairs that are not neighbours are dropped).
     # The pair keys are looked up in the sorted edge keys rather than aggregated on their own.
     n = len(active)
@@ -149,15 +166,7 @@ def _graph(inputs: SpatialInputs, active: I64) -> tuple[I64, I64, I64]:
         pos = np.clip(np.searchsorted(uek, lk), 0, len(uek) - 1)
         hit = uek[pos] == lk
         w_u = np.bincount(pos[hit], weights=pw[ok][hit], minlength=len(uek)).astype(np.int64)
-    w = w_u[e_inv]
-    w = np.asarray(w, dtype=np.int64) + 1  # METIS needs positive edge weights
-    src = np.concatenate([a, b])
-    dst = np.concatenate([b, a])
-    ww = np.concatenate([w, w])
-    order = np.lexsort((dst, src))
-    src, dst, ww = src[order], dst[order], ww[order]
-    xadj = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=len(active)))])
-    return xadj.astype(np.int64), dst.astype(np.int64), ww.astype(np.int64)
+    return _csr(a, b, w_u[e_inv] + 1, n)  # + 1: METIS needs positive edge weights
 
 
 def _components(members: NDArray[np.bool_], xadj: I64, adjncy: I64) -> int:
@@ -182,7 +191,8 @@ def _components(members: NDArray[np.bool_], xadj: I64, adjncy: I64) -> int:
 def components_per_site(inputs: SpatialInputs, owner: I64, n_sites: int) -> list[int]:
     """Connected components of each site's region (1 = contiguous) over the (bridged) tract graph."""
     active = np.flatnonzero(owner >= 0)
-    xadj, adjncy, _ = _graph(inputs, active)
+    a, b, _ = _edges(inputs, active)  # contiguity needs no edge weights
+    xadj, adjncy, _ = _csr(a, b, np.ones(len(a), np.int64), len(active))
     own = owner[active]
     return [_components(own == s, xadj, adjncy) for s in range(n_sites)]
 
@@ -315,8 +325,12 @@ def crossing_work(inputs: SpatialInputs, tract_owner: I64, k: int) -> int:
     Each visit goes to the site holding most of its detector-tract overlaps; every
     overlap with another site's tract is a PVI that site's coadd needs from it.
     """
-    aff = site_affinity(inputs, tract_owner, k)
-    return round(float((aff.sum(axis=1) - aff.max(axis=1)).sum()))
+    return round(_crossing(site_affinity(inputs, tract_owner, k)))
+
+
+def _crossing(aff: NDArray[np.float64]) -> float:
+    """Detectors of each visit outside its majority site's region, summed."""
+    return float((aff.sum(axis=1) - aff.max(axis=1)).sum())
 
 
 class _Overlaps:
@@ -367,7 +381,7 @@ class _Overlaps:
         return v
 
     def cost(self) -> float:
-        return float((self.aff.sum(axis=1) - self.aff.max(axis=1)).sum())
+        return _crossing(self.aff)
 
 
 def _stays_connected(owner: I64, u: int, xadj: I64, adjncy: I64) -> bool:
@@ -465,42 +479,41 @@ def _exchanges(m: _Mover, limit: int = 300) -> int:
     u_idx, r_idx, g = m.candidates()
     src = m.owner[u_idx]
     moved = 0
-    for s in range(m.k):
-        for r in range(s + 1, m.k):
-            a = np.flatnonzero((src == s) & (r_idx == r))
-            b = np.flatnonzero((src == r) & (r_idx == s))
-            a = a[np.lexsort((u_idx[a], -g[a]))][:limit]
-            b = b[np.lexsort((u_idx[b], -g[b]))][:limit]
-            used = np.zeros(len(b), dtype=bool)
-            for ia in a:
-                if not len(b) or g[ia] + g[b[~used]].max(initial=-np.inf) <= 0:
-                    break
-                u = int(u_idx[ia])
-                if m.touched[m.visits(u)].any():
+    for s, r in itertools.combinations(range(m.k), 2):
+        a = np.flatnonzero((src == s) & (r_idx == r))
+        b = np.flatnonzero((src == r) & (r_idx == s))
+        a = a[np.lexsort((u_idx[a], -g[a]))][:limit]
+        b = b[np.lexsort((u_idx[b], -g[b]))][:limit]
+        used = np.zeros(len(b), dtype=bool)
+        for ia in a:
+            if not len(b) or g[ia] + g[b[~used]].max(initial=-np.inf) <= 0:
+                break
+            u = int(u_idx[ia])
+            if m.touched[m.visits(u)].any():
+                continue
+            for jb, ib in enumerate(b):
+                if used[jb]:
                     continue
-                for jb, ib in enumerate(b):
-                    if used[jb]:
-                        continue
-                    if g[ia] + g[ib] <= 0:
-                        break
-                    v = int(u_idx[ib])
-                    vu, vv = m.visits(u), m.visits(v)
-                    if m.touched[vv].any() or np.intersect1d(vu, vv).size:
-                        continue
-                    dw = float(m.work[u] - m.work[v])  # net work from s to r
-                    if not (m.in_window(s, r, dw) if dw >= 0 else m.in_window(r, s, -dw)):
-                        continue
-                    if not m.movable(u, r):
-                        break
-                    m.apply(u, r)
-                    if m.movable(v, s):
-                        m.apply(v, s)
-                        used[jb] = True
-                        moved += 2
-                        break
-                    m.apply(u, s)  # undo: v cannot leave r
-                    m.touched[vu] = False
+                if g[ia] + g[ib] <= 0:
                     break
+                v = int(u_idx[ib])
+                vu, vv = m.visits(u), m.visits(v)
+                if m.touched[vv].any() or np.intersect1d(vu, vv).size:
+                    continue
+                dw = float(m.work[u] - m.work[v])  # net work from s to r
+                if not (m.in_window(s, r, dw) if dw >= 0 else m.in_window(r, s, -dw)):
+                    continue
+                if not m.movable(u, r):
+                    break
+                m.apply(u, r)
+                if m.movable(v, s):
+                    m.apply(v, s)
+                    used[jb] = True
+                    moved += 2
+                    break
+                m.apply(u, s)  # undo: v cannot leave r
+                m.touched[vu] = False
+                break
     return moved
 
 

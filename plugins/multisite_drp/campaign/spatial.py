@@ -224,10 +224,10 @@ def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, wher
     visit_ra, visit_dec = xyz_to_lonlat(vxyz)
     radius = np.zeros(len(visit_id))
     if det_polys is not None:
-        # Farthest detector corner from the visit centre: the footprint's radius.
-        valid = np.arange(det_polys.vertices.shape[1])[None, :] < det_polys.nvert[:, None]
+        # Farthest detector corner from the visit centre: the footprint's radius (padding
+        # repeats a real vertex, so it cannot change the minimum).
         cosd = np.einsum("dvk,dk->dv", det_polys.vertices, vxyz[dv])
-        far = np.degrees(np.arccos(np.clip(np.where(valid, cosd, 1.0).min(axis=1), -1.0, 1.0)))
+        far = np.degrees(np.arccos(np.clip(cosd.min(axis=1), -1.0, 1.0)))
         np.maximum.at(radius, dv, far)
 
     if overlaps == "geometry":
