@@ -62,6 +62,7 @@ def production_like_config(work: Path, max_group: int = 5000) -> CampaignConfig:
         "name": "bench", "pipeline": str(work / "pipeline.yaml"), "instrument": "LSSTCam", "skymap": "lsst_cells_v1",
         "input_collections": ["LSSTCam/defaults"], "data_query": "instrument = 'LSSTCam' AND skymap = 'lsst_cells_v1'",
         "output_prefix": "LSSTCam/runs/DRP/bench", "data_root": str(work), "rate_target": {"quanta_per_hour": 1e6},
+        "replication": {"scope": "drp_bench"},
         "planner": {"method": "graph", "dataset_bytes": DATASET_BYTES, "max_group_size": max_group},
         "sites": [
             {"name": "usdf", "role": "hub", "butler_repo": "s3://usdf/repo", "rse": "SLAC_BUTLER_DISK",

@@ -9,6 +9,12 @@ dataset; everything else reaches them by replication. They also get the input
 RUN collections (empty), the ``MiniCam/defaults`` chain and the input dataset
 types registered, so arriving files can be ingested without setup.
 
+Each repository keeps its files under ``<repo>/minidrp/`` (the datastore root, ``DATASTORE_DIR``),
+following lsst-rucio-register's convention that a site's butler datastore lies at
+``<rse_root>/<scope>/``: the site's Rucio RSE is rooted at the repository and the
+campaign's Rucio scope is ``minidrp`` (``include/campaigns/minidrp_embedded.yaml``), so a
+file's Rucio DID name is its path relative to the datastore root at every site.
+
 The build is all-or-nothing: repositories are written under a temporary
 directory inside ``root`` and renamed into place only when complete, each with
 a ``minidrp_build.json`` marker. Building again over a complete root is a
@@ -25,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lsst.daf.butler import Butler, CollectionType, DataCoordinate, DatasetIdGenEnum, DatasetRef, DatasetType
+from lsst.daf.butler import Butler, CollectionType, Config, DataCoordinate, DatasetIdGenEnum, DatasetRef, DatasetType
 
 from . import data, instrument, skymap, survey
 from .constants import (
@@ -47,9 +53,12 @@ from .constants import (
     SKYMAP_RUN,
 )
 
+#: The datastore root inside each repository: the embedded campaign's Rucio scope.
+DATASTORE_DIR = "minidrp"
+
 MARKER = "minidrp_build.json"
 #: Bump when the builder's output changes, so stale roots are detected.
-BUILD_VERSION = 2  # 2: the skyMap dataset has the same ID at every site
+BUILD_VERSION = 3  # 2: the skyMap dataset has the same ID at every site; 3: datastore under <repo>/minidrp
 
 
 class BuildError(RuntimeError):
@@ -86,7 +95,8 @@ def insert_records(butler: Butler, records: dict[str, list[dict[str, Any]]]) -> 
 
 def _init_site(path: Path) -> Butler:
     """Create an empty repo with instrument, skymap, dataset types, collections and the skyMap dataset."""
-    Butler.makeRepo(str(path))
+    Butler.makeRepo(str(path), config=Config({"datastore": {"root": f"<butlerRoot>/{DATASTORE_DIR}"}}),
+                    forceConfigRoot=False)
     butler = Butler.from_config(str(path), writeable=True)
     insert_records(butler, instrument.instrument_records())
     insert_records(butler, skymap.skymap_records())

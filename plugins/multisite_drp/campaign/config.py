@@ -35,6 +35,7 @@ __all__ = [
     "PartitionMethod",
     "PlannerSettings",
     "RateTarget",
+    "ReplicationSettings",
     "Sharding",
     "SiteConfig",
     "SiteConnections",
@@ -53,6 +54,7 @@ DATASET_TYPE_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 RSE_NAME = r"^[A-Z][A-Z0-9_-]{1,63}$"
 CONN_ID = r"^[a-z][a-z0-9_]{0,63}$"
 COMPUTE_SITE = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+RUCIO_SCOPE = r"^[a-z][a-z0-9_]{0,24}$"
 
 SiteName = Annotated[str, StringConstraints(pattern=SITE_NAME)]
 StepName = Annotated[str, StringConstraints(pattern=STEP_NAME)]
@@ -155,6 +157,29 @@ class RateTarget(_Strict):
     visits_per_hour: float | None = Field(default=None, gt=0.0)
 
 
+class ReplicationSettings(_Strict):
+    """How the campaign's data moves through Rucio (one scope per campaign).
+
+    lsst-rucio-register names a file's DID by its path below ``<rse_root>/<scope>/``, so
+    every site's butler datastore must lie at ``<rse_root>/<scope>`` of its RSE.
+    """
+
+    scope: Annotated[str, StringConstraints(pattern=RUCIO_SCOPE)] = Field(
+        description="Rucio scope of every DID the campaign registers (at most 25 characters)."
+    )
+    activity: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9 _-]{0,49}$")] = Field(
+        default="Production Output", description="Rucio transfer activity of the campaign's rules (one of the server's activities)."
+    )
+    lifetime_days: float | None = Field(
+        default=None, gt=0.0, le=3650.0,
+        description="Lifetime of the campaign's rules in days; empty: the rules never expire.",
+    )
+
+    @property
+    def lifetime_seconds(self) -> int | None:
+        return None if self.lifetime_days is None else int(self.lifetime_days * 86400)
+
+
 class PartitionMethod(str, enum.Enum):
     """How the planner divides the tracts among sites (see campaign/planner docs)."""
 
@@ -222,6 +247,7 @@ class CampaignConfig(_Strict):
     )
     rate_target: RateTarget
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
+    replication: ReplicationSettings
     sites: list[SiteConfig] = Field(min_length=1)
     steps: list[StepConfig] = Field(min_length=1)
 

@@ -75,10 +75,13 @@ def submit_dir(config: CampaignConfig, step: str, site: str, generation: int = 0
     return p / group_label(group) if group is not None else p
 
 
-def rucio_dataset(config: CampaignConfig, step: str, site: str, dataset_type: str) -> str:
-    """Rucio dataset DID name for one type (or role, e.g. 'inputs'/'outputs') of a step at one site.
+def rucio_dataset(config: CampaignConfig, step: str, site: str, dataset_type: str, generation: int = 0) -> str:
+    """Rucio dataset DID name for one type (or role, e.g. 'inputs'/'outputs') of a step at one site:
+    ``Dataset/{campaign}/g{generation}/{step}/{site}/{type}`` in the campaign's scope.
 
-    ``step`` may also be one of :data:`PSEUDO_STEPS` for transfers made before step 1.
+    ``step`` may also be one of :data:`PSEUDO_STEPS` for transfers made before step 1. The
+    generation is part of the name because a complete dataset is closed in Rucio: a new
+    generation's outputs (new RUNs) need datasets of their own.
     """
     if step in PSEUDO_STEPS:
         _check(site, SITE_NAME, "site")
@@ -86,7 +89,9 @@ def rucio_dataset(config: CampaignConfig, step: str, site: str, dataset_type: st
     else:
         _parts(config, step, site, 0)
     _check(dataset_type, DATASET_TYPE_NAME, "dataset type")
-    return _check(f"Dataset/{config.name}/{step}/{site}/{dataset_type}", RUCIO_NAME, "rucio dataset")
+    if not isinstance(generation, int) or generation < 0:
+        raise NameError_(f"generation: expected an integer >= 0, got {generation!r}")
+    return _check(f"Dataset/{config.name}/g{generation}/{step}/{site}/{dataset_type}", RUCIO_NAME, "rucio dataset")
 
 
 def workflow_name(config: CampaignConfig, step: str, site: str, generation: int = 0) -> str:

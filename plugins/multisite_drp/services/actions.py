@@ -133,7 +133,7 @@ def distribute_bootstrap(ctx: CampaignContext, site: str) -> dict | None:
     # What the site already holds (its skyMap, or everything on a rerun) is not sent again.
     local.refresh()
     refs = local.missing(refs)
-    dataset = names.rucio_dataset(ctx.config, "bootstrap", site, "inputs")
+    dataset = names.rucio_dataset(ctx.config, "bootstrap", site, "inputs", ctx.generation)
     if not refs:
         existing = ctx.replica.find_rule(dataset, site)
         return existing.to_dict() if existing else None
@@ -153,7 +153,7 @@ def distribute_raws(ctx: CampaignContext, site: str) -> dict | None:
         return None
     hub = ctx.butlers[ctx.hub]
     refs = hub.refs(RAW, ctx.config.input_collections, where=f"instrument = '{ctx.config.instrument}' AND exposure IN ({', '.join(map(str, visits))})")
-    dataset = names.rucio_dataset(ctx.config, "raws", site, "raw")
+    dataset = names.rucio_dataset(ctx.config, "raws", site, "raw", ctx.generation)
     reg = ctx.replica.register(ctx.hub, dataset, refs)
     rule = ctx.replica.add_rule(dataset, site)
     log.info("raws for %s: %d visits, %d files (%d bytes) -> rule %s",
@@ -163,7 +163,7 @@ def distribute_raws(ctx: CampaignContext, site: str) -> dict | None:
 
 def distribution_rules(ctx: CampaignContext, site: str) -> list[dict]:
     """The bootstrap and raw rules to ``site`` that exist (what the distribution waits on)."""
-    found = [ctx.replica.find_rule(names.rucio_dataset(ctx.config, what, site, dtype), site)
+    found = [ctx.replica.find_rule(names.rucio_dataset(ctx.config, what, site, dtype, ctx.generation), site)
              for what, dtype in (("bootstrap", "inputs"), ("raws", "raw"))]
     return [r.to_dict() for r in found if r is not None]
 
@@ -255,7 +255,7 @@ def replicate_inputs(ctx: CampaignContext, step: str, site: str) -> dict | None:
         # The merge at the site will need the visit records of every visit-keyed output.
         local.sync_visit_records(ctx.butlers[ctx.hub], contents.visits, cfg.instrument)
     missing = local.missing(contents.overall_inputs)
-    dataset = names.rucio_dataset(cfg, step, site, "inputs")
+    dataset = names.rucio_dataset(cfg, step, site, "inputs", ctx.generation)
     if not missing:
         existing = ctx.replica.find_rule(dataset, site)
         return existing.to_dict() if existing else None
@@ -268,7 +268,7 @@ def replicate_inputs(ctx: CampaignContext, step: str, site: str) -> dict | None:
 
 def input_rules(ctx: CampaignContext, step: str, site: str) -> list[dict]:
     """The rule bringing this step's inputs to ``site``, if one was needed."""
-    rule = ctx.replica.find_rule(names.rucio_dataset(ctx.config, step, site, "inputs"), site)
+    rule = ctx.replica.find_rule(names.rucio_dataset(ctx.config, step, site, "inputs", ctx.generation), site)
     return [rule.to_dict()] if rule else []
 
 
@@ -281,7 +281,7 @@ def output_targets(ctx: CampaignContext, step: str, site: str) -> list[str]:
 
 def output_rules(ctx: CampaignContext, step: str, site: str) -> list[dict]:
     """The existing rules moving this step's outputs at ``site`` to their destinations."""
-    dataset = names.rucio_dataset(ctx.config, step, site, "outputs")
+    dataset = names.rucio_dataset(ctx.config, step, site, "outputs", ctx.generation)
     found = [ctx.replica.find_rule(dataset, t) for t in output_targets(ctx, step, site)]
     return [r.to_dict() for r in found if r is not None]
 
@@ -374,14 +374,14 @@ def register(ctx: CampaignContext, step: str, site: str) -> dict:
     local = ctx.butlers[site]
     local.refresh()
     refs = [r for t in _returned_types(ctx, step, site) for r in local.refs(t, run)]
-    dataset = names.rucio_dataset(cfg, step, site, "outputs")
+    dataset = names.rucio_dataset(cfg, step, site, "outputs", ctx.generation)
     reg = ctx.replica.register(site, dataset, refs)
     return dataclasses.asdict(reg)
 
 
 def replicate_outputs(ctx: CampaignContext, step: str, site: str) -> list[dict]:
     """Return outputs to the hub; for a global step, fan them out to every remote site."""
-    dataset = names.rucio_dataset(ctx.config, step, site, "outputs")
+    dataset = names.rucio_dataset(ctx.config, step, site, "outputs", ctx.generation)
     return [ctx.replica.add_rule(dataset, t).to_dict() for t in output_targets(ctx, step, site)]
 
 
@@ -403,7 +403,7 @@ def step_rules(ctx: CampaignContext, step: str) -> list[RuleRef]:
     refs = []
     for site in ctx.config.sites:
         for role in ("inputs", "outputs"):
-            dataset = names.rucio_dataset(ctx.config, step, site.name, role)
+            dataset = names.rucio_dataset(ctx.config, step, site.name, role, ctx.generation)
             for dest in ctx.config.sites:
                 rule = ctx.replica.find_rule(dataset, dest.name)
                 if rule is not None:

@@ -196,6 +196,14 @@ class SiteButler:
         return sum(counts.values())
 
     def datastore_root(self) -> Path | None:
-        """Filesystem root of a local file datastore (for checksums), None if remote."""
-        return local_root(self.repo)
+        """Filesystem root of the repository's (single) file datastore; None if it is not local.
+
+        A file's path relative to this root is its Rucio DID name (lsst-rucio-register),
+        which may differ from the repository root (the embedded sites keep their files in
+        ``<repo>/<scope>``).
+        """
+        roots = [r for r in self.butler.get_datastore_roots().values() if r is not None]
+        if len(roots) != 1 or roots[0].scheme not in ("", "file"):
+            return None
+        return Path(roots[0].ospath)
 
