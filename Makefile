@@ -18,7 +18,7 @@ export PANDA_BEHIND_REAL_LB ?= 1
 export PANDA_URL ?= http://127.0.0.1:25080/server/panda
 export PANDA_URL_SSL ?= http://127.0.0.1:25080/server/panda
 
-.PHONY: venv test test-fast demo sites single-site up airflow-settings bench lint clean
+.PHONY: venv rucio-venv test test-fast demo sites single-site up airflow-settings bench lint clean
 
 venv: $(STAMP)
 
@@ -29,7 +29,22 @@ $(STAMP): requirements.txt constraints.txt
 	$(BIN)/pip install -q -r requirements.txt -c constraints.txt
 	touch $(STAMP)
 
-test: venv
+# The Rucio server and daemons of the local deployment (include/localrucio) live in their
+# own virtualenv: rucio's pins conflict with the project's, and `rucio` and `rucio-clients`
+# both install the `rucio/` package.
+RUCIO_VENV := .venv-rucio
+RUCIO_STAMP := $(RUCIO_VENV)/.installed
+
+rucio-venv: $(RUCIO_STAMP)
+
+$(RUCIO_STAMP): requirements-rucio.txt constraints-rucio.txt
+	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
+	test -x $(RUCIO_VENV)/bin/python || $(PY) -m venv $(RUCIO_VENV)
+	$(RUCIO_VENV)/bin/pip install -q --upgrade pip
+	$(RUCIO_VENV)/bin/pip install -q -r requirements-rucio.txt -c constraints-rucio.txt
+	touch $(RUCIO_STAMP)
+
+test: venv rucio-venv
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: venv
@@ -45,7 +60,7 @@ single-site: sites
 # loop, deferral to the real triggers) on freshly built embedded sites under var/demo.
 # Progress lines and the campaign report go to the terminal; Airflow's full log to var/demo/airflow.log.
 DEMO ?= $(ROOT)/var/demo
-demo: venv
+demo: venv rucio-venv
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	set -o pipefail; $(BIN)/python scripts/run_campaign.py --data-root $(DEMO)/sites --json-out $(DEMO)/run.json \
 	  2>&1 | tee $(DEMO)/airflow.log | awk '/^=== campaign report/ {p=1} p {print; fflush(); next} \
