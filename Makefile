@@ -18,7 +18,7 @@ export PANDA_BEHIND_REAL_LB ?= 1
 export PANDA_URL ?= http://127.0.0.1:25080/server/panda
 export PANDA_URL_SSL ?= http://127.0.0.1:25080/server/panda
 
-.PHONY: venv rucio-venv test test-fast demo sites single-site up airflow-settings bench lint clean
+.PHONY: down venv rucio-venv test test-fast demo sites single-site up airflow-settings bench lint clean
 
 venv: $(STAMP)
 
@@ -57,28 +57,38 @@ single-site: sites
 	$(BIN)/python -m minidrp validate --root $(DATA)
 
 # The whole three-site, nine-step campaign through Airflow (dag.test: the scheduler's own
-# loop, deferral to the real triggers) on freshly built embedded sites under var/demo.
+# loop, deferral to the real triggers) on freshly built embedded sites under var/demo,
+# replicating through a real local Rucio (var/demo/rucio: PostgreSQL, server, daemons,
+# Replica Monitor), which is stopped at the end.
 # Progress lines and the campaign report go to the terminal; Airflow's full log to var/demo/airflow.log.
 DEMO ?= $(ROOT)/var/demo
 demo: venv rucio-venv
+	-$(BIN)/python -m localrucio down --root $(DEMO)/rucio >/dev/null 2>&1
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	set -o pipefail; $(BIN)/python scripts/run_campaign.py --data-root $(DEMO)/sites --json-out $(DEMO)/run.json \
+	set -o pipefail; $(BIN)/python scripts/run_campaign.py --data-root $(DEMO)/sites --rucio-root $(DEMO)/rucio \
+	  --json-out $(DEMO)/run.json \
 	  2>&1 | tee $(DEMO)/airflow.log | awk '/^=== campaign report/ {p=1} p {print; fflush(); next} \
 	    /\[DAG TEST\] starting task_id=/ {match($$0, /task_id=[^ ]+/); print "  running " substr($$0, RSTART+8, RLENGTH-8); fflush(); next} \
-	    /DRP ALERT|^building|^\[minidrp build\]|^drp_campaign:/ {print; fflush()}'
+	    /DRP ALERT|^building|^\[minidrp build\]|^drp_campaign:|^local Rucio/ {print; fflush()}'; \
+	  status=$$?; $(BIN)/python -m localrucio down --root $(DEMO)/rucio; exit $$status
 	@echo "report: $(DEMO)/sites/work/report/g0/report.md   plan and sky map: $(DEMO)/sites/work/plan/g0/"
 
-airflow-settings: venv
-	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml
+airflow-settings: venv rucio-venv
+	$(BIN)/python -m minidrp build --root $(DATA)
+	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml --local-rucio $(ROOT)/var/rucio --data-root $(DATA)
 
 # Airflow's UI with the project loaded (scheduler, triggerer, API server: `airflow standalone`).
 # Log in at http://localhost:8080 as `admin`; the password is printed at start-up and kept in
 # $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated. Trigger drp_campaign there.
-up: venv
+# The local Rucio (var/rucio) keeps running after Airflow stops: `make down` stops it.
+up: venv rucio-venv
 	$(BIN)/airflow db migrate >/dev/null
-	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml
 	$(BIN)/python -m minidrp build --root $(DATA)
+	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml --local-rucio $(ROOT)/var/rucio --data-root $(DATA)
 	PATH="$(ROOT)/$(BIN):$$PATH" $(BIN)/airflow standalone  # it starts `airflow scheduler` etc. from PATH
+
+down: venv
+	$(BIN)/python -m localrucio down --root $(ROOT)/var/rucio
 
 bench: venv
 	$(BIN)/python bench/planner_scale.py

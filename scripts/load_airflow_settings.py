@@ -3,6 +3,10 @@
 Writes the three JSON files that `airflow connections import`, `airflow pools import`
 and `airflow variables import` read, then runs those commands, so no Astro CLI is
 needed. Existing connections are overwritten (``--overwrite``) so re-running is safe.
+
+``--local-rucio ROOT`` (with ``--data-root``): replica connections on host ``local-rucio``
+are pointed at the project's local Rucio under ROOT, which is started if it is not
+running (``include/localrucio``), with each site's generated login and password.
 """
 
 from __future__ import annotations
@@ -53,8 +57,25 @@ def connection_env(settings: dict) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    path = Path(argv[1] if len(argv) > 1 else "airflow_settings.yaml")
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("settings", nargs="?", default="airflow_settings.yaml")
+    p.add_argument("--local-rucio", help="the local Rucio's directory, for replica connections on host local-rucio")
+    p.add_argument("--data-root", help="where the embedded sites live (with --local-rucio)")
+    p.add_argument("--campaign", default=str(Path(__file__).resolve().parents[1] / "include" / "campaigns"
+                                             / "minidrp_embedded.yaml"))
+    args = p.parse_args(argv[1:])
+    path = Path(args.settings)
     connections, pools, variables = convert(yaml.safe_load(path.read_text()))
+    if args.local_rucio:
+        from localrucio.campaign import fill_local_connections
+        from multisite_drp.campaign.config import load_campaign
+
+        cfg = load_campaign(args.campaign, data_root=args.data_root, check_pipeline=False)
+        plain = {cid: {**c, "extra": json.loads(c["extra"])} if "extra" in c else c for cid, c in connections.items()}
+        for cid, conn in fill_local_connections(plain, cfg, Path(args.local_rucio)).items():
+            connections[cid] = {**conn, "extra": json.dumps(conn["extra"], sort_keys=True)}
     airflow = str(Path(sys.executable).with_name("airflow"))
     with tempfile.TemporaryDirectory() as tmp:
         for name, payload, cmd in (

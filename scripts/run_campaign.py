@@ -4,6 +4,10 @@ What ``make demo``, the end-to-end tests and ``bench/orchestration_overhead`` us
 
 * the connections come from airflow_settings.yaml as ``AIRFLOW_CONN_*`` variables
   (already-set variables win), so nothing has to be imported into the database first;
+* replica connections whose host is ``local-rucio`` point at the project's local Rucio
+  (``include/localrucio``, under ``--rucio-root``): it is started (or found running), the
+  campaign's RSEs, accounts and scope are made, the Replica Monitor is started, and the
+  connections get the server's URL and each site's own login and password;
 * the metadata database under ``$AIRFLOW_HOME`` is created on first use;
 * the embedded sites are built under ``--data-root`` if they are not there yet;
 * the DAG runs in this process with Airflow's own scheduling loop (``dag.test``):
@@ -27,9 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CAMPAIGN = ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"
 
 
-def _environment(args: argparse.Namespace) -> None:
+def _environment(args: argparse.Namespace) -> dict:
     import yaml
 
     from scripts.load_airflow_settings import connection_env
@@ -44,7 +49,8 @@ def _environment(args: argparse.Namespace) -> None:
         if p not in sys.path:
             sys.path.insert(0, p)
     settings = yaml.safe_load((ROOT / "airflow_settings.yaml").read_text())
-    for key, value in connection_env(settings).items():
+    env = connection_env(settings)
+    for key, value in env.items():
         if args.poll is not None or args.processes is not None:
             conn = json.loads(value)
             extra = conn.setdefault("extra", {})
@@ -54,6 +60,25 @@ def _environment(args: argparse.Namespace) -> None:
                 extra["processes"] = args.processes
             value = json.dumps(conn, sort_keys=True)
         os.environ.setdefault(key, value)
+    return env
+
+
+def _local_rucio(args: argparse.Namespace, conf: dict, data_root: Path) -> None:
+    """Point replica connections on host ``local-rucio`` at the local Rucio (started if needed)."""
+    from localrucio.campaign import fill_local_connections
+    from multisite_drp.campaign.config import load_campaign
+
+    cfg = load_campaign(conf.get("campaign_file", CAMPAIGN), data_root=data_root, check_pipeline=False,
+                        sites=conf.get("sites") or [])
+    conns = {s.connections.replica: json.loads(os.environ.get(f"AIRFLOW_CONN_{s.connections.replica.upper()}", "{}"))
+             for s in cfg.sites}
+    t0 = time.monotonic()
+    filled = fill_local_connections(conns, cfg, Path(args.rucio_root), args.poll)
+    for cid, conn in filled.items():
+        os.environ[f"AIRFLOW_CONN_{cid.upper()}"] = json.dumps(conn, sort_keys=True)
+    if filled:
+        print(f"local Rucio at {next(iter(filled.values()))['host']} ready in {time.monotonic() - t0:.1f} s "
+              f"(scope {cfg.replication.scope}, root {args.rucio_root})", flush=True)
 
 
 def _migrate() -> None:
@@ -83,11 +108,15 @@ def _conf(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     _environment(args)
     data_root = Path(args.data_root).resolve()
+    conf = _conf(args)
     if not (data_root / "usdf" / "butler.yaml").exists():
         from minidrp.build import build_sites
+        from multisite_drp.campaign.config import load_campaign
 
+        scope = load_campaign(conf.get("campaign_file", CAMPAIGN), check_pipeline=False).replication.scope
         print(f"building the embedded sites under {data_root}", flush=True)
-        build_sites(data_root)
+        build_sites(data_root, scope=scope)
+    _local_rucio(args, conf, data_root)
     _migrate()
 
     from airflow import settings as af_settings
@@ -106,7 +135,6 @@ def run(args: argparse.Namespace) -> int:
     mark = None
     if args.only:
         mark = f"(?!(?:{args.only})$).*"
-    conf = _conf(args)
     print(f"drp_campaign: logical_date={logical.isoformat()} conf={json.dumps(conf)}", flush=True)
     t0 = time.monotonic()
     dr = dag.test(logical_date=logical, run_conf=conf, mark_success_pattern=mark)
@@ -121,8 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from multisite_drp.campaign import names
     from multisite_drp.campaign.config import load_campaign
 
-    cfg = load_campaign(conf.get("campaign_file", ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"),
-                        data_root=data_root, check_pipeline=False)
+    cfg = load_campaign(conf.get("campaign_file", CAMPAIGN), data_root=data_root, check_pipeline=False)
     report = names.report_dir(cfg, args.generation) / "report.md"
     if report.exists() and not args.quiet:
         print(f"=== campaign report: {report} ===")
@@ -144,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll", type=float, help="override the connections' poll_interval (seconds)")
     p.add_argument("--processes", type=int, help="override the workflow connections' processes")
     p.add_argument("--json-out", help="write the run's summary (state, seconds, task states) here")
+    p.add_argument("--rucio-root", default=str(ROOT / "var" / "rucio"),
+                   help="the local Rucio deployment's directory (for replica connections on host local-rucio)")
     p.add_argument("--quiet", action="store_true", help="do not print the report")
     return run(p.parse_args(argv))
 

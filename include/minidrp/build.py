@@ -31,7 +31,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lsst.daf.butler import Butler, CollectionType, Config, DataCoordinate, DatasetIdGenEnum, DatasetRef, DatasetType
+from lsst.daf.butler import (
+    Butler,
+    CollectionType,
+    Config,
+    DataCoordinate,
+    DatasetIdGenEnum,
+    DatasetRef,
+    DatasetType,
+)
 
 from . import data, instrument, skymap, survey
 from .constants import (
@@ -53,7 +61,8 @@ from .constants import (
     SKYMAP_RUN,
 )
 
-#: The datastore root inside each repository: the embedded campaign's Rucio scope.
+#: The datastore root inside each repository: the embedded campaign's Rucio scope. Tests that
+#: share one Rucio server give each fresh build its own scope (``build_sites(..., scope=...)``).
 DATASTORE_DIR = "minidrp"
 
 MARKER = "minidrp_build.json"
@@ -93,9 +102,9 @@ def insert_records(butler: Butler, records: dict[str, list[dict[str, Any]]]) -> 
             butler.registry.insertDimensionData(element, *rows)
 
 
-def _init_site(path: Path) -> Butler:
+def _init_site(path: Path, scope: str = DATASTORE_DIR) -> Butler:
     """Create an empty repo with instrument, skymap, dataset types, collections and the skyMap dataset."""
-    Butler.makeRepo(str(path), config=Config({"datastore": {"root": f"<butlerRoot>/{DATASTORE_DIR}"}}),
+    Butler.makeRepo(str(path), config=Config({"datastore": {"root": f"<butlerRoot>/{scope}"}}),
                     forceConfigRoot=False)
     butler = Butler.from_config(str(path), writeable=True)
     insert_records(butler, instrument.instrument_records())
@@ -152,24 +161,28 @@ def site_paths(root: Path) -> dict[str, Path]:
     return {site: Path(root) / site for site in SITES}
 
 
-def is_complete(root: Path, seed: int = DEFAULT_SEED) -> bool:
-    """True if ``root`` holds a complete build made with ``seed`` by this builder version."""
+def is_complete(root: Path, seed: int = DEFAULT_SEED, scope: str = DATASTORE_DIR) -> bool:
+    """True if ``root`` holds a complete build made with ``seed`` (and datastore ``scope``) by this version."""
     for path in site_paths(root).values():
         marker = _marker(path)
-        if marker is None or marker.get("seed") != seed or marker.get("version") != BUILD_VERSION:
+        if marker is None or marker.get("seed") != seed or marker.get("version") != BUILD_VERSION \
+                or marker.get("scope", DATASTORE_DIR) != scope:
             return False
     return True
 
 
-def build_sites(root: str | os.PathLike[str], seed: int = DEFAULT_SEED) -> dict[str, Path]:
+def build_sites(root: str | os.PathLike[str], seed: int = DEFAULT_SEED, scope: str = DATASTORE_DIR) -> dict[str, Path]:
     """Build (or find already built) the usdf, frdf and ukdf repositories under ``root``.
+
+    Each keeps its files under ``<repo>/<scope>``: ``scope`` must be the campaign's Rucio
+    scope (``replication.scope``).
 
     Returns site name -> repository path. Raises `BuildError` if any site path
     exists but is not part of a complete build with the same seed.
     """
     root = Path(root).absolute()
     paths = site_paths(root)
-    if is_complete(root, seed):
+    if is_complete(root, seed, scope):
         _log(f"{root}: complete build found (seed {seed}); nothing to do")
         return paths
     existing = [str(p) for p in paths.values() if p.exists()]
@@ -185,7 +198,7 @@ def build_sites(root: str | os.PathLike[str], seed: int = DEFAULT_SEED) -> dict[
         summary: dict[str, Any] = {}
         for site in SITES:
             t0 = time.perf_counter()
-            butler = _init_site(tmp / site)
+            butler = _init_site(tmp / site, scope)
             if site == HUB_SITE:
                 summary = _fill_hub(butler, seed)
             butler.close()
@@ -194,6 +207,7 @@ def build_sites(root: str | os.PathLike[str], seed: int = DEFAULT_SEED) -> dict[
             marker = {
                 "version": BUILD_VERSION,
                 "seed": seed,
+                "scope": scope,
                 "site": site,
                 "hub": site == HUB_SITE,
                 **summary,

@@ -6,8 +6,13 @@ on freshly built sites in a scratch directory, with its own Airflow home. While 
 a watcher SIGKILLs the step1 workflow at ukdf in the middle of run-qbb; the DAG must
 restart it and finish.
 
+Replication goes through the session's REAL local Rucio (server, judge and conveyor
+daemons, the local-copy transfertool in FTS's place, the Replica Monitor ingesting
+arrivals) under a scope of this module's own.
+
 Then the milestone tests read real outcomes: raws in each site's butler, graph files,
-dataset counts in the butlers, files and rules in the replica catalogue, the report.
+dataset counts in the butlers, DIDs, metadata, replicas and rules in the Rucio server's
+own catalogue, the report.
 Finally the same DAG run is cleared and run again (nothing may change), and one site's
 step is cleared alone (it must find its earlier work and duplicate nothing).
 """
@@ -26,10 +31,10 @@ from pathlib import Path
 
 import pytest
 from multisite_drp.campaign import names
-from multisite_drp.campaign.config import load_campaign
 from multisite_drp.campaign.plan import CampaignPlan
 from multisite_drp.services.butler import SiteButler
-from multisite_drp.services.replica.embedded import EmbeddedReplicaService
+
+from tests.conftest import RUCIO_TEST_ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -40,14 +45,16 @@ STEPS = [f"step{i}" for i in range(1, 10)]
 KILL_STEP, KILL_SITE = "step1", "ukdf"
 
 
-def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str) -> dict:
+def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campaign: Path | None = None) -> dict:
     env = {**os.environ, "AIRFLOW_HOME": str(airflow_home)}
     env.pop("AIRFLOW__CORE__DAGS_FOLDER", None)
     log = out.with_suffix(".log")
+    if campaign is not None:
+        extra = ("--campaign", str(campaign), *extra)
     with open(log, "w") as fh:
         proc = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "run_campaign.py"), "--data-root", str(data_root),
-             "--json-out", str(out), "--poll", "0.5", "--quiet", *extra],
+             "--rucio-root", str(RUCIO_TEST_ROOT), "--json-out", str(out), "--poll", "0.5", "--quiet", *extra],
             stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=1500, check=False,
         )
     assert out.exists(), f"run_campaign wrote no summary; see {log}:\n" + log.read_text()[-3000:]
@@ -76,25 +83,22 @@ def _kill_mid_run(state_file: Path, stop: threading.Event, killed: dict) -> None
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from minidrp.build import build_sites
-
-    base = tmp_path_factory.mktemp("campaign")
-    data_root = base / "sites"
-    build_sites(data_root)
-    cfg = load_campaign(CAMPAIGN, data_root=data_root)
+def campaign(rucio_campaign_factory) -> dict:
+    rucio = rucio_campaign_factory("e2e")
+    base, data_root, cfg = rucio.base, rucio.data_root, rucio.cfg
+    _RUCIO[cfg.replication.scope] = rucio
     state_file = names.submit_dir(cfg, KILL_STEP, KILL_SITE, 0) / "state.json"
     stop, killed = threading.Event(), {}
     watcher = threading.Thread(target=_kill_mid_run, args=(state_file, stop, killed), daemon=True)
     watcher.start()
     t0 = time.monotonic()
     try:
-        first = _run_dag(data_root, base / "airflow", base / "run1.json")
+        first = _run_dag(data_root, base / "airflow", base / "run1.json", campaign=rucio.campaign_file)
     finally:
         stop.set()
         watcher.join(5)
     first["wall"] = time.monotonic() - t0
-    return {"base": base, "data_root": data_root, "config": cfg, "first": first, "killed": killed}
+    return {"base": base, "data_root": data_root, "config": cfg, "first": first, "killed": killed, "rucio": rucio}
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +115,17 @@ def _butler(cfg, site: str) -> SiteButler:
     return SiteButler(site, cfg.repo_of(site), writeable=False)
 
 
-def _replica(cfg) -> EmbeddedReplicaService:
-    return EmbeddedReplicaService(cfg.work_path / "replicas" / "catalogue.sqlite",
-                                  {s.name: (s.rse, cfg.repo_of(s)) for s in cfg.sites})
+@pytest.fixture(scope="module")
+def rucio(campaign):
+    return campaign["rucio"]
+
+
+def _replica(cfg):
+    """The Rucio adapter as the DAG built it (the module's scope, each site's own identity)."""
+    return _RUCIO[cfg.replication.scope].service
+
+
+_RUCIO: dict = {}
 
 
 def _sha(path: Path) -> str:
@@ -141,7 +153,7 @@ def snapshot(cfg) -> dict:
         st = json.loads(state.read_text())
         workflows[st["name"]] = (st["attempt"], st["state"], st["submitted"])
     return {
-        "rules": [(r["rule_id"], r["dataset"], r["rse"]) for r in rep.list_rules()],
+        "rules": [(r["rule_id"], r["dataset"], r["rse"], r["state"]) for r in rep.list_rules()],
         "datasets": {d: rep.dataset_summary(d)["files"] for d in rep.list_datasets()},
         "butlers": butlers,
         "workflows": workflows,
@@ -182,7 +194,7 @@ def test_raws_distributed_to_every_site_per_plan(cfg, plan, campaign) -> None:
     for site in cfg.sites:
         if site.name == cfg.hub.name:
             continue
-        rule = rep.find_rule(names.rucio_dataset(cfg, "raws", site.name, "raw"), site.name)
+        rule = rep.find_rule(names.rucio_dataset(cfg, "raws", site.name, "raw", 0), site.name)
         assert rule is not None
         assert rep.rule_status([rule])[rule.rule_id].state.value == "OK"
         check = rep.verify_ingested(rule)
@@ -207,10 +219,14 @@ def test_every_step_has_a_graph_per_site_copied_back_to_usdf(cfg, plan) -> None:
     assert n_graphs == 7 * 3 + 2
 
 
-# -- milestone 3: outputs registered in the butler and in the replica catalogue ---------------
+# -- milestone 3: outputs registered in the butler and in Rucio -------------------------------
 
 
-def test_outputs_registered_in_site_butlers_and_replica_catalogue(cfg, plan) -> None:
+def test_outputs_registered_in_site_butlers_and_in_rucio(cfg, plan, rucio) -> None:
+    """Asked of the Rucio server's own catalogue: each (step, site) output dataset holds one
+    file DID per butler dataset, with lsst-rucio-register's metadata naming exactly those
+    datasets, replicas at the site's RSE, and (for returned outputs) at USDF's."""
+    client, scope = rucio.root_client, cfg.replication.scope
     rep = _replica(cfg)
     for step in STEPS:
         for site in plan.sites_for(step):
@@ -220,10 +236,25 @@ def test_outputs_registered_in_site_butlers_and_replica_catalogue(cfg, plan) -> 
             run = names.output_run(cfg, step, site, 0)
             counts = b.count(summary["predicted_outputs"], run)
             assert counts == summary["predicted_outputs"], f"{step}/{site}: butler lacks predicted outputs"
-            every = b.count(b.dataset_types_in(run), run)
-            dataset = names.rucio_dataset(cfg, step, site, "outputs")
-            assert rep.dataset_summary(dataset)["files"] == sum(every.values()), f"{dataset}: files != datasets"
-            assert len(rep.dataset_refs(dataset)) == sum(every.values())
+            butler_ids = {str(r.id) for t in b.dataset_types_in(run) for r in b.refs(t, run)}
+            dataset = names.rucio_dataset(cfg, step, site, "outputs", 0)
+            did = client.get_did(scope, dataset)
+            assert did["type"] == "DATASET" and did["open"] is False, f"{dataset} is not a closed dataset"
+            files = list(client.list_files(scope, dataset))
+            assert len(files) == len(butler_ids), f"{dataset}: files != datasets"
+            metas = list(client.get_metadata_bulk([{"scope": scope, "name": f["name"]} for f in files], plugin="JSON"))
+            assert {m["rubin_butler"] for m in metas} == {"data_product"}
+            assert {json.loads(m["rubin_sidecar"])["id"] for m in metas} == butler_ids
+            rses = {cfg.site(site).rse} | {cfg.site(t).rse for t in _targets(cfg, step, site)}
+            for r in client.list_replicas([{"scope": scope, "name": f["name"]} for f in files]):
+                assert rses <= set(r["rses"]), f"{r['name']}: replicas at {sorted(r['rses'])}, expected {rses}"
+            assert len(rep.dataset_refs(dataset)) == len(butler_ids)
+
+
+def _targets(cfg, step: str, site: str) -> list[str]:
+    if cfg.step(step).is_global:
+        return [s.name for s in cfg.sites if s.name != cfg.hub.name]
+    return [] if site == cfg.hub.name else [cfg.hub.name]
 
 
 # -- milestone 4: outputs returned to USDF ----------------------------------------------------
@@ -325,19 +356,17 @@ def test_clearing_one_sites_step_reruns_it_without_duplicates(cfg, campaign) -> 
     assert snapshot(cfg) == before
 
 
-def test_dry_run_plans_and_reports_without_any_external_action(tmp_path) -> None:
-    from minidrp.build import build_sites
-
-    data_root = tmp_path / "sites"
-    build_sites(data_root)
-    cfg = load_campaign(CAMPAIGN, data_root=data_root)
-    run = _run_dag(data_root, tmp_path / "airflow", tmp_path / "dry.json", "--dry-run")
+def test_dry_run_plans_and_reports_without_any_external_action(rucio_campaign_factory) -> None:
+    rucio = rucio_campaign_factory("dryrun", monitor=False)
+    data_root, cfg, tmp_path = rucio.data_root, rucio.cfg, rucio.base
+    _RUCIO[cfg.replication.scope] = rucio
+    run = _run_dag(data_root, tmp_path / "airflow", tmp_path / "dry.json", "--dry-run", campaign=rucio.campaign_file)
     assert run["state"] == "success", f"dry run failed; log {run['log']}"
     states = run["task_states"]
     assert states["success"] == 3 and states["skipped"] == sum(states.values()) - 3  # validate, plan, report
     assert (names.plan_dir(cfg, 0) / "plan.json").is_file() and (names.plan_dir(cfg, 0) / "skymap.png").is_file()
     # Nothing external happened: no rule, no graph, no submission, no new dataset at any site.
-    assert not (cfg.work_path / "replicas").exists()
+    assert _replica(cfg).list_rules() == [] and _replica(cfg).list_datasets() == []
     assert not (cfg.work_path / "graphs").exists() and not (cfg.work_path / "submit").exists()
     for s in cfg.sites:
         b = _butler(cfg, s.name)

@@ -1,15 +1,19 @@
-"""The triggers and the alert notifier on their own, against the real embedded services.
+"""The triggers and the alert notifier on their own, against real services.
 
 The triggers are serialised and rebuilt (what the triggerer does), then run on an event
-loop until their first event. The replication case breaks a real transfer (a source file
-hidden after registration) so the conveyor's retries end STUCK; once the file is back,
-``ReplicaService.retry`` and a fresh trigger see the rule OK and the files ingested.
+loop until their first event. They carry the DAG run's Params and connection ids only,
+and read the connections with ``aget_connection`` (here from ``AIRFLOW_CONN_*``). The
+replication case runs against the session's REAL local Rucio: a source file hidden
+after registration makes the transfer fail and the rule go STUCK; once the file is back,
+``ReplicaService.retry`` (the judge-repairer) and a fresh trigger see the rule OK and
+the files ingested by the Replica Monitor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,8 +22,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from multisite_drp.campaign.config import load_campaign
-from multisite_drp.services import factory
 from multisite_drp.services.butler import SiteButler
 from multisite_drp.services.fileio import atomic_write_json
 from multisite_drp.triggers.site import ReplicationTrigger, WorkflowTrigger
@@ -34,7 +36,7 @@ def _rebuilt(trigger):
     return import_string(classpath)(**json.loads(json.dumps(kwargs)))
 
 
-def _first_event(trigger, timeout: float = 120.0):
+def _first_event(trigger, timeout: float = 180.0):
     async def first():
         async for event in trigger.run():
             return event
@@ -48,7 +50,10 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_workflow_trigger_fires_once_every_workflow_is_terminal(tmp_path: Path) -> None:
+def test_workflow_trigger_fires_once_every_workflow_is_terminal(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_WORKFLOW",
+                       json.dumps({"conn_type": "generic", "extra": {"adapter": "embedded", "poll_interval": 0.1}}))
     refs = []
     for name, state in (("done", "SUCCEEDED"), ("lost", "RUNNING")):
         d = tmp_path / name
@@ -58,8 +63,11 @@ def test_workflow_trigger_fires_once_every_workflow_is_terminal(tmp_path: Path) 
                                              "counts": {"total": 4, "succeeded": 4 if state == "SUCCEEDED" else 1,
                                                         "failed": 0, "blocked": 0 if state == "SUCCEEDED" else 3}})
         refs.append({"run_id": name, "name": name, "site": "frdf", "submit_dir": str(d)})
-    settings = factory.workflow_settings("frdf", {"adapter": "embedded", "poll_interval": 0.1}, "test")
-    event = _first_event(_rebuilt(WorkflowTrigger(settings=settings, refs=refs, poll_interval=0.1, label="t")))
+    params = {"campaign_file": str(CAMPAIGN), "data_root": str(tmp_path), "sites": [], "generation": 0}
+    trigger = WorkflowTrigger(params=params, conn_ids=["drp_frdf_workflow"], site="frdf", refs=refs,
+                              poll_interval=0.1, label="t")
+    assert set(trigger.serialize()[1]) == {"params", "conn_ids", "site", "refs", "poll_interval", "label"}
+    event = _first_event(_rebuilt(trigger))
     wf = event.payload["workflows"]
     assert event.payload["status"] == "done"
     assert wf["done"]["state"] == "SUCCEEDED" and wf["done"]["quanta_succeeded"] == 4
@@ -67,28 +75,39 @@ def test_workflow_trigger_fires_once_every_workflow_is_terminal(tmp_path: Path) 
     assert wf["lost"]["state"] == "FAILED" and "gone" in wf["lost"]["message"]
 
 
-@pytest.mark.e2e
-def test_replication_trigger_reports_stuck_then_ok_after_retry(tmp_path: Path) -> None:
-    from minidrp.build import build_sites
+def test_trigger_refuses_connections_the_campaign_does_not_name(tmp_path: Path) -> None:
+    params = {"campaign_file": str(CAMPAIGN), "data_root": str(tmp_path), "sites": [], "generation": 0}
+    trigger = WorkflowTrigger(params=params, conn_ids=["someone_elses_conn"], site="frdf", refs=[],
+                              poll_interval=0.1, label="t")
+    with pytest.raises(LookupError, match="does not name"):
+        _first_event(trigger)
 
-    build_sites(tmp_path / "sites")
-    cfg = load_campaign(CAMPAIGN, data_root=tmp_path / "sites")
-    settings = factory.replica_settings(cfg, {"adapter": "embedded", "poll_interval": 0.2}, "test")
-    replica = factory.replica_service(settings)
+
+@pytest.mark.server
+def test_replication_trigger_reports_stuck_then_ok_after_retry(rucio_campaign_factory,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    env = rucio_campaign_factory("triggers", monitor=True)
+    for key, value in env.connection_env().items():
+        monkeypatch.setenv(key, value)
+    cfg, replica = env.cfg, env.service
     hub = SiteButler("usdf", cfg.repo_of("usdf"))
     refs = hub.refs("flat", cfg.input_collections)[:3]
     dataset = "Dataset/minidrp/test/frdf/inputs"
     assert replica.register("usdf", dataset, refs).files == 3
     source = Path(hub.butler.getURI(refs[0]).ospath)
     hidden = source.with_name(source.name + ".hidden")
-    source.rename(hidden)  # the transfer will fail on this file
+    shutil.move(source, hidden)  # the transfer will fail on this file
     rule = replica.add_rule(dataset, "frdf")
-    trigger = ReplicationTrigger(settings=settings, rules=[rule.to_dict()], poll_interval=0.2, label="t")
+    params = {"campaign_file": str(env.campaign_file), "data_root": str(env.data_root), "sites": [], "generation": 0}
+    trigger = ReplicationTrigger(params=params, conn_ids=[s.connections.replica for s in cfg.sites],
+                                 rules=[rule.to_dict()], poll_interval=0.5, label="t")
+    kwargs = json.dumps(trigger.serialize()[1])
+    assert all(c["password"] not in kwargs for c in env.connections.values())  # ids travel, secrets do not
     event = _first_event(_rebuilt(trigger))
     assert event.payload["status"] == "stuck"
     assert f"{dataset}@frdf" in event.payload["stuck"] and event.payload["stuck"][f"{dataset}@frdf"]
 
-    hidden.rename(source)
+    shutil.move(hidden, source)
     replica.retry(rule)
     event = _first_event(_rebuilt(trigger))
     assert event.payload == {"status": "ok", "ingested": {f"{dataset}@frdf": 3}}

@@ -2,23 +2,34 @@
 
 Each site names three connections in the campaign file (``connections: {butler,
 replica, workflow}``). Their ``extra`` says which adapter sits behind each port
-(``adapter: embedded`` for the local sites) and how it is tuned (``processes``,
-``poll_interval``). The hook validates them all before anything acts, then hands
-``services.factory`` plain settings, so triggers can carry the same settings and the
-DAG never knows which adapter it runs against.
+(``adapter: embedded`` or ``rucio``) and how it is tuned (``processes``,
+``poll_interval``, a Rucio ``account``...); a Rucio connection's host is the server and
+its login and password the site's identity there. The hook validates them all before
+anything acts, then hands ``services.factory`` plain settings (no secret) and, apart from
+them, the passwords.
+
+Triggers never carry settings or secrets: they carry the DAG run's Params and the
+connection ids, and rebuild the hook in the triggerer with :meth:`CampaignHook.afrom_params`,
+which reads the connections with ``aget_connection`` (as the provider triggers do).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk import BaseHook
 
 from multisite_drp.campaign.config import CampaignConfig, load_campaign
 from multisite_drp.services import factory
+from multisite_drp.services.factory import ConnectionInfo
 
-__all__ = ["CampaignHook", "ConnectionMissingError"]
+__all__ = ["PARAM_KEYS", "CampaignHook", "ConnectionMissingError"]
+
+#: The DAG run Params a hook is built from (what a trigger carries; none is a secret).
+PARAM_KEYS = ("campaign_file", "data_root", "sites", "generation")
 
 
 class ConnectionMissingError(LookupError):
@@ -32,44 +43,89 @@ class CampaignHook(BaseHook):
     hook_name = "Multisite DRP campaign"
 
     def __init__(self, campaign_file: str, *, data_root: str | None = None, sites: list[str] | None = None,
-                 generation: int = 0, check_pipeline: bool = False) -> None:
+                 generation: int = 0, check_pipeline: bool = False, config: CampaignConfig | None = None,
+                 connections: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.campaign_file = campaign_file
         self.data_root = data_root
         self.sites = list(sites or [])
         self.generation = int(generation)
-        self.config: CampaignConfig = load_campaign(campaign_file, data_root=data_root, sites=self.sites,
-                                                    check_pipeline=check_pipeline)
+        self.config: CampaignConfig = config or load_campaign(campaign_file, data_root=data_root, sites=self.sites,
+                                                              check_pipeline=check_pipeline)
+        self._connections = dict(connections) if connections is not None else None
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **kwargs: Any) -> CampaignHook:
         return cls(params["campaign_file"], data_root=params.get("data_root"), sites=params.get("sites") or [],
                    generation=int(params.get("generation") or 0), **kwargs)
 
-    def _extra(self, conn_id: str, what: str, site: str) -> tuple[dict[str, Any], str]:
+    @staticmethod
+    def carried_params(params: Mapping[str, Any]) -> dict[str, Any]:
+        """The Params a trigger carries to rebuild this hook (paths, names, numbers)."""
+        return {k: params.get(k) for k in PARAM_KEYS}
+
+    @classmethod
+    async def afrom_params(cls, params: Mapping[str, Any], conn_ids: list[str]) -> CampaignHook:
+        """The hook in the triggerer: the campaign loaded off the event loop, each named
+        connection read with ``aget_connection``. ``conn_ids`` must be among the campaign's."""
+        config = await asyncio.to_thread(load_campaign, params["campaign_file"], data_root=params.get("data_root"),
+                                         sites=params.get("sites") or [], check_pipeline=False)
+        named = {getattr(s.connections, what) for s in config.sites for what in ("butler", "replica", "workflow")}
+        stray = sorted(set(conn_ids) - named)
+        if stray:
+            raise ConnectionMissingError(f"{params['campaign_file']}: the trigger asks for connections {stray}, "
+                                         f"which the campaign does not name")
+        conns = {}
+        for conn_id in conn_ids:
+            try:
+                conns[conn_id] = await BaseHook.aget_connection(conn_id)
+            except Exception as exc:  # noqa: BLE001 - AirflowNotFoundException or the API's error
+                raise ConnectionMissingError(f"connection {conn_id!r} is not defined in Airflow ({exc})") from None
+        return cls(params["campaign_file"], data_root=params.get("data_root"), sites=params.get("sites") or [],
+                   generation=int(params.get("generation") or 0), config=config, connections=conns)
+
+    def conn_ids(self, what: str, sites: list[str] | None = None) -> list[str]:
+        """The connection ids of one kind (``butler``, ``replica``, ``workflow``) for ``sites``."""
+        return [getattr(s.connections, what) for s in self.config.sites if sites is None or s.name in sites]
+
+    def _info(self, conn_id: str, what: str, site: str) -> ConnectionInfo:
         where = f"{self.campaign_file}: sites ({site}).connections.{what} = connection {conn_id!r}"
         try:
-            conn = self.get_connection(conn_id)
+            conn = self._connections[conn_id] if self._connections is not None else self.get_connection(conn_id)
         except Exception as exc:  # noqa: BLE001 - AirflowNotFoundException, or the execution API's error
             raise ConnectionMissingError(
                 f"{where} is not defined in Airflow ({exc}); load airflow_settings.yaml "
                 "(`make airflow-settings`) or set AIRFLOW_CONN_" + conn_id.upper()
             ) from None
-        return dict(conn.extra_dejson or {}), where
+        return ConnectionInfo(conn_id=conn_id, extra=dict(conn.extra_dejson or {}), host=conn.host, login=conn.login,
+                              password=conn.password, schema=conn.schema, port=conn.port, where=where)
+
+    def _replica_infos(self) -> dict[str, ConnectionInfo]:
+        return {s.name: self._info(s.connections.replica, "replica", s.name) for s in self.config.sites}
 
     @functools.cached_property
     def settings(self) -> dict[str, Any]:
-        """Every site's validated adapter settings (JSON-able: a trigger can carry them)."""
-        workflows, butlers = {}, {}
+        """Every site's validated adapter settings (JSON-able, no secret)."""
+        butlers = {}
         for s in self.config.sites:
-            extra, where = self._extra(s.connections.workflow, "workflow", s.name)
-            workflows[s.name] = factory.workflow_settings(s.name, extra, where)
-            extra, where = self._extra(s.connections.butler, "butler", s.name)
-            butlers[s.name] = factory.butler_settings(self.config, s.name, extra, where)
-        hub = self.config.hub
-        extra, where = self._extra(hub.connections.replica, "replica", hub.name)
-        replica = factory.replica_settings(self.config, extra, where)
-        return {"workflows": workflows, "butlers": butlers, "replica": replica}
+            info = self._info(s.connections.butler, "butler", s.name)
+            butlers[s.name] = factory.butler_settings(self.config, s.name, info.extra, info.where)
+        return {"workflows": {s.name: self.workflow_settings(s.name) for s in self.config.sites},
+                "butlers": butlers, "replica": self.replica_settings}
+
+    def workflow_settings(self, site: str) -> dict[str, Any]:
+        """One site's validated workflow settings (reads that site's workflow connection only)."""
+        s = self.config.site(site)
+        info = self._info(s.connections.workflow, "workflow", s.name)
+        return factory.workflow_settings(s.name, info.extra, info.where)
+
+    @functools.cached_property
+    def replica_settings(self) -> dict[str, Any]:
+        """The replica service's settings, from every site's replica connection."""
+        return factory.replica_settings(self.config, self._replica_infos())
+
+    def _secrets(self) -> dict[str, str]:
+        return factory.connection_secrets(self._replica_infos())
 
     @functools.cache  # noqa: B019 - one hook per task execution
     def plan(self):
@@ -79,7 +135,16 @@ class CampaignHook(BaseHook):
 
         return CampaignPlan.load(names.plan_dir(self.config, self.generation))
 
+    def replica_service(self):
+        """The campaign's replica service alone (what the replication trigger polls)."""
+        return factory.replica_service(self.replica_settings, self._secrets())
+
+    def workflow_service(self, site: str):
+        """One site's workflow service alone (what the workflow trigger polls)."""
+        return factory.workflow_service(self.workflow_settings(site))
+
     def get_conn(self):
         """The ``CampaignContext`` the actions take."""
         st = self.settings
-        return factory.build_context(self.config, st["workflows"], st["replica"], st["butlers"], self.generation)
+        return factory.build_context(self.config, st["workflows"], st["replica"], st["butlers"], self.generation,
+                                     replica_secrets=self._secrets())

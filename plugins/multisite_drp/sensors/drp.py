@@ -79,12 +79,14 @@ class WorkflowSensor(_SiteSensor):
         ref = self._ref(ctx)
         if ctx.workflows[self.site].status([ref])[ref.run_id].terminal:
             return self._finish(ctx, ref, context, hook)
-        self._defer(hook, ref)
+        self._defer(hook, ref, context)
 
-    def _defer(self, hook: CampaignHook, ref) -> None:
-        settings = hook.settings["workflows"][self.site]
+    def _defer(self, hook: CampaignHook, ref, context) -> None:
+        settings = hook.workflow_settings(self.site)
         self.defer(
-            trigger=WorkflowTrigger(settings=settings, refs=[ref.to_dict()], poll_interval=settings["poll_interval"],
+            trigger=WorkflowTrigger(params=hook.carried_params(context["params"]),
+                                    conn_ids=hook.conn_ids("workflow", [self.site]), site=self.site,
+                                    refs=[ref.to_dict()], poll_interval=settings["poll_interval"],
                                     label=f"{self.step}/{self.site}"),
             method_name="execute_complete",
             timeout=self._timeout,
@@ -104,7 +106,7 @@ class WorkflowSensor(_SiteSensor):
             self.log.warning("%s rejected (%s, %s); restarting it (attempt %d of %d)", ref.name, decision["state"],
                              decision.get("message"), decision.get("attempt", 1) + 1, self.auto_restarts + 1)
             ctx.workflows[self.site].restart(ref)
-            self._defer(hook, ref)
+            self._defer(hook, ref, context)
         raise AirflowException(
             f"{ref.name} rejected by the partial-success policy: state {decision['state']}, "
             f"{decision['quanta_failed']} failed and {decision['quanta_blocked']} blocked of "
@@ -167,10 +169,11 @@ class ReplicationSensor(_SiteSensor):
                 ctx.replica.retry(RuleRef.from_dict(r))
         if self._state(ctx, rules) == "ok":
             return self._finish(ctx, rules)
-        settings = hook.settings["replica"]
+        settings = hook.replica_settings
         self.defer(
-            trigger=ReplicationTrigger(settings=settings, rules=rules, poll_interval=settings["poll_interval"],
-                                       label=self.task_id),
+            trigger=ReplicationTrigger(params=hook.carried_params(context["params"]),
+                                       conn_ids=hook.conn_ids("replica"), rules=rules,
+                                       poll_interval=settings["poll_interval"], label=self.task_id),
             method_name="execute_complete",
             timeout=self._timeout,
         )

@@ -1,21 +1,26 @@
 """Build the ports from plain settings: the one place that knows which adapter is which.
 
-Settings are small JSON-able dicts (an Airflow Connection's ``extra``, plus what the
-campaign file says about each site), so the same code builds the services in a
-worker, in a trigger and in a test, and a trigger can carry them in its kwargs.
+Settings are small JSON-able dicts, validated from an Airflow Connection (its host,
+login and ``extra``) plus what the campaign file says about each site. They never hold a
+secret: passwords and tokens travel separately (``secrets``), straight from the
+Connection to the adapter's client. Triggers therefore carry connection ids and rebuild
+settings and secrets in the triggerer (``hooks.campaign``).
 
 ``adapter`` picks the implementation:
 
-* ``embedded``: the local adapters (detached ``run-qbb``; the local replica catalogue
-  and conveyor). They need nothing but paths, which come from the campaign.
-* ``panda`` / ``rucio``: the production adapters. They are not in this build yet; asking
-  for one fails before any external action, naming the connection and the field.
+* workflow ``embedded``: detached ``pipetask run-qbb`` at the local sites;
+* replica ``rucio``: a Rucio server (rucio-clients + lsst-rucio-register), a Data
+  Facility's or the embedded sites' local one; ``embedded``: the hand-written local
+  catalogue and conveyor;
+* ``panda``: the production workflow adapter, not in this build yet; asking for it fails
+  before any external action, naming the connection and the field.
 
 No Airflow imports.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +33,7 @@ if TYPE_CHECKING:  # the adapters pull in the LSST middleware; keep DAG parsing 
 __all__ = [
     "DEFAULT_POLL_SECONDS",
     "AdapterError",
+    "ConnectionInfo",
     "build_context",
     "replica_service",
     "replica_settings",
@@ -35,8 +41,23 @@ __all__ = [
     "workflow_settings",
 ]
 
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionInfo:
+    """What the factory reads of an Airflow Connection (the hook and the triggers fill it)."""
+
+    conn_id: str
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    host: str | None = None
+    login: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    schema: str | None = None
+    port: int | None = None
+    where: str = ""  # "<campaign file>: sites (frdf).connections.replica = connection 'drp_frdf_replica'"
+
 WORKFLOW_ADAPTERS = ("embedded", "panda")
 REPLICA_ADAPTERS = ("embedded", "rucio")
+BUILT_ADAPTERS = ("embedded", "rucio")
 BUTLER_ADAPTERS = ("embedded", "production")
 # Seconds between two status calls of a trigger, unless the connection says otherwise.
 DEFAULT_POLL_SECONDS = {"embedded": 2.0, "panda": 120.0, "rucio": 60.0}
@@ -50,7 +71,7 @@ def _adapter(extra: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> 
     name = extra.get("adapter")
     if name not in allowed:
         raise AdapterError(f"{where}: extra field 'adapter' is {name!r}; expected one of {list(allowed)}")
-    if name != "embedded":
+    if name not in BUILT_ADAPTERS:
         raise AdapterError(
             f"{where}: adapter {name!r} is the production adapter, which this build does not include yet; "
             "use adapter 'embedded' for the local sites"
@@ -85,18 +106,91 @@ def workflow_service(settings: Mapping[str, Any]) -> WorkflowService:
     return EmbeddedWorkflowService(settings["site"], processes=settings["processes"])
 
 
-def replica_settings(config: CampaignConfig, extra: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Validated, JSON-able settings of the campaign's replica service (one Rucio)."""
-    adapter = _adapter(extra, REPLICA_ADAPTERS, where)
+def replica_settings(config: CampaignConfig, conns: Mapping[str, ConnectionInfo]) -> dict[str, Any]:
+    """Validated, JSON-able settings of the campaign's replica service, from every site's
+    replica connection (``conns``: site -> connection). No secret is kept.
+
+    Every site's connection is read and honoured for that site's RSE: all must name the
+    same adapter (and, for Rucio, the same server); a site's ``login`` and ``account`` are
+    its identity there.
+    """
+    hub = config.hub.name
+    adapters = {site: _adapter(c.extra, REPLICA_ADAPTERS, c.where) for site, c in conns.items()}
+    if len(set(adapters.values())) != 1:
+        raise AdapterError(f"{conns[hub].where}: the sites' replica connections name different adapters "
+                           f"{adapters}; one replica service (one Rucio) serves the whole campaign")
+    adapter = adapters[hub]
+    poll = poll_seconds(conns[hub].extra, adapter, conns[hub].where)
+    if adapter == "embedded":
+        return {
+            "adapter": adapter,
+            "catalogue": str(config.work_path / "replicas" / "catalogue.sqlite"),
+            "sites": {s.name: [s.rse, config.repo_of(s)] for s in config.sites},
+            "poll_interval": poll,
+        }
+    sites = {site: _rucio_site(config, site, c) for site, c in conns.items()}
+    hosts = {v["rucio_host"] for v in sites.values()}
+    if len(hosts) != 1:
+        raise AdapterError(f"{conns[hub].where}: the sites' replica connections name different Rucio servers "
+                           f"{ {k: v['rucio_host'] for k, v in sites.items()} }; a campaign uses one Rucio")
     return {
-        "adapter": adapter,
-        "catalogue": str(config.work_path / "replicas" / "catalogue.sqlite"),
-        "sites": {s.name: [s.rse, config.repo_of(s)] for s in config.sites},
-        "poll_interval": poll_seconds(extra, adapter, where),
+        "adapter": adapter, "campaign": config.name, "hub": hub, "scope": config.replication.scope,
+        "activity": config.replication.activity, "lifetime": config.replication.lifetime_seconds,
+        "sites": sites, "poll_interval": poll,
     }
 
 
-def replica_service(settings: Mapping[str, Any]) -> ReplicaService:
+RUCIO_EXTRAS = ("adapter", "poll_interval", "account", "auth_host", "auth_type", "rse_root", "dtn_url", "ca_cert")
+
+
+def _rucio_site(config: CampaignConfig, site: str, conn: ConnectionInfo) -> dict[str, Any]:
+    extra, where = conn.extra, conn.where
+    unknown = sorted(set(extra) - set(RUCIO_EXTRAS))
+    if unknown:
+        raise AdapterError(f"{where}: unknown extra fields {unknown}; a Rucio connection takes {list(RUCIO_EXTRAS)} "
+                           "(the password goes in the connection's password field)")
+    if not conn.host:
+        raise AdapterError(f"{where}: 'host' is empty; expected the Rucio server's URL, e.g. https://rucio.example:443")
+    host = conn.host if "://" in conn.host else f"{conn.schema or 'https'}://{conn.host}"
+    if conn.port and "://" not in conn.host:
+        host += f":{conn.port}"
+    if not host.startswith(("http://", "https://")):
+        raise AdapterError(f"{where}: 'host' is {conn.host!r}; expected an http(s) URL of the Rucio server")
+    auth_type = extra.get("auth_type", "userpass")
+    if auth_type != "userpass":
+        raise AdapterError(f"{where}: extra field 'auth_type' is {auth_type!r}; expected 'userpass'")
+    if not conn.login:
+        raise AdapterError(f"{where}: 'login' is empty; expected the Rucio userpass identity's username")
+    if not conn.password:
+        raise AdapterError(f"{where}: 'password' is empty; expected the Rucio password of login {conn.login!r}")
+    for key in ("rse_root", "dtn_url", "auth_host", "ca_cert", "account"):
+        if key in extra and not isinstance(extra[key], str):
+            raise AdapterError(f"{where}: extra field {key!r} is {extra[key]!r}; expected a string")
+    s = config.site(site)
+    return {
+        "site": site, "rse": s.rse, "repo": config.repo_of(s), "rucio_host": host.rstrip("/"),
+        "auth_host": (extra.get("auth_host") or host).rstrip("/"), "account": extra.get("account") or conn.login,
+        "username": conn.login, "auth_type": auth_type, "rse_root": extra.get("rse_root"),
+        "dtn_url": extra.get("dtn_url"), "ca_cert": extra.get("ca_cert"), "conn_id": conn.conn_id,
+    }
+
+
+def connection_secrets(conns: Mapping[str, ConnectionInfo]) -> dict[str, str]:
+    """Each site's replica password, kept apart from the settings (never logged or carried)."""
+    return {site: c.password for site, c in conns.items() if c.password}
+
+
+def replica_service(settings: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> ReplicaService:
+    if settings["adapter"] == "rucio":
+        from multisite_drp.services.replica.rucio import RucioCredentials, RucioReplicaService, RucioSite
+
+        secrets = secrets or {}
+        return RucioReplicaService(
+            scope=settings["scope"], campaign=settings["campaign"], activity=settings["activity"],
+            lifetime=settings["lifetime"], hub=settings["hub"],
+            sites={k: RucioSite.from_dict(v) for k, v in settings["sites"].items()},
+            credentials={k: RucioCredentials(secrets[k]) for k in settings["sites"] if k in secrets},
+        )
     from multisite_drp.services.replica.embedded import EmbeddedReplicaService
 
     return EmbeddedReplicaService(settings["catalogue"], {k: tuple(v) for k, v in settings["sites"].items()})
@@ -110,7 +204,8 @@ def butler_settings(config: CampaignConfig, site: str, extra: Mapping[str, Any],
 
 
 def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, Any]],
-                  replica: Mapping[str, Any], butlers: Mapping[str, Mapping[str, Any]], generation: int = 0):
+                  replica: Mapping[str, Any], butlers: Mapping[str, Mapping[str, Any]], generation: int = 0,
+                  replica_secrets: Mapping[str, str] | None = None):
     """A ``CampaignContext`` from validated settings (see the ``*_settings`` functions)."""
     from multisite_drp.services.actions import CampaignContext
     from multisite_drp.services.butler import SiteButler
@@ -118,7 +213,7 @@ def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, A
     return CampaignContext(
         config=config,
         workflows={site: workflow_service(s) for site, s in workflows.items()},
-        replica=replica_service(replica),
+        replica=replica_service(replica, replica_secrets),
         butlers={site: SiteButler(site, s["repo"]) for site, s in butlers.items()},
         generation=generation,
     )

@@ -1,10 +1,14 @@
 """Triggers that wait on a site's workflows or replication rules without holding a worker.
 
-They carry the adapter settings the hook validated (``services.factory``), rebuild
-the port in the triggerer, and ask it about *all* their workflows or rules in one
-batch call per poll (the ports' ``status`` / ``rule_status`` take many at once), so a
-site with many groups costs one request per interval. Blocking port calls run in a
-thread (``asyncio.to_thread``): the triggerer's event loop never stalls.
+Like the provider triggers, they carry connection ids, never settings or secrets: their
+kwargs are the DAG run's Params that locate the campaign (file, data root, sites,
+generation), the ids of the connections they read, and the workflow or rule handles.
+In the triggerer they rebuild the hook (``CampaignHook.afrom_params``: the campaign off
+the event loop, the connections with ``aget_connection``) and the port from it, then ask
+the port about *all* their workflows or rules in one batch call per poll (``status`` /
+``rule_status`` take many at once; the Rucio adapter makes one call per destination
+site), so a site with many groups costs one request per interval. Blocking port calls
+run in a thread (``asyncio.to_thread``): the triggerer's event loop never stalls.
 
 The operators always pass ``timeout`` to ``defer()``; the triggers themselves never
 give up.
@@ -18,33 +22,50 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from multisite_drp.services import factory
+from multisite_drp.hooks.campaign import CampaignHook
 from multisite_drp.services.replica.base import RuleRef, replication_progress
 
 __all__ = ["ReplicationTrigger", "WorkflowTrigger"]
 
 
-class WorkflowTrigger(BaseTrigger):
-    """Fires when every workflow in ``refs`` is in a terminal state (SUCCEEDED, FAILED, ...)."""
+class _CampaignTrigger(BaseTrigger):
+    """Carries (params, conn_ids, poll_interval, label) and rebuilds the hook in the triggerer."""
 
-    def __init__(self, settings: dict[str, Any], refs: list[dict[str, str]], poll_interval: float,
-                 label: str = "") -> None:
+    def __init__(self, params: dict[str, Any], conn_ids: list[str], poll_interval: float, label: str = "") -> None:
         super().__init__()
-        self.settings = settings
-        self.refs = refs
+        self.params = CampaignHook.carried_params(params)
+        self.conn_ids = list(conn_ids)
         self.poll_interval = poll_interval
         self.label = label
 
+    def _kwargs(self) -> dict[str, Any]:
+        return {"params": self.params, "conn_ids": self.conn_ids, "poll_interval": self.poll_interval,
+                "label": self.label}
+
+    async def _hook(self) -> CampaignHook:
+        return await CampaignHook.afrom_params(self.params, self.conn_ids)
+
+
+class WorkflowTrigger(_CampaignTrigger):
+    """Fires when every workflow in ``refs`` is in a terminal state (SUCCEEDED, FAILED, ...)."""
+
+    def __init__(self, params: dict[str, Any], conn_ids: list[str], site: str, refs: list[dict[str, str]],
+                 poll_interval: float, label: str = "") -> None:
+        super().__init__(params, conn_ids, poll_interval, label)
+        self.site = site
+        self.refs = refs
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {"settings": self.settings, "refs": self.refs, "poll_interval": self.poll_interval,
-                 "label": self.label})
+                {**self._kwargs(), "site": self.site, "refs": self.refs})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = await self._hook()
+
         def build():  # imports the LSST middleware: off the event loop
             from multisite_drp.services.workflow.base import WorkflowRef
 
-            return factory.workflow_service(self.settings), [WorkflowRef.from_dict(r) for r in self.refs]
+            return hook.workflow_service(self.site), [WorkflowRef.from_dict(r) for r in self.refs]
 
         service, refs = await asyncio.to_thread(build)
         last = None
@@ -60,29 +81,31 @@ class WorkflowTrigger(BaseTrigger):
             await asyncio.sleep(self.poll_interval)
 
 
-class ReplicationTrigger(BaseTrigger):
+class ReplicationTrigger(_CampaignTrigger):
     """Fires when every rule is OK *and* its datasets are ingested at the destination butler,
     or as soon as one rule is STUCK (the operator decides what to do with it)."""
 
-    def __init__(self, settings: dict[str, Any], rules: list[dict[str, str]], poll_interval: float,
-                 label: str = "") -> None:
-        super().__init__()
-        self.settings = settings
+    def __init__(self, params: dict[str, Any], conn_ids: list[str], rules: list[dict[str, str]],
+                 poll_interval: float, label: str = "") -> None:
+        super().__init__(params, conn_ids, poll_interval, label)
         self.rules = rules
-        self.poll_interval = poll_interval
-        self.label = label
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {"settings": self.settings, "rules": self.rules, "poll_interval": self.poll_interval,
-                 "label": self.label})
+        return (f"{type(self).__module__}.{type(self).__qualname__}", {**self._kwargs(), "rules": self.rules})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        service = await asyncio.to_thread(factory.replica_service, self.settings)  # opens the catalogue
+        hook = await self._hook()
+        service = await asyncio.to_thread(hook.replica_service)
         refs = [RuleRef.from_dict(r) for r in self.rules]
         last = None
         while True:
-            progress = await asyncio.to_thread(replication_progress, service, refs)
+            try:
+                progress = await asyncio.to_thread(replication_progress, service, refs)
+            except Exception as exc:  # noqa: BLE001 - Rucio briefly unreachable: keep waiting, say so
+                self.log.warning("%s: status call failed (%s: %s); trying again in %.0f s", self.label,
+                                 type(exc).__name__, exc, self.poll_interval)
+                await asyncio.sleep(self.poll_interval)
+                continue
             shown = (progress.states, progress.ingested)
             if shown != last:
                 self.log.info("%s: %s %s", self.label, progress.states, progress.ingested or "")

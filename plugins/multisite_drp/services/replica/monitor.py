@@ -1,0 +1,266 @@
+"""The Replica Monitor: ingests what Rucio delivered to a site's RSE into the site's butler.
+
+DMTN-213 gives this job to a per-site "Replica Monitor" (at Rubin: ctrl_ingestd, which
+needs Kafka and is not on PyPI). This is our own, driven by Rucio's catalogue:
+
+1. ask Rucio for the campaign scope's rules at the RSE that are OK (one list call);
+2. for each rule not yet ingested, list its dataset's files with their lsst-rucio-register
+   metadata (``rubin_butler``, ``rubin_sidecar``: the DatasetRef as JSON, with its
+   data ID's dimension records);
+3. check every arrived file's size and adler32 against Rucio's before it is ingested;
+   a mismatch is recorded as a failure and the file is left alone;
+4. ingest in place (the file already lies in the datastore, at its DID name below the
+   datastore root): dimension records first, then dataset types and RUN collections,
+   then the datasets with their original IDs, under the site's write lock;
+5. remember the rule as done (a small SQLite file in the state directory), so the next
+   pass costs one list call.
+
+It is idempotent: a dataset the registry already has is skipped, so a crash at any point
+is mended by the next pass. The DAG never trusts the monitor: ``verify_ingested`` asks
+the butler. In production a site may run ctrl_ingestd instead.
+
+``python -m multisite_drp.services.replica.monitor --scope S --site NAME=RSE=REPO [...]``
+runs the loop for one or more sites with the process's Rucio identity (``RUCIO_CONFIG``).
+``--discover`` serves every RSE that carries a ``butler_repo`` attribute (the embedded
+sites, where the local Rucio deployment sets it).
+
+No Airflow imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from multisite_drp.services.fileio import adler32_of
+
+__all__ = ["IngestReport", "ReplicaMonitor", "main"]
+
+log = logging.getLogger("multisite_drp.replica_monitor")
+
+INGESTIBLE = ("data_product", "raw_file")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS done (rse TEXT NOT NULL, rule_id TEXT NOT NULL, dataset TEXT NOT NULL,
+    files INTEGER NOT NULL, ingested INTEGER NOT NULL, at REAL NOT NULL, PRIMARY KEY (rse, rule_id));
+CREATE TABLE IF NOT EXISTS failures (rse TEXT NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL,
+    dataset TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (rse, scope, name));
+"""
+
+
+@dataclasses.dataclass
+class IngestReport:
+    """What one pass over one rule did."""
+
+    rule_id: str
+    dataset: str
+    files: int = 0
+    ingested: int = 0
+    already: int = 0
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # DID name -> reason
+    skipped: int = 0  # not butler datasets (e.g. dimension files)
+
+
+class ReplicaMonitor:
+    """Ingests the arrivals at one RSE into one butler repository."""
+
+    def __init__(self, client: Any, scope: str, rse: str, repo: str, state_dir: str | Path) -> None:
+        from multisite_drp.services.butler import SiteButler
+
+        self.client = client
+        self.scope = scope
+        self.rse = rse
+        self.site = SiteButler(rse, repo)
+        self.state = Path(state_dir) / f"replica-monitor-{rse}.sqlite"
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.state, timeout=60, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def failures(self) -> dict[str, str]:
+        """Files the monitor refused or could not ingest: DID name -> reason."""
+        with self._db() as db:
+            return {r["name"]: r["reason"] for r in db.execute("SELECT name, reason FROM failures WHERE rse = ?",
+                                                                (self.rse,))}
+
+    # -- one pass ------------------------------------------------------------------------------
+
+    def poll(self) -> list[IngestReport]:
+        """Ingest every OK rule's files not ingested yet; one list call when nothing is new."""
+        rules = self.client.list_replication_rules(
+            {"scope": self.scope, "rse_expression": self.rse, "state": "OK"})
+        with self._db() as db:
+            done = {r["rule_id"] for r in db.execute("SELECT rule_id FROM done WHERE rse = ?", (self.rse,))}
+        reports = []
+        for rule in rules:
+            if rule["id"] in done or rule.get("did_type") not in (None, "DATASET", "CONTAINER"):
+                continue
+            report = self.ingest_rule(rule["id"], rule["name"])
+            reports.append(report)
+            if not report.failed:
+                with self._db() as db:
+                    db.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?)",
+                               (self.rse, rule["id"], rule["name"], report.files, report.ingested, time.time()))
+        return reports
+
+    def ingest_rule(self, rule_id: str, dataset: str) -> IngestReport:
+        from lsst.daf.butler import DatasetRef, FileDataset
+        from lsst.resources import ResourcePath
+
+        report = IngestReport(rule_id=rule_id, dataset=dataset)
+        files = {f["name"]: f for f in self.client.list_files(self.scope, dataset)}
+        report.files = len(files)
+        if not files:
+            return report
+        metas = {}
+        names = sorted(files)
+        for i in range(0, len(names), 1000):
+            for m in self.client.get_metadata_bulk([{"scope": self.scope, "name": n} for n in names[i: i + 1000]],
+                                                   plugin="JSON"):
+                metas[m["name"]] = m
+        self.site.refresh()
+        butler = self.site.butler
+        root = self.site.datastore_root()
+        if root is None:
+            raise RuntimeError(f"{self.rse}: the butler datastore of {self.site.repo} is not a local directory")
+        todo: list[tuple[Path, DatasetRef]] = []
+        for name in names:
+            meta = metas.get(name, {})
+            if meta.get("rubin_butler") not in INGESTIBLE or not meta.get("rubin_sidecar"):
+                report.skipped += 1
+                continue
+            ref = DatasetRef.from_json(meta["rubin_sidecar"], universe=butler.dimensions)
+            if butler.get_dataset(ref.id) is not None:
+                report.already += 1
+                continue
+            path = root / name
+            reason = _check_file(path, files[name])
+            if reason:
+                report.failed[name] = reason
+                continue
+            todo.append((path, ref))
+        if todo:
+            with self.site.write_lock():
+                self.site.refresh()
+                todo = [(p, r) for p, r in todo if butler.get_dataset(r.id) is None]
+                _insert_records(butler, [r for _, r in todo])
+                for dataset_type in {r.datasetType.name: r.datasetType for _, r in todo}.values():
+                    butler.registry.registerDatasetType(dataset_type)
+                for run in sorted({r.run for _, r in todo}):
+                    butler.registry.registerRun(run)
+                butler.ingest(*[FileDataset(path=ResourcePath(str(p)), refs=[r]) for p, r in todo], transfer=None)
+            report.ingested = len(todo)
+        self._record(report)
+        log.info("%s: rule %s (%s): %d files, %d ingested, %d already there, %d failed", self.rse, rule_id, dataset,
+                 report.files, report.ingested, report.already, len(report.failed))
+        return report
+
+    def _record(self, report: IngestReport) -> None:
+        """Keep this pass's refusals; a clean pass clears the dataset's earlier ones."""
+        with self._db() as db:
+            db.execute("BEGIN")
+            db.execute("DELETE FROM failures WHERE rse = ? AND dataset = ?", (self.rse, report.dataset))
+            for name, reason in report.failed.items():
+                db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
+                           (self.rse, self.scope, name, report.dataset, reason[:2000], time.time()))
+            db.execute("COMMIT")
+
+
+def _check_file(path: Path, did: dict[str, Any]) -> str:
+    """Why ``path`` must not be ingested as ``did`` (size or adler32 differ), or ''."""
+    if not path.is_file():
+        return f"not at {path}"
+    size = path.stat().st_size
+    if did.get("bytes") is not None and size != int(did["bytes"]):
+        return f"size {size} differs from Rucio's {did['bytes']}"
+    if did.get("adler32"):
+        adler = adler32_of(path)
+        if adler != did["adler32"]:
+            return f"adler32 {adler} differs from Rucio's {did['adler32']}"
+    return ""
+
+
+def _insert_records(butler: Any, refs: Sequence[Any]) -> None:
+    """The dimension records carried by the sidecars, in dependency order (skip existing)."""
+    by_element: dict[str, dict[Any, Any]] = {}
+    for ref in refs:
+        if not ref.dataId.hasRecords():
+            continue
+        for element in ref.dataId.dimensions.elements:
+            record = ref.dataId.records[element]
+            if record is not None:
+                by_element.setdefault(element, {})[record.dataId.required_values] = record
+    universe = butler.dimensions
+    for element in universe.sorted(by_element):
+        name = element if isinstance(element, str) else element.name
+        if not universe[name].has_own_table:
+            continue
+        butler.registry.insertDimensionData(name, *by_element[element].values(), skip_existing=True)
+
+
+# -- the daemon --------------------------------------------------------------------------------
+
+
+def _discover(client: Any) -> list[tuple[str, str]]:
+    out = []
+    for rse in client.list_rses():
+        attrs = client.list_rse_attributes(rse["rse"])
+        if attrs.get("butler_repo"):
+            out.append((rse["rse"], str(attrs["butler_repo"])))
+    return sorted(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m multisite_drp.services.replica.monitor", description=__doc__.split("\n")[0])
+    p.add_argument("--scope", required=True, help="the campaign's Rucio scope")
+    p.add_argument("--site", action="append", default=[], metavar="RSE=REPO", help="an RSE and its butler repo")
+    p.add_argument("--discover", action="store_true", help="serve every RSE with a 'butler_repo' attribute")
+    p.add_argument("--state-dir", required=True, help="where the monitor remembers what it ingested")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between passes")
+    p.add_argument("--once", action="store_true", help="one pass, then exit")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from rucio.client import Client
+
+    client = Client()
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    monitors: dict[str, ReplicaMonitor] = {}
+    while not stop["now"]:
+        try:
+            pairs = [tuple(s.split("=", 1)) for s in args.site]
+            if args.discover:
+                pairs += _discover(client)
+            for rse, repo in pairs:
+                if rse not in monitors or monitors[rse].site.repo != repo:
+                    monitors[rse] = ReplicaMonitor(client, args.scope, rse, repo, args.state_dir)
+            for mon in monitors.values():
+                for report in mon.poll():
+                    print(json.dumps(dataclasses.asdict(report)), flush=True)
+        except Exception:
+            log.exception("replica monitor pass failed; retrying in %.1f s", args.interval)
+        if args.once:
+            break
+        time.sleep(args.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
