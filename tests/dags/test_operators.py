@@ -26,9 +26,17 @@ SITES = ["usdf", "frdf", "ukdf"]
 STEPS = [f"step{i}" for i in range(1, 10)]
 
 
+def _replica_conn(site: str, **kw) -> dict:
+    """A Rucio replica connection in production form (no server is contacted by these tests)."""
+    return {"conn_type": "generic", "host": "https://rucio.example.org:443", "login": f"drp_{site}",
+            "password": f"secret-{site}-pw", "extra": {"adapter": "rucio", "account": f"drp_{site}"}, **kw}
+
+
 @pytest.fixture()
 def connections(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = connection_env(yaml.safe_load((ROOT / "airflow_settings.yaml").read_text()))
+    for site in SITES:  # airflow_settings.yaml names the local Rucio; here: a production-shaped one
+        env[f"AIRFLOW_CONN_DRP_{site.upper()}_REPLICA"] = json.dumps(_replica_conn(site))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
@@ -102,6 +110,30 @@ def test_bad_workflow_connection_is_refused_before_anything_runs(monkeypatch, co
     monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_WORKFLOW", json.dumps({"conn_type": "generic", "extra": extra}))
     with pytest.raises(AdapterError, match=r"connection 'drp_frdf_workflow'.*" + message):
         _ = CampaignHook(str(CAMPAIGN)).settings
+
+
+def test_rucio_settings_hold_each_sites_identity_and_no_secret(connections) -> None:
+    hook = CampaignHook(str(CAMPAIGN))
+    settings = hook.settings["replica"]
+    assert settings["adapter"] == "rucio" and settings["scope"] == "minidrp"
+    assert {s: (v["account"], v["rse"], v["conn_id"]) for s, v in settings["sites"].items()} == {
+        site: (f"drp_{site}", f"{site.upper()}_LOCAL_DISK", f"drp_{site}_replica") for site in SITES}
+    assert "secret-" not in json.dumps(hook.settings)
+
+
+@pytest.mark.parametrize(("site", "conn", "message"), [
+    ("frdf", {"conn_type": "generic", "extra": {"adapter": "embedded"}}, "replica connections name different adapters"),
+    ("frdf", _replica_conn("frdf", password=None), r"'password' is empty; expected the Rucio password of login"),
+    ("ukdf", _replica_conn("ukdf", host="https://other-rucio.example.org"), "different Rucio servers"),
+    ("ukdf", _replica_conn("ukdf", extra={"adapter": "rucio", "token": "abc"}), r"unknown extra fields \['token'\]"),
+    ("usdf", _replica_conn("usdf", host=None), "'host' is empty"),
+    ("usdf", _replica_conn("usdf", login=None), "'login' is empty"),
+])
+def test_bad_replica_connection_is_refused_naming_it(monkeypatch, connections, site, conn, message) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_DRP_{site.upper()}_REPLICA", json.dumps(conn))
+    with pytest.raises(AdapterError, match=message) as err:
+        _ = CampaignHook(str(CAMPAIGN)).settings
+    assert "secret-" not in str(err.value)
 
 
 def test_skip_reasons(connections, sites_root) -> None:

@@ -1,5 +1,6 @@
-"""One step at one remote site through the real ports: the embedded replica service and the
-embedded workflow service, on real butler repositories with real run-qbb.
+"""One step at one remote site through the real ports: the Rucio replica service on the
+session's REAL local Rucio (with the Replica Monitor ingesting arrivals) and the embedded
+workflow service, on real butler repositories with real run-qbb.
 
 This is the per-site sequence of a step TaskGroup (generate_qg, replicate_inputs, submit,
 wait, merge, register, replicate_outputs) without Airflow, plus the idempotency and
@@ -14,13 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from multisite_drp.campaign import names
-from multisite_drp.campaign.config import load_campaign
 from multisite_drp.services import actions
 from multisite_drp.services.butler import SiteButler
 from multisite_drp.services.replica.base import RuleRef, RuleState
-from multisite_drp.services.replica.embedded import EmbeddedReplicaService
 from multisite_drp.services.workflow.base import WmsStates, WorkflowRef
 from multisite_drp.services.workflow.embedded import EmbeddedWorkflowService
 
@@ -40,17 +38,15 @@ def _wait(predicate, timeout: float = 300.0, interval: float = 0.5):
 
 
 @pytest.fixture()
-def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> actions.CampaignContext:
-    from minidrp.build import build_sites
-
-    build_sites(tmp_path)
-    cfg = load_campaign(CAMPAIGN, data_root=tmp_path)
-    sites = {s.name: (s.rse, cfg.repo_of(s)) for s in cfg.sites}
+def ctx(rucio_campaign_factory, monkeypatch: pytest.MonkeyPatch) -> actions.CampaignContext:
+    env = rucio_campaign_factory("stepflow")
+    cfg = env.cfg
+    sites = {s.name: cfg.repo_of(s) for s in cfg.sites}
     context = actions.CampaignContext(
         config=cfg,
         workflows={s: EmbeddedWorkflowService(s, processes=1) for s in sites},
-        replica=EmbeddedReplicaService(cfg.work_path / "replicas" / "catalogue.sqlite", sites),
-        butlers={s: SiteButler(s, repo) for s, (_, repo) in sites.items()},
+        replica=env.service,
+        butlers={s: SiteButler(s, repo) for s, repo in sites.items()},
     )
     hub = context.butlers["usdf"].butler
     visits = sorted(r.id for r in hub.query_dimension_records("visit", explain=False))[:2]
