@@ -120,6 +120,8 @@ def test_client_env_for_a_site_process(deployment, sites):
     out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "drp_usdf"
+    # its token went to the deployment's private TMPDIR, not the shared /tmp
+    assert list((LR_ROOT / "tmp" / "drp_usdf").rglob("auth_token_for_account_drp_usdf"))
 
 
 def test_rule_reaches_ok_and_file_is_copied(deployment, sites):
