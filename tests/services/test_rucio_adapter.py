@@ -90,7 +90,7 @@ def test_rule_is_found_not_duplicated_and_replicates_then_ingests(env) -> None:
     assert len(rules) == 1
     r = rules[0]
     assert (r["rse_expression"], r["account"], r["activity"]) == ("FRDF_LOCAL_DISK", "drp_frdf", "Production Output")
-    assert "Dataset/test/flats to frdf" in r["comment"]
+    assert "Dataset/test/flats to frdf" in env.root_client.get_replication_rule(r["id"])["comments"]
     _wait(lambda: service.rule_status([rule])[rule.rule_id].state is RuleState.OK)
     # Rucio says OK: the files are at FrDF's RSE, but not in its butler until the monitor ingests them.
     assert service.verify_ingested(rule).found == 0

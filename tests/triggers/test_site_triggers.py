@@ -109,7 +109,11 @@ def test_replication_trigger_reports_stuck_then_ok_after_retry(rucio_campaign_fa
 
     shutil.move(hidden, source)
     replica.retry(rule)
-    event = _first_event(_rebuilt(trigger))
+    # Just after the retry the rule still reads STUCK until the repairer's next pass: the
+    # sensor gives the new trigger a grace period for that.
+    retried = ReplicationTrigger(params=params, conn_ids=[s.connections.replica for s in cfg.sites],
+                                 rules=[rule.to_dict()], poll_interval=0.5, label="t", stuck_grace=60)
+    event = _first_event(_rebuilt(retried))
     assert event.payload == {"status": "ok", "ingested": {f"{dataset}@frdf": 3}}
     frdf = SiteButler("frdf", cfg.repo_of("frdf"))
     assert frdf.missing(refs) == []

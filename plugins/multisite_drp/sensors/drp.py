@@ -121,16 +121,19 @@ class ReplicationSensor(_SiteSensor):
     ``kind``: ``distribution`` (bootstrap and raws to ``site``), ``inputs`` (the step's
     inputs to ``site``) or ``outputs`` (the step's outputs from ``site`` to the hub, or
     fanned out). A STUCK rule fails the task with the rule's error; when the task is
-    retried, the stuck rules are re-evaluated (``ReplicaService.retry``) first.
+    retried, the stuck rules are handed back to Rucio first (``ReplicaService.retry``), and
+    for ``retry_grace`` seconds a rule that still reads STUCK counts as waiting.
     """
 
     KINDS = ("distribution", "inputs", "outputs")
 
-    def __init__(self, *, site: str, kind: str, step: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, site: str, kind: str, step: str | None = None, retry_grace: float = 300.0,
+                 **kwargs: Any) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"ReplicationSensor: kind={kind!r}; expected one of {list(self.KINDS)}")
         super().__init__(step=step, site=site, **kwargs)
         self.kind = kind
+        self.retry_grace = retry_grace
 
     def _rules(self, ctx) -> list[dict]:
         from multisite_drp.services import actions
@@ -162,18 +165,21 @@ class ReplicationSensor(_SiteSensor):
         if not rules:
             self.log.info("%s: no transfer was needed", self.task_id)
             return []
+        grace = 0.0
         if context["ti"].try_number > 1:
             from multisite_drp.services.replica.base import RuleRef
 
             for r in rules:
                 ctx.replica.retry(RuleRef.from_dict(r))
+            grace = self.retry_grace  # the repairer takes a boosted rule at its next pass
         if self._state(ctx, rules) == "ok":
             return self._finish(ctx, rules)
         settings = hook.replica_settings
         self.defer(
             trigger=ReplicationTrigger(params=hook.carried_params(context["params"]),
                                        conn_ids=hook.conn_ids("replica"), rules=rules,
-                                       poll_interval=settings["poll_interval"], label=self.task_id),
+                                       poll_interval=settings["poll_interval"], label=self.task_id,
+                                       stuck_grace=grace),
             method_name="execute_complete",
             timeout=self._timeout,
         )

@@ -83,21 +83,30 @@ class WorkflowTrigger(_CampaignTrigger):
 
 class ReplicationTrigger(_CampaignTrigger):
     """Fires when every rule is OK *and* its datasets are ingested at the destination butler,
-    or as soon as one rule is STUCK (the operator decides what to do with it)."""
+    or as soon as one rule is STUCK (the operator decides what to do with it).
+
+    ``stuck_grace``: seconds during which a STUCK rule counts as still waiting. A sensor
+    that has just handed its STUCK rules back to Rucio (``ReplicaService.retry``) sets it:
+    the judge-repairer takes a boosted rule at its next pass, not at once, and until then
+    the rule still reads STUCK.
+    """
 
     def __init__(self, params: dict[str, Any], conn_ids: list[str], rules: list[dict[str, str]],
-                 poll_interval: float, label: str = "") -> None:
+                 poll_interval: float, label: str = "", stuck_grace: float = 0.0) -> None:
         super().__init__(params, conn_ids, poll_interval, label)
         self.rules = rules
+        self.stuck_grace = float(stuck_grace)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__qualname__}", {**self._kwargs(), "rules": self.rules})
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {**self._kwargs(), "rules": self.rules, "stuck_grace": self.stuck_grace})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = await self._hook()
         service = await asyncio.to_thread(hook.replica_service)
         refs = [RuleRef.from_dict(r) for r in self.rules]
         last = None
+        grace_until = asyncio.get_running_loop().time() + self.stuck_grace
         while True:
             try:
                 progress = await asyncio.to_thread(replication_progress, service, refs)
@@ -110,7 +119,7 @@ class ReplicationTrigger(_CampaignTrigger):
             if shown != last:
                 self.log.info("%s: %s %s", self.label, progress.states, progress.ingested or "")
                 last = shown
-            if progress.state == "stuck":
+            if progress.state == "stuck" and asyncio.get_running_loop().time() >= grace_until:
                 yield TriggerEvent({"status": "stuck", "stuck": progress.stuck})
                 return
             if progress.state == "ok":

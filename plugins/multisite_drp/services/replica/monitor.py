@@ -105,7 +105,7 @@ class ReplicaMonitor:
     def poll(self) -> list[IngestReport]:
         """Ingest every OK rule's files not ingested yet; one list call when nothing is new."""
         rules = self.client.list_replication_rules(
-            {"scope": self.scope, "rse_expression": self.rse, "state": "OK"})
+            {"scope": self.scope, "rse_expression": self.rse, "state": "O"})  # RuleState.OK is "O" in the DB
         with self._db() as db:
             done = {r["rule_id"] for r in db.execute("SELECT rule_id FROM done WHERE rse = ?", (self.rse,))}
         reports = []

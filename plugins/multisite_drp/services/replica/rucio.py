@@ -211,7 +211,23 @@ class RucioReplicaService(ReplicaService):
                 f"{site}: the butler datastore is {root}, but the campaign's Rucio scope {self.scope!r} needs it at "
                 f"<rse_root>/{self.scope} = {rse_root}/{self.scope} (lsst-rucio-register names DIDs by the path "
                 "below <rse_root>/<scope>)")
-        return rse_root, (s.dtn_url or f"file://{rse_root}").rstrip("/")
+        return rse_root, (s.dtn_url or self._dtn_url(site)).rstrip("/")
+
+    def _dtn_url(self, site: str) -> str:
+        """The PFN base of the site's RSE root, as Rucio itself computes PFNs there (one call).
+
+        lsst-rucio-register builds ``dtn_url + /<scope>/<name>``; with the RSE's
+        ``identity`` lfn2pfn Rucio expects ``<scheme>://<host>[:port]<prefix>/<scope>/<name>``,
+        so the base is Rucio's own PFN of a probe name minus ``/<scope>/<name>``.
+        """
+        rse = self.sites[site].rse
+        probe = "multisite-drp-probe"
+        pfn = next(iter(self.client(site).lfns2pfns(rse, [f"{self.scope}:{probe}"], operation="write").values()))
+        tail = f"/{self.scope}/{probe}"
+        if not pfn.endswith(tail):
+            raise ReplicaError(f"{site}: RSE {rse} maps {self.scope}:{probe} to {pfn}; lsst-rucio-register needs the "
+                               "'identity' lfn2pfn_algorithm (or set 'dtn_url' in the site's replica connection)")
+        return pfn.removesuffix(tail)
 
     def _did(self, name: str) -> dict[str, str]:
         return {"scope": self.scope, "name": name}
@@ -459,15 +475,30 @@ class _Counted:
 
 
 def _make_client(site: RucioSite, creds: RucioCredentials) -> Any:
-    """A rucio-clients ``Client`` for one site's identity, from its Connection alone."""
+    """A rucio-clients ``Client`` for one site's identity, from its Connection alone.
+
+    rucio-clients caches auth tokens in ``$TMPDIR/.rucio_<user>/`` by account name only,
+    so any process on the worker would reuse a token another process got, whatever
+    password it holds, and two Rucio servers' accounts of the same name would share one.
+    Each client here keeps its token in a private directory of its own (0700, removed
+    with the client): it authenticates with its own credentials, once per client.
+    """
+    import shutil
+    import tempfile
+    import weakref
+
     from rucio.client import Client
 
     if site.auth_type != "userpass":
         raise ReplicaError(f"{site.conn_id or site.site}: auth_type {site.auth_type!r} is not supported; "
                            "expected 'userpass' (login and password in the connection)")
+    token_dir = tempfile.mkdtemp(prefix="multisite-drp-rucio-")
+    client_class = type("SiteRucioClient", (Client,), {"TOKEN_PATH_PREFIX": token_dir + "/.rucio_"})
     kwargs: dict[str, Any] = {}
     if site.ca_cert:
         kwargs["ca_cert"] = site.ca_cert
-    return Client(rucio_host=site.rucio_host, auth_host=site.auth_host, account=site.account,
-                  auth_type="userpass", creds={"username": site.username, "password": creds.password},
-                  timeout=60, **kwargs)
+    client = client_class(rucio_host=site.rucio_host, auth_host=site.auth_host, account=site.account,
+                          auth_type="userpass", creds={"username": site.username, "password": creds.password},
+                          timeout=60, **kwargs)
+    weakref.finalize(client, shutil.rmtree, token_dir, True)
+    return client
