@@ -17,7 +17,11 @@ with ``partition_wait_time=0`` instead of the CLI's fixed 1-10 s wait per run:
 5. conveyor-poller  (``older_than=0``: the CLI default only polls transfers older than 60 s)
 6. conveyor-finisher (DONE -> replica AVAILABLE, lock OK, rule OK; FAILED -> retry or STUCK)
 
-then sleeps ``--interval`` seconds (0.5 by default). An exception in one pass is logged
+then sleeps ``--interval`` seconds (0.5 by default). Between iterations one cheap query
+(:func:`make_probe`) checks whether there is anything to do (a transfer request, a DID
+to re-evaluate, a rule to inject, a STUCK rule due for repair); when there is not, the
+passes are skipped (but still run every ``--full-every`` s, 10 by default), so an idle
+deployment costs little CPU. An exception in one pass is logged
 and the loop goes on; while the database is unreachable every pass fails, and the loop
 backs off to at most 5 s between iterations and resumes by itself when it is back (the
 REST server is not used at all). The process exits on SIGTERM/SIGINT, and by itself
@@ -145,6 +149,35 @@ def build_passes(repair_delta: int) -> tuple[list[tuple[str, Callable[[], None]]
     return passes, events
 
 
+def make_probe(repair_delta: int) -> Callable[[], bool]:
+    """A cheap 'is there anything for the passes to do?' query.
+
+    True if a transfer request exists (finished ones are archived out of the table), a
+    DID awaits re-evaluation, a rule awaits injection, or a STUCK rule is due for the
+    repairer. An idle iteration then costs one query instead of six daemon passes.
+    """
+    from rucio.db.sqla import models
+    from rucio.db.sqla.constants import RuleState
+    from rucio.db.sqla.session import read_session
+    from sqlalchemy import and_, select
+
+    @read_session
+    def probe(*, session: Any = None) -> bool:
+        due = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(seconds=repair_delta)
+        rule = models.ReplicationRule
+        for stmt in (
+            select(models.Request.id).limit(1),
+            select(models.UpdatedDID.id).limit(1),
+            select(rule.id).where(rule.state == RuleState.INJECT).limit(1),
+            select(rule.id).where(and_(rule.state == RuleState.STUCK, rule.updated_at < due)).limit(1),
+        ):
+            if session.execute(stmt).first() is not None:
+                return True
+        return False
+
+    return probe
+
+
 def _still_owner(root: Path, token: str) -> bool:
     """False once the deployment's state no longer names this process."""
     if not root.is_dir():
@@ -183,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="deployment root (state.json, run/)")
     parser.add_argument("--token", required=True, help="identifies this process in the deployment state")
     parser.add_argument("--interval", type=float, default=0.5, help="sleep between iterations (s)")
+    parser.add_argument("--full-every", type=float, default=10.0,
+                        help="run every pass at least this often (s) even when the probe finds nothing")
     parser.add_argument("--repair-delta", type=int, default=30,
                         help="judge-repairer: re-examine a STUCK rule untouched this long (s)")
     args = parser.parse_args(argv)
@@ -208,17 +243,29 @@ def main(argv: list[str] | None = None) -> int:
 
     register(run_dir / "transfers")
     passes, events = build_passes(args.repair_delta)
+    probe = make_probe(args.repair_delta)
     stop.rucio_events.extend(events)
     log.info("started: pid %d, %d passes, interval %.2fs", os.getpid(), len(passes), args.interval)
 
     status: dict[str, Any] = {"pid": os.getpid(), "token": args.token, "started_at": time.time(),
-                              "iteration": 0, "errors_total": 0, "passes": {}}
+                              "iteration": 0, "idle_skips": 0, "errors_total": 0, "passes": {}}
     backoff = 0.0
+    last_full = 0.0
     while not stop.event.is_set():
         if not _still_owner(root, args.token):
             log.info("the deployment no longer names this process: exiting")
             break
         t_iter = time.monotonic()
+        if status["iteration"] and not backoff and t_iter - last_full < args.full_every:
+            try:
+                busy = probe()
+            except Exception:  # noqa: BLE001 - let the passes meet (and report) the problem
+                busy = True
+            if not busy:
+                status["idle_skips"] += 1
+                stop.event.wait(args.interval)
+                continue
+        last_full = t_iter
         failed = 0
         db_down = False
         for name, fn in passes:

@@ -145,6 +145,22 @@ def test_rule_reaches_ok_and_file_is_copied(deployment, sites):
     replicas = list(client.list_replicas([{"scope": SCOPE, "name": names[0]}]))
     assert set(replicas[0]["rses"]) == {usdf.rse, frdf.rse}
 
+    # a file attached after the rule exists is picked up (judge-evaluator) and copied too
+    late = f"test/{tag}/late.fits"
+    data = _register(client, usdf, late)
+    t0 = time.monotonic()
+    client.attach_dids(SCOPE, dataset, [{"scope": SCOPE, "name": late}])
+    deadline = time.monotonic() + RULE_TIMEOUT
+    while time.monotonic() < deadline:
+        locks = {lock["name"]: lock["state"] for lock in client.list_replica_locks(rule_id)}
+        if locks.get(late) == "OK":
+            break
+        time.sleep(0.1)
+    print(f"[localrucio] file attached to the ruled dataset, its lock OK: {time.monotonic() - t0:.2f}s")
+    assert locks.get(late) == "OK"
+    assert _wait_rule(client, rule_id, {"OK", "STUCK"})[0] == "OK"
+    assert (frdf.rse_root / SCOPE / late).read_bytes() == data
+
 
 def test_missing_source_goes_stuck_and_boost_repairs_the_same_rule(deployment, sites):
     _, ep, _ = deployment
