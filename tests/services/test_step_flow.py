@@ -18,7 +18,7 @@ import pytest
 from multisite_drp.campaign import names
 from multisite_drp.services import actions
 from multisite_drp.services.butler import SiteButler
-from multisite_drp.services.replica.base import RuleRef, RuleState
+from multisite_drp.services.replica.base import RuleRef, replication_progress
 from multisite_drp.services.workflow.base import WmsStates, WorkflowRef
 from multisite_drp.services.workflow.embedded import EmbeddedWorkflowService
 
@@ -58,11 +58,10 @@ def ctx(rucio_campaign_factory, monkeypatch: pytest.MonkeyPatch) -> actions.Camp
 
 
 def _rules_ok(ctx, rules):
-    refs = [RuleRef.from_dict(r) for r in rules]
-    status = ctx.replica.rule_status(refs)
-    states = {s.state for s in status.values()}
-    assert RuleState.STUCK not in states, status
-    return states == {RuleState.OK}
+    """Every rule OK and its datasets ingested by the Replica Monitor (what the sensors wait on)."""
+    progress = replication_progress(ctx.replica, [RuleRef.from_dict(r) for r in rules])
+    assert progress.state != "stuck", progress
+    return progress.state == "ok"
 
 
 def test_step1_at_remote_site_end_to_end(ctx: actions.CampaignContext) -> None:
