@@ -34,6 +34,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -217,11 +218,13 @@ class LocalRucio:
                 steps["bootstrap"] = time.monotonic() - t
 
             t = time.monotonic()
-            if not (_procs.alive(state.get("server")) and self._ping(ports.get("server"))):
+            if not (_procs.alive(state.get("server")) and self._ping_patiently(ports.get("server"))):
+                _procs.terminate(state.pop("server", None))  # a hung server would keep the port
                 self._start_server(state, hashes["server"])
                 steps["server"] = time.monotonic() - t
             t = time.monotonic()
-            if not _procs.alive(state.get("daemons")):
+            if not (_procs.alive(state.get("daemons")) and self._daemons_progressing(state["daemons"])):
+                _procs.terminate(state.pop("daemons", None))
                 self._start_daemons(state, hashes["daemons"])
                 steps["daemons"] = time.monotonic() - t
             self._save_state(state)
@@ -540,7 +543,7 @@ class LocalRucio:
             return False
         self._pg_own(self.pgrun, 0o700)
         port = _procs.free_port(ports.get("pg"), avoid=[ports.get("server") or 0])
-        opts = (f"-p {port} -k {self.pgrun} -c listen_addresses=127.0.0.1 -c synchronous_commit=off "
+        opts = (f"-p {port} -k {shlex.quote(str(self.pgrun))} -c listen_addresses=127.0.0.1 -c synchronous_commit=off "
                 f"-c max_connections=200 -c unix_socket_permissions=0700")
         self._pg_run([self._pg_exe("pg_ctl"), "-D", self.pgdata, "-l", self.pgrun / "postgres.log",
                       "-w", "-t", "60", "-o", opts, "start"])
@@ -759,6 +762,17 @@ request_retries = 3
                 return resp.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False
+
+    def _ping_patiently(self, port: int | None) -> bool:
+        """A live server may be slow under load: three tries over about 15 s."""
+        return any(self._ping(port, timeout=5.0) for _ in range(3))
+
+    def _daemons_progressing(self, rec: Mapping[str, Any], stale_after: float = 600.0) -> bool:
+        """False if the daemons process has not finished an iteration for ``stale_after`` s."""
+        status = _procs.read_json(self.run_dir / "daemons-status.json")
+        if status.get("token") != rec.get("token"):
+            return False
+        return time.time() - float(status.get("last_iteration_at") or 0) < stale_after
 
     def _start_server(self, state: dict[str, Any], config_hash: str) -> None:
         ports = state["ports"]
