@@ -212,7 +212,8 @@ class LocalRucio:
                 self._pg_drop_db()
                 self._pg_ensure_db(sec["db_password"])
                 shutil.rmtree(self.run_dir / "transfers", ignore_errors=True)
-                shutil.rmtree(self.root / "tmp", ignore_errors=True)
+                # Cached client tokens under tmp/ are now unknown to the server: a client
+                # gets a 401 and re-authenticates by itself.
             if self._bootstrap_needed():
                 self._bootstrap()
                 steps["bootstrap"] = time.monotonic() - t
