@@ -90,8 +90,9 @@ up: venv rucio-venv
 down: venv
 	$(BIN)/python -m localrucio down --root $(ROOT)/var/rucio
 
-bench: venv
+bench: venv rucio-venv
 	$(BIN)/python bench/planner_scale.py
+	$(BIN)/python bench/replication.py
 	$(BIN)/python bench/orchestration_overhead.py
 
 lint: venv

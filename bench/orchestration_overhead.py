@@ -1,6 +1,7 @@
 """Orchestration overhead: the same campaign through Airflow, and as a plain sequential script.
 
-Both runs start from freshly built embedded sites (separate directories) and do the same
+Both runs start from freshly built embedded sites (separate directories, each under its own
+Rucio scope on the same local Rucio: server, daemons, Replica Monitor) and do the same
 work with the same services and the same poll interval:
 
 * **airflow**: ``scripts/run_campaign.py`` (the drp_campaign DAG under ``dag.test()``:
@@ -12,7 +13,7 @@ work with the same services and the same poll interval:
 Prints one line per run and, last, ``overhead: airflow_s=A script_s=S ratio=R``. R below 1
 means running the sites in parallel pays for Airflow's own overhead. Not a test: figures only.
 
-    python bench/orchestration_overhead.py [--root DIR] [--poll SECONDS]
+    python bench/orchestration_overhead.py [--root DIR] [--poll SECONDS] [--rucio-root DIR]
 """
 
 from __future__ import annotations
@@ -52,23 +53,42 @@ def _rules_done(ctx, rules: list[dict]) -> bool:
     return progress.state == "ok"
 
 
-def run_script(data_root: Path, poll: float) -> float:
-    """The campaign as a sequential script of the same actions (no Airflow)."""
+def _sites(base: Path, label: str) -> tuple[Path, Path]:
+    """Fresh sites under a scope of their own, and the campaign file that names it."""
+    import uuid
+
+    from localrucio.campaign import campaign_copy
     from minidrp.build import build_sites
+
+    scope = f"bench_{label}_{uuid.uuid4().hex[:6]}"
+    build_sites(base / "sites", scope=scope)
+    return campaign_copy(base, scope), base / "sites"
+
+
+def run_script(base: Path, poll: float, rucio_root: Path) -> float:
+    """The campaign as a sequential script of the same actions (no Airflow)."""
+    from localrucio import LocalRucio
+    from localrucio.campaign import connection_infos, prepare, replica_connections, start_monitor
     from multisite_drp.campaign.config import load_campaign
     from multisite_drp.services import actions, factory
     from multisite_drp.services.report import write_report
     from multisite_drp.services.workflow.base import WorkflowRef
 
-    build_sites(data_root)
+    campaign, data_root = _sites(base, "script")
     t0 = time.monotonic()
-    cfg = load_campaign(CAMPAIGN, data_root=data_root)
+    cfg = load_campaign(campaign, data_root=data_root)
+    lr = LocalRucio(rucio_root)
+    lr.up()
+    creds = prepare(lr, cfg)
+    start_monitor(lr, cfg)
+    infos = connection_infos(cfg, replica_connections(lr, cfg, creds, poll_interval=poll))
     extra = {"adapter": "embedded", "processes": 1, "poll_interval": poll}
     ctx = factory.build_context(
         cfg,
         {s.name: factory.workflow_settings(s.name, extra, "bench") for s in cfg.sites},
-        factory.replica_settings(cfg, extra, "bench"),
+        factory.replica_settings(cfg, infos),
         {s.name: factory.butler_settings(cfg, s.name, {}, "bench") for s in cfg.sites},
+        replica_secrets=factory.connection_secrets(infos),
     )
     actions.make_plan(cfg, 0)
     plan = ctx.plan()
@@ -108,10 +128,9 @@ def run_script(data_root: Path, poll: float) -> float:
     return elapsed
 
 
-def run_airflow(data_root: Path, airflow_home: Path, poll: float) -> float:
-    from minidrp.build import build_sites
-
-    build_sites(data_root)
+def run_airflow(base: Path, poll: float, rucio_root: Path) -> float:
+    campaign, data_root = _sites(base, "airflow")
+    airflow_home = base / "home"
     env = {**os.environ, "AIRFLOW_HOME": str(airflow_home)}
     # The metadata database is created once, outside the timed run (as on a deployed Airflow).
     airflow_home.mkdir(parents=True, exist_ok=True)
@@ -121,7 +140,8 @@ def run_airflow(data_root: Path, airflow_home: Path, poll: float) -> float:
     t0 = time.monotonic()
     with open(data_root.parent / "airflow_run.log", "w") as log:
         proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_campaign.py"), "--data-root",
-                               str(data_root), "--poll", str(poll), "--quiet"],
+                               str(data_root), "--campaign", str(campaign), "--rucio-root", str(rucio_root),
+                               "--poll", str(poll), "--quiet"],
                               env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     elapsed = time.monotonic() - t0
     if proc.returncode:
@@ -134,12 +154,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", help="scratch directory (default: a temporary one, removed afterwards)")
     p.add_argument("--poll", type=float, default=2.0, help="poll interval of both runs (the embedded default: 2 s)")
+    p.add_argument("--rucio-root", default=str(ROOT / "var" / "bench-rucio"), help="the local Rucio's directory")
     args = p.parse_args()
+    from localrucio import LocalRucio
+
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="orchestration-"))
+    rucio_root = Path(args.rucio_root)
     try:
-        airflow_s = run_airflow(root / "airflow_run" / "sites", root / "airflow_run" / "home", args.poll)
-        script_s = run_script(root / "script_run" / "sites", args.poll)
+        LocalRucio(rucio_root).up()  # started once, outside both timed runs
+        airflow_s = run_airflow(root / "airflow_run", args.poll, rucio_root)
+        script_s = run_script(root / "script_run", args.poll, rucio_root)
     finally:
+        LocalRucio(rucio_root).down()
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
     print(f"overhead: airflow_s={airflow_s:.1f} script_s={script_s:.1f} ratio={airflow_s / script_s:.2f}")

@@ -1,6 +1,6 @@
 """Shared test set-up.
 
-Child processes (pipetask, butler, the embedded workflow runner and replica conveyor)
+Child processes (pipetask, butler, the embedded workflow runner, the Replica Monitor)
 import the project's packages too, so the project directories go on PYTHONPATH for
 them as well as on sys.path for the test process. pandaclient resolves a host at
 import time; keep it on loopback.
@@ -101,25 +101,18 @@ class RucioCampaign:
         return connection_env(self.connections)
 
 
-def write_campaign(dest: Path, scope: str) -> Path:
-    """A copy of the embedded campaign with its own Rucio scope (pipeline path made absolute)."""
-    import yaml
-
-    doc = yaml.safe_load(CAMPAIGN.read_text())
-    doc["pipeline"] = str((CAMPAIGN.parent / doc["pipeline"]).resolve())
-    doc["replication"] = {**doc["replication"], "scope": scope}
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / "campaign.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="session")
 def rucio_campaign_factory(local_rucio, tmp_path_factory: pytest.TempPathFactory):
     """make(label, monitor=True) -> RucioCampaign: sites built under a new scope, RSEs and
     per-site accounts made, the service built from Connection-shaped settings, and (with
     ``monitor``) the Replica Monitor daemon serving the scope."""
-    from localrucio.campaign import prepare, replica_connections, start_monitor
+    from localrucio.campaign import (
+        campaign_copy,
+        connection_infos,
+        prepare,
+        replica_connections,
+        start_monitor,
+    )
     from minidrp.build import build_sites
     from multisite_drp.campaign.config import load_campaign
     from multisite_drp.services import factory
@@ -130,15 +123,11 @@ def rucio_campaign_factory(local_rucio, tmp_path_factory: pytest.TempPathFactory
         base = tmp_path_factory.mktemp(label)
         data_root = base / "sites"
         build_sites(data_root, scope=scope)
-        campaign_file = write_campaign(base, scope)
+        campaign_file = campaign_copy(base, scope)
         cfg = load_campaign(campaign_file, data_root=data_root)
         creds = prepare(local_rucio, cfg)
         conns = replica_connections(local_rucio, cfg, creds, poll_interval=0.5)
-        infos = {s.name: factory.ConnectionInfo(conn_id=s.connections.replica, extra=conns[s.connections.replica]["extra"],
-                                                host=conns[s.connections.replica]["host"],
-                                                login=conns[s.connections.replica]["login"],
-                                                password=conns[s.connections.replica]["password"], where=s.name)
-                 for s in cfg.sites}
+        infos = connection_infos(cfg, conns)
         settings = factory.replica_settings(cfg, infos)
         secrets = factory.connection_secrets(infos)
         ep = local_rucio.endpoint()

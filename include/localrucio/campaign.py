@@ -25,13 +25,14 @@ from multisite_drp.campaign.config import CampaignConfig
 
 from . import LocalRucio, SiteSpec
 
-__all__ = ["LOCAL_RUCIO_HOST", "fill_local_connections", "prepare", "replica_connections", "site_specs",
-           "start_monitor"]
+__all__ = ["EMBEDDED_CAMPAIGN", "LOCAL_RUCIO_HOST", "campaign_copy", "connection_infos", "fill_local_connections",
+           "prepare", "replica_connections", "site_specs", "start_monitor"]
 
 #: A replica connection with this host (airflow_settings.yaml) means the local Rucio.
 LOCAL_RUCIO_HOST = "local-rucio"
 
 ROOT = Path(__file__).resolve().parents[2]
+EMBEDDED_CAMPAIGN = ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"
 MONITOR = "replica-monitor"
 
 
@@ -105,4 +106,35 @@ def fill_local_connections(conns: dict[str, dict[str, Any]], cfg: CampaignConfig
             if poll_interval is not None:
                 new["extra"]["poll_interval"] = poll_interval
             out[cid] = new
+    return out
+
+
+def campaign_copy(dest: Path, scope: str, source: Path = EMBEDDED_CAMPAIGN) -> Path:
+    """A copy of a campaign file under its own Rucio scope (pipeline path made absolute).
+
+    Runs that share one local Rucio (the tests, the benchmarks) each build fresh sites
+    under their own scope (``minidrp.build.build_sites(..., scope=...)``), so no run sees
+    another's file DIDs, datasets or rules.
+    """
+    import yaml
+
+    doc = yaml.safe_load(Path(source).read_text())
+    doc["pipeline"] = str((Path(source).parent / doc["pipeline"]).resolve())
+    doc["replication"] = {**doc["replication"], "scope": scope}
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / "campaign.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def connection_infos(cfg: CampaignConfig, conns: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """site -> ``factory.ConnectionInfo`` for :func:`replica_connections` (no Airflow needed)."""
+    from multisite_drp.services.factory import ConnectionInfo
+
+    out = {}
+    for s in cfg.sites:
+        c = conns[s.connections.replica]
+        out[s.name] = ConnectionInfo(conn_id=s.connections.replica, extra=c["extra"], host=c["host"],
+                                     login=c["login"], password=c["password"],
+                                     where=f"{cfg.source_path}: sites ({s.name}).connections.replica")
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from multisite_drp.services.butler import SiteButler
@@ -182,3 +183,32 @@ def test_wrong_password_fails_clearly_without_showing_it(env, caplog) -> None:
     assert "CannotAuthenticate" in type(err.value).__name__ or "authenticat" in text.lower()
     assert "not-the-password-0123" not in text and env.secrets["frdf"] not in text
     assert "not-the-password-0123" not in repr(service.__dict__)
+
+
+def test_validate_logs_in_as_every_site_and_names_a_wrong_password(env, monkeypatch) -> None:
+    """The validate task, before any external action, logs in to Rucio as each site."""
+    import json
+
+    import yaml
+    from multisite_drp.operators.drp import ValidateCampaignOperator
+
+    from scripts.load_airflow_settings import connection_env
+
+    root = Path(__file__).resolve().parents[2]
+    for key, value in {**connection_env(yaml.safe_load((root / "airflow_settings.yaml").read_text())),
+                       **env.connection_env()}.items():
+        monkeypatch.setenv(key, value)
+    params = {"campaign_file": str(env.campaign_file), "data_root": str(env.data_root), "steps": [], "sites": [],
+              "generation": 0, "dry_run": False}
+    op = ValidateCampaignOperator(task_id="validate_campaign", dag_sites=["usdf", "frdf", "ukdf"],
+                                  dag_steps=[f"step{i}" for i in range(1, 10)])
+    summary = op.execute({"params": params})
+    assert summary["replica_identities"] == {"usdf": "drp_usdf", "frdf": "drp_frdf", "ukdf": "drp_ukdf"}
+
+    bad = json.loads(env.connection_env()["AIRFLOW_CONN_DRP_UKDF_REPLICA"])
+    bad["password"] = "wrong-password-4567"
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_UKDF_REPLICA", json.dumps(bad))
+    with pytest.raises(ReplicaError, match=r"ukdf \(connection drp_ukdf_replica, account drp_ukdf .*refused the "
+                                           r"login 'drp_ukdf': check the connection's login and password") as err:
+        op.execute({"params": params})
+    assert "wrong-password-4567" not in str(err.value) and env.secrets["ukdf"] not in str(err.value)

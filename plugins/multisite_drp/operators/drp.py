@@ -201,10 +201,14 @@ class ValidateCampaignOperator(BaseOperator):
             if "://" not in repo and not (Path(repo) / "butler.yaml").is_file():
                 raise FileNotFoundError(f"{source}: sites ({site}).butler_repo: {repo} is not a butler repository "
                                         "(no butler.yaml); for the embedded sites run `make sites`")
+        identities = {}
+        if not params.get("dry_run"):  # log in to the replica service as every site (no action)
+            identities = hook.replica_service().check()
         summary = {"campaign": cfg.name, "generation": hook.generation, "work_dir": str(cfg.work_path),
                    "sites": {s.name: round(s.share, 4) for s in cfg.sites},
                    "steps": params.get("steps") or steps, "dry_run": bool(params.get("dry_run")),
-                   "adapters": {site: s["adapter"] for site, s in settings["workflows"].items()}}
+                   "adapters": {site: s["adapter"] for site, s in settings["workflows"].items()},
+                   "replica_identities": identities}
         self.log.info("campaign valid: %s", json.dumps(summary))
         return summary
 

@@ -10,8 +10,7 @@ settings and secrets in the triggerer (``hooks.campaign``).
 
 * workflow ``embedded``: detached ``pipetask run-qbb`` at the local sites;
 * replica ``rucio``: a Rucio server (rucio-clients + lsst-rucio-register), a Data
-  Facility's or the embedded sites' local one; ``embedded``: the hand-written local
-  catalogue and conveyor;
+  Facility's or the embedded sites' local one (``include/localrucio``);
 * ``panda``: the production workflow adapter, not in this build yet; asking for it fails
   before any external action, naming the connection and the field.
 
@@ -56,7 +55,7 @@ class ConnectionInfo:
     where: str = ""  # "<campaign file>: sites (frdf).connections.replica = connection 'drp_frdf_replica'"
 
 WORKFLOW_ADAPTERS = ("embedded", "panda")
-REPLICA_ADAPTERS = ("embedded", "rucio")
+REPLICA_ADAPTERS = ("rucio",)
 BUILT_ADAPTERS = ("embedded", "rucio")
 BUTLER_ADAPTERS = ("embedded", "production")
 # Seconds between two status calls of a trigger, unless the connection says otherwise.
@@ -111,23 +110,11 @@ def replica_settings(config: CampaignConfig, conns: Mapping[str, ConnectionInfo]
     replica connection (``conns``: site -> connection). No secret is kept.
 
     Every site's connection is read and honoured for that site's RSE: all must name the
-    same adapter (and, for Rucio, the same server); a site's ``login`` and ``account`` are
-    its identity there.
+    same Rucio server; a site's ``login`` and ``account`` are its identity there.
     """
     hub = config.hub.name
-    adapters = {site: _adapter(c.extra, REPLICA_ADAPTERS, c.where) for site, c in conns.items()}
-    if len(set(adapters.values())) != 1:
-        raise AdapterError(f"{conns[hub].where}: the sites' replica connections name different adapters "
-                           f"{adapters}; one replica service (one Rucio) serves the whole campaign")
-    adapter = adapters[hub]
+    adapter = {site: _adapter(c.extra, REPLICA_ADAPTERS, c.where) for site, c in conns.items()}[hub]
     poll = poll_seconds(conns[hub].extra, adapter, conns[hub].where)
-    if adapter == "embedded":
-        return {
-            "adapter": adapter,
-            "catalogue": str(config.work_path / "replicas" / "catalogue.sqlite"),
-            "sites": {s.name: [s.rse, config.repo_of(s)] for s in config.sites},
-            "poll_interval": poll,
-        }
     sites = {site: _rucio_site(config, site, c) for site, c in conns.items()}
     hosts = {v["rucio_host"] for v in sites.values()}
     if len(hosts) != 1:
@@ -181,19 +168,15 @@ def connection_secrets(conns: Mapping[str, ConnectionInfo]) -> dict[str, str]:
 
 
 def replica_service(settings: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> ReplicaService:
-    if settings["adapter"] == "rucio":
-        from multisite_drp.services.replica.rucio import RucioCredentials, RucioReplicaService, RucioSite
+    from multisite_drp.services.replica.rucio import RucioCredentials, RucioReplicaService, RucioSite
 
-        secrets = secrets or {}
-        return RucioReplicaService(
-            scope=settings["scope"], campaign=settings["campaign"], activity=settings["activity"],
-            lifetime=settings["lifetime"], hub=settings["hub"],
-            sites={k: RucioSite.from_dict(v) for k, v in settings["sites"].items()},
-            credentials={k: RucioCredentials(secrets[k]) for k in settings["sites"] if k in secrets},
-        )
-    from multisite_drp.services.replica.embedded import EmbeddedReplicaService
-
-    return EmbeddedReplicaService(settings["catalogue"], {k: tuple(v) for k, v in settings["sites"].items()})
+    secrets = secrets or {}
+    return RucioReplicaService(
+        scope=settings["scope"], campaign=settings["campaign"], activity=settings["activity"],
+        lifetime=settings["lifetime"], hub=settings["hub"],
+        sites={k: RucioSite.from_dict(v) for k, v in settings["sites"].items()},
+        credentials={k: RucioCredentials(secrets[k]) for k in settings["sites"] if k in secrets},
+    )
 
 
 def butler_settings(config: CampaignConfig, site: str, extra: Mapping[str, Any], where: str) -> dict[str, Any]:

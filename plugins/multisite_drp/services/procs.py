@@ -1,6 +1,6 @@
 """Detached process groups: how the embedded adapters tell whether their worker still runs.
 
-Workflow runners and replica conveyors are started with ``start_new_session=True``, so
+Embedded workflow runners are started with ``start_new_session=True``, so
 each is the leader of its own process group and its pid is the group id.
 """
 

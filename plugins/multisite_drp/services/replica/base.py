@@ -149,6 +149,11 @@ class ReplicaService(abc.ABC):
         """Re-evaluate a STUCK rule. Default: nothing to do."""
         return rule
 
+    def check(self) -> dict[str, str]:
+        """Reach the service as every site and confirm what the campaign needs exists;
+        raise ``ReplicaError`` naming the site otherwise. Returns site -> identity."""
+        return {}
+
 
 @dataclasses.dataclass
 class ReplicationProgress:

@@ -377,6 +377,34 @@ class RucioReplicaService(ReplicaService):
             self.client(rule.site).update_replication_rule(rule.rule_id, {"boost_rule": True})
         return rule
 
+    def check(self) -> dict[str, str]:
+        """Log in as every site (``whoami``), and find its RSE and the campaign's scope.
+
+        What the validate task runs before any external action: a wrong password, a
+        missing RSE or scope fails here, naming the site and its connection, never
+        showing the password.
+        """
+        from rucio.common.exception import CannotAuthenticate, RSENotFound
+
+        out = {}
+        for site, s in self.sites.items():
+            where = f"{site} (connection {s.conn_id or '?'}, account {s.account} at {s.rucio_host})"
+            client = self.client(site)
+            try:
+                who = client.whoami()
+            except CannotAuthenticate:
+                raise ReplicaError(f"{where}: Rucio refused the login {s.username!r}: check the connection's "
+                                   "login and password") from None
+            try:
+                client.get_rse(s.rse)
+            except RSENotFound:
+                raise ReplicaError(f"{where}: Rucio has no RSE {s.rse!r} (the campaign's sites[{site}].rse)") from None
+            out[site] = who.get("account", s.account)
+        if self.scope not in set(self.client(self.hub).list_scopes()):
+            raise ReplicaError(f"Rucio at {self.sites[self.hub].rucio_host} has no scope {self.scope!r} "
+                               "(the campaign's replication.scope)")
+        return out
+
     # -- what a dataset holds ------------------------------------------------------------------
 
     def _sidecars(self, site: str, dataset: str) -> list[str]:
