@@ -3,7 +3,8 @@
 DMTN-213 gives this job to a per-site "Replica Monitor" (at Rubin: ctrl_ingestd, which
 needs Kafka and is not on PyPI). This is our own, driven by Rucio's catalogue:
 
-1. ask Rucio for the campaign scope's rules at the RSE that are OK (one list call);
+1. ask Rucio for the campaign scope's rules that are OK (one list call per pass for every
+   RSE the daemon serves);
 2. for each rule not yet ingested, list its dataset's files with their lsst-rucio-register
    metadata (``rubin_butler``, ``rubin_sidecar``: the DatasetRef as JSON, with its
    data ID's dimension records);
@@ -49,6 +50,8 @@ __all__ = ["IngestReport", "ReplicaMonitor", "main"]
 log = logging.getLogger("multisite_drp.replica_monitor")
 
 INGESTIBLE = ("data_product", "raw_file")
+#: Seconds between two looks for RSEs that carry a ``butler_repo`` attribute (``--discover``).
+DISCOVER_SECONDS = 30.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS done (rse TEXT NOT NULL, rule_id TEXT NOT NULL, dataset TEXT NOT NULL,
     files INTEGER NOT NULL, ingested INTEGER NOT NULL, at REAL NOT NULL, PRIMARY KEY (rse, rule_id));
@@ -102,10 +105,15 @@ class ReplicaMonitor:
 
     # -- one pass ------------------------------------------------------------------------------
 
-    def poll(self) -> list[IngestReport]:
-        """Ingest every OK rule's files not ingested yet; one list call when nothing is new."""
-        rules = self.client.list_replication_rules(
-            {"scope": self.scope, "rse_expression": self.rse, "state": "O"})  # RuleState.OK is "O" in the DB
+    def poll(self, rules: list[dict[str, Any]] | None = None) -> list[IngestReport]:
+        """Ingest every OK rule's files not ingested yet; one list call when nothing is new.
+
+        ``rules``: the scope's OK rules, if the caller listed them already (one call for
+        every RSE it serves); else this RSE's are listed here.
+        """
+        if rules is None:
+            rules = list_ok_rules(self.client, self.scope, self.rse)
+        rules = [r for r in rules if r["rse_expression"] == self.rse]
         with self._db() as db:
             done = {r["rule_id"] for r in db.execute("SELECT rule_id FROM done WHERE rse = ?", (self.rse,))}
         reports = []
@@ -183,6 +191,14 @@ class ReplicaMonitor:
             db.execute("COMMIT")
 
 
+def list_ok_rules(client: Any, scope: str, rse: str | None = None) -> list[dict[str, Any]]:
+    """The scope's OK rules (at one RSE, or at every RSE): one call."""
+    filters: dict[str, Any] = {"scope": scope, "state": "O"}  # RuleState.OK is stored as "O"
+    if rse is not None:
+        filters["rse_expression"] = rse
+    return list(client.list_replication_rules(filters))
+
+
 def _check_file(path: Path, did: dict[str, Any]) -> str:
     """Why ``path`` must not be ingested as ``did`` (size or adler32 differ), or ''."""
     if not path.is_file():
@@ -243,16 +259,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     monitors: dict[str, ReplicaMonitor] = {}
+    discovered_at = -1e9
     while not stop["now"]:
         try:
-            pairs = [tuple(s.split("=", 1)) for s in args.site]
-            if args.discover:
-                pairs += _discover(client)
-            for rse, repo in pairs:
-                if rse not in monitors or monitors[rse].site.repo != repo:
-                    monitors[rse] = ReplicaMonitor(client, args.scope, rse, repo, args.state_dir)
+            if time.monotonic() - discovered_at > DISCOVER_SECONDS:  # RSEs change rarely: look now and then
+                pairs = [tuple(s.split("=", 1)) for s in args.site]
+                if args.discover:
+                    pairs += _discover(client)
+                for rse, repo in pairs:
+                    if rse not in monitors or monitors[rse].site.repo != repo:
+                        monitors[rse] = ReplicaMonitor(client, args.scope, rse, repo, args.state_dir)
+                discovered_at = time.monotonic()
+            rules = list_ok_rules(client, args.scope)  # one call per pass, whatever the number of RSEs
             for mon in monitors.values():
-                for report in mon.poll():
+                for report in mon.poll(rules):
                     print(json.dumps(dataclasses.asdict(report)), flush=True)
         except Exception:
             log.exception("replica monitor pass failed; retrying in %.1f s", args.interval)

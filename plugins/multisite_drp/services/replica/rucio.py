@@ -33,8 +33,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: DIDs per ``get_metadata_bulk`` / attach call (Rucio's REST layer caps request sizes).
 CHUNK = 1000
+#: How long a call keeps trying while the Rucio server is unreachable (a restart, a network blip).
+OUTAGE_SECONDS = 180.0
 #: lsst-rucio-register's ``rubin_butler`` kinds (``lsst.rucio.register.data_type.DataType``).
 DATA_PRODUCT, RAW_FILE = "data_product", "raw_file"
 RAW_DATASET_TYPE = "raw"
@@ -165,6 +168,7 @@ class RucioReplicaService(ReplicaService):
         self._client_factory = client_factory or _make_client
         self._clients: dict[str, Any] = {}
         self._butlers: dict[str, SiteButler] = {}
+        self._closed_refs: dict[str, list[DatasetRef]] = {}
         self._lock = threading.Lock()
         #: Rucio API calls made, by method name (the tests count the calls per poll).
         self.calls: dict[str, int] = defaultdict(int)
@@ -378,7 +382,8 @@ class RucioReplicaService(ReplicaService):
         return rule
 
     def check(self) -> dict[str, str]:
-        """Log in as every site (``whoami``), and find its RSE and the campaign's scope.
+        """Log in as every site (``whoami``), find its RSE and the campaign's scope, and check
+        that its datastore lies where lsst-rucio-register will name its files.
 
         What the validate task runs before any external action: a wrong password, a
         missing RSE or scope fails here, naming the site and its connection, never
@@ -399,6 +404,7 @@ class RucioReplicaService(ReplicaService):
                 client.get_rse(s.rse)
             except RSENotFound:
                 raise ReplicaError(f"{where}: Rucio has no RSE {s.rse!r} (the campaign's sites[{site}].rse)") from None
+            self._layout(site)  # the datastore lies at <rse_root>/<scope>, or say where it should
             out[site] = who.get("account", s.account)
         if self.scope not in set(self.client(self.hub).list_scopes()):
             raise ReplicaError(f"Rucio at {self.sites[self.hub].rucio_host} has no scope {self.scope!r} "
@@ -418,10 +424,18 @@ class RucioReplicaService(ReplicaService):
         return out
 
     def dataset_refs(self, dataset: str) -> list[DatasetRef]:
+        """The butler datasets of ``dataset``, from the sidecars. A closed dataset never
+        changes, so its refs are kept: a wait polling ``verify_ingested`` lists it once."""
         from lsst.daf.butler import DatasetRef
 
+        if dataset in self._closed_refs:
+            return self._closed_refs[dataset]
+        closed = not self.client(self.hub).get_did(self.scope, dataset).get("open", True)
         universe = self._butler(self.hub).butler.dimensions
-        return [DatasetRef.from_json(s, universe=universe) for s in self._sidecars(self.hub, dataset)]
+        refs = [DatasetRef.from_json(s, universe=universe) for s in self._sidecars(self.hub, dataset)]
+        if closed:
+            self._closed_refs[dataset] = refs
+        return refs
 
     def verify_ingested(self, rule: RuleRef) -> IngestCheck:
         from multisite_drp.services.butler import SiteButler
@@ -484,11 +498,19 @@ def _expanded(butler: Butler, refs: Sequence[DatasetRef]) -> list[DatasetRef]:
 
 
 class _Counted:
-    """Counts every public call made on a Rucio client (into a shared dict)."""
+    """A Rucio client whose public calls are counted and ride out a server outage.
 
-    def __init__(self, client: Any, calls: dict[str, int]) -> None:
+    A call that cannot reach the server (connection refused or reset, timeout, a 5xx the
+    client gave up on) is tried again with exponential back-off for up to
+    ``outage_seconds``, with a warning each time, then the error is raised. Every Rucio
+    call this package makes is safe to repeat: adds find what exists (replicas, attached
+    files) or raise Duplicate (rules, which ``add_rule`` then finds).
+    """
+
+    def __init__(self, client: Any, calls: dict[str, int], outage_seconds: float = OUTAGE_SECONDS) -> None:
         self._client = client
         self._calls = calls
+        self._outage = outage_seconds
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -496,10 +518,31 @@ class _Counted:
             return attr
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            self._calls[name] += 1
-            return attr(*args, **kwargs)
+            deadline = time.monotonic() + self._outage
+            delay = 1.0
+            while True:
+                self._calls[name] += 1
+                try:
+                    result = attr(*args, **kwargs)
+                    # Listings are generators that reach the server when iterated: fetch now.
+                    return list(result) if isinstance(result, Iterator) else result
+                except _unreachable() as exc:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    log.warning("Rucio %s unreachable (%s: %s); trying again in %.0f s", name, type(exc).__name__,
+                                exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 30.0)
 
         return counted
+
+
+def _unreachable() -> tuple[type[BaseException], ...]:
+    import requests
+    from rucio.common.exception import DatabaseException, ServerConnectionException
+
+    return (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ServerConnectionException,
+            DatabaseException)
 
 
 def _make_client(site: RucioSite, creds: RucioCredentials) -> Any:
