@@ -65,6 +65,21 @@ import uuid as _uuid
 from typing import Any as _Any
 
 CAMPAIGN = ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"
+
+
+def wait_until(predicate, timeout: float = 300.0, interval: float = 0.5):
+    """``predicate()``'s first truthy value, polled every ``interval`` s; TimeoutError after ``timeout`` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met in {timeout} s")
+
+
 RUCIO_TEST_ROOT = ROOT / "var" / "rucio-test"
 
 

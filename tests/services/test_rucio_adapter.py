@@ -10,7 +10,6 @@ builds it: from Connection-shaped settings, with each site's own account and pas
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,9 @@ from multisite_drp.services.butler import SiteButler
 from multisite_drp.services.replica.base import ReplicaError, RuleState, replication_progress
 from multisite_drp.services.replica.monitor import ReplicaMonitor
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.server
-
-
-def _wait(predicate, timeout: float = 120.0, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +83,7 @@ def test_rule_is_found_not_duplicated_and_replicates_then_ingests(env) -> None:
     r = rules[0]
     assert (r["rse_expression"], r["account"], r["activity"]) == ("FRDF_LOCAL_DISK", "drp_frdf", "Production Output")
     assert "Dataset/test/flats to frdf" in env.root_client.get_replication_rule(r["id"])["comments"]
-    _wait(lambda: service.rule_status([rule])[rule.rule_id].state is RuleState.OK)
+    wait_until(lambda: service.rule_status([rule])[rule.rule_id].state is RuleState.OK)
     # Rucio says OK: the files are at FrDF's RSE, but not in its butler until the monitor ingests them.
     assert service.verify_ingested(rule).found == 0
     monitor = ReplicaMonitor(env.root_client, scope, "FRDF_LOCAL_DISK", env.cfg.repo_of("frdf"), env.base / "mon")
@@ -112,7 +103,7 @@ def test_monitor_refuses_a_file_whose_checksum_is_wrong(env) -> None:
     refs = _refs(env, "bias", 2)
     service.register("usdf", "Dataset/test/bias", refs)
     rule = service.add_rule("Dataset/test/bias", "ukdf")
-    _wait(lambda: service.rule_status([rule])[rule.rule_id].state is RuleState.OK)
+    wait_until(lambda: service.rule_status([rule])[rule.rule_id].state is RuleState.OK)
     root = SiteButler("ukdf", env.cfg.repo_of("ukdf")).datastore_root()
     names = sorted(f["name"] for f in env.root_client.list_files(scope, "Dataset/test/bias"))
     bad = root / names[0]
@@ -151,14 +142,14 @@ def test_stuck_rule_is_repaired_by_retry_without_a_second_rule(env) -> None:
     shutil.move(source, hidden)
     try:
         rule = service.add_rule("Dataset/test/stuck", "frdf")
-        status = _wait(lambda: (s := service.rule_status([rule])[rule.rule_id]).state is RuleState.STUCK and s,
+        status = wait_until(lambda: (s := service.rule_status([rule])[rule.rule_id]).state is RuleState.STUCK and s,
                        timeout=180)
         assert status.locks_stuck == 1 and status.error
         assert replication_progress(service, [rule]).state == "stuck"
     finally:
         shutil.move(hidden, source)
     assert service.retry(rule) == rule
-    _wait(lambda: service.rule_status([rule])[rule.rule_id].state is RuleState.OK, timeout=180)
+    wait_until(lambda: service.rule_status([rule])[rule.rule_id].state is RuleState.OK, timeout=180)
     assert len(list(env.root_client.list_did_rules(scope, "Dataset/test/stuck"))) == 1
     dest = SiteButler("frdf", env.cfg.repo_of("frdf")).datastore_root() / name
     assert dest.read_bytes() == source.read_bytes()

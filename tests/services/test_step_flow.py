@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -22,19 +21,11 @@ from multisite_drp.services.replica.base import RuleRef, replication_progress
 from multisite_drp.services.workflow.base import WmsStates, WorkflowRef
 from multisite_drp.services.workflow.embedded import EmbeddedWorkflowService
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.e2e
 
 CAMPAIGN = Path(__file__).resolve().parents[2] / "include" / "campaigns" / "minidrp_embedded.yaml"
-
-
-def _wait(predicate, timeout: float = 300.0, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 @pytest.fixture()
@@ -72,14 +63,14 @@ def test_step1_at_remote_site_end_to_end(ctx: actions.CampaignContext) -> None:
 
     inputs_rule = actions.replicate_inputs(ctx, "step1", "frdf")
     assert inputs_rule is not None
-    _wait(lambda: _rules_ok(ctx, [inputs_rule]))
+    wait_until(lambda: _rules_ok(ctx, [inputs_rule]))
     check = actions.verify_ingest(ctx, [inputs_rule])[0]
     assert check["expected"] == check["found"] > 0
     frdf = ctx.butlers["frdf"]
     assert len(frdf.refs("raw", cfg.input_collections)) == 2 * 4
 
     ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", "frdf", processes=1))
-    status = _wait(lambda: (s := ctx.workflows["frdf"].status([ref])[ref.run_id]).terminal and s)
+    status = wait_until(lambda: (s := ctx.workflows["frdf"].status([ref])[ref.run_id]).terminal and s)
     assert status.state is WmsStates.SUCCEEDED, status
     assert (status.quanta_total, status.quanta_succeeded, status.quanta_failed) == (16, 16, 0)
     assert actions.accept(ctx, ref)["accepted"]
@@ -97,7 +88,7 @@ def test_step1_at_remote_site_end_to_end(ctx: actions.CampaignContext) -> None:
 
     back = actions.replicate_outputs(ctx, "step1", "frdf")
     assert [r["site"] for r in back] == ["usdf"]
-    _wait(lambda: _rules_ok(ctx, back))
+    wait_until(lambda: _rules_ok(ctx, back))
     actions.verify_ingest(ctx, back)
     usdf = ctx.butlers["usdf"]
     usdf.refresh()
@@ -123,18 +114,18 @@ def test_killed_workflow_is_restarted_and_finishes(ctx: actions.CampaignContext)
     assert actions.replicate_inputs(ctx, "step1", "usdf") is None  # the hub holds every input
     ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", "usdf", processes=1))
     state_file = Path(ref.submit_dir) / "state.json"
-    _wait(lambda: '"phase": "run-qbb"' in state_file.read_text(), interval=0.1)
+    wait_until(lambda: '"phase": "run-qbb"' in state_file.read_text(), interval=0.1)
     import json
 
     os.killpg(json.loads(state_file.read_text())["pgid"], signal.SIGKILL)
     service = ctx.workflows["usdf"]
-    dead = _wait(lambda: (s := service.status([ref])[ref.run_id]).terminal and s)
+    dead = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s)
     assert dead.state is WmsStates.FAILED and "gone" in dead.message
 
     # A retried submit task restarts the same workflow instead of submitting a new one.
     again = WorkflowRef.from_dict(actions.submit(ctx, "step1", "usdf", processes=1))
     assert again == ref
-    done = _wait(lambda: (s := service.status([ref])[ref.run_id]).terminal and s)
+    done = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s)
     assert done.state is WmsStates.SUCCEEDED, done
     assert done.attempt == 2
     merged = actions.merge(ctx, "step1", "usdf")

@@ -2,7 +2,7 @@
 
 Operators are thin: they build a ``CampaignContext`` from Airflow Connections and call
 one of these. Every function looks before it acts (deterministic names from
-``campaign.names``; the butler, the replica catalogue and the workflow system are
+``campaign.names``; the butler, Rucio and the workflow system are
 asked what already exists), so a cleared or retried task continues earlier work and
 never duplicates a submission, a rule or a dataset.
 
@@ -399,7 +399,7 @@ def verify_ingest(ctx: CampaignContext, rules: list[dict]) -> list[dict]:
 
 
 def step_rules(ctx: CampaignContext, step: str) -> list[RuleRef]:
-    """Every rule of a step in the replica catalogue (inputs, returns, fan-outs)."""
+    """Every rule of a step in Rucio (inputs, returns, fan-outs)."""
     refs = []
     for site in ctx.config.sites:
         for role in ("inputs", "outputs"):

@@ -40,7 +40,7 @@ def _rules(ctx, rules: list[dict], window: list[float]) -> int:
 
 
 def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
-    """Gather the report from the ports (the workflow service, the replica catalogue, the graphs).
+    """Gather the report from the ports (the workflow service, Rucio, the graphs).
 
     The campaign's wall time runs from its first transfer or workflow start to its last
     transfer or workflow end, as the services recorded them: a rerun or a cleared report

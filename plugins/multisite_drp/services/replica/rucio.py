@@ -181,8 +181,10 @@ class RucioReplicaService(ReplicaService):
             raise ReplicaError(f"site {site!r} has no replica settings; sites: {sorted(self.sites)}")
         with self._lock:
             if site not in self._clients:
-                self._clients[site] = _Counted(self._client_factory(self.sites[site], self._credentials[site]),
-                                               self.calls)
+                # Building a client logs in (one request): it rides out an outage like any call.
+                client = patiently(lambda: self._client_factory(self.sites[site], self._credentials[site]),
+                                   f"the login of {site}")
+                self._clients[site] = _Counted(client, self.calls)
             return self._clients[site]
 
     def _butler(self, site: str) -> SiteButler:
@@ -518,23 +520,32 @@ class _Counted:
             return attr
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            deadline = time.monotonic() + self._outage
-            delay = 1.0
-            while True:
+            def call() -> Any:
                 self._calls[name] += 1
-                try:
-                    result = attr(*args, **kwargs)
-                    # Listings are generators that reach the server when iterated: fetch now.
-                    return list(result) if isinstance(result, Iterator) else result
-                except _unreachable() as exc:
-                    if time.monotonic() + delay > deadline:
-                        raise
-                    log.warning("Rucio %s unreachable (%s: %s); trying again in %.0f s", name, type(exc).__name__,
-                                exc, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 30.0)
+                result = attr(*args, **kwargs)
+                # Listings are generators that reach the server when iterated: fetch now.
+                return list(result) if isinstance(result, Iterator) else result
+
+            return patiently(call, name, self._outage)
 
         return counted
+
+
+def patiently(call: Callable[[], Any], what: str, outage_seconds: float = OUTAGE_SECONDS) -> Any:
+    """``call()``, tried again with exponential back-off while the Rucio server cannot be
+    reached, for up to ``outage_seconds``; then the error is raised."""
+    deadline = time.monotonic() + outage_seconds
+    delay = 1.0
+    while True:
+        try:
+            return call()
+        except _unreachable() as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("Rucio unreachable in %s (%s: %s); trying again in %.0f s", what, type(exc).__name__, exc,
+                        delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def _unreachable() -> tuple[type[BaseException], ...]:
