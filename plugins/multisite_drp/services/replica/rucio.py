@@ -181,9 +181,17 @@ class RucioReplicaService(ReplicaService):
             raise ReplicaError(f"site {site!r} has no replica settings; sites: {sorted(self.sites)}")
         with self._lock:
             if site not in self._clients:
+                from rucio.common.exception import CannotAuthenticate
+
+                s = self.sites[site]
                 # Building a client logs in (one request): it rides out an outage like any call.
-                client = patiently(lambda: self._client_factory(self.sites[site], self._credentials[site]),
-                                   f"the login of {site}")
+                try:
+                    client = patiently(lambda: self._client_factory(s, self._credentials[site]),
+                                       f"the login of {site}")
+                except CannotAuthenticate:
+                    raise ReplicaError(
+                        f"{site} (connection {s.conn_id or '?'}, account {s.account} at {s.rucio_host}): Rucio "
+                        f"refused the login {s.username!r}: check the connection's login and password") from None
                 self._clients[site] = _Counted(client, self.calls)
             return self._clients[site]
 
@@ -391,17 +399,13 @@ class RucioReplicaService(ReplicaService):
         missing RSE or scope fails here, naming the site and its connection, never
         showing the password.
         """
-        from rucio.common.exception import CannotAuthenticate, RSENotFound
+        from rucio.common.exception import RSENotFound
 
         out = {}
         for site, s in self.sites.items():
             where = f"{site} (connection {s.conn_id or '?'}, account {s.account} at {s.rucio_host})"
-            client = self.client(site)
-            try:
-                who = client.whoami()
-            except CannotAuthenticate:
-                raise ReplicaError(f"{where}: Rucio refused the login {s.username!r}: check the connection's "
-                                   "login and password") from None
+            client = self.client(site)  # logs in, or says whose login was refused
+            who = client.whoami()
             try:
                 client.get_rse(s.rse)
             except RSENotFound:
