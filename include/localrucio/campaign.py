@@ -66,7 +66,7 @@ def connection_env(conns: dict[str, dict[str, Any]]) -> dict[str, str]:
     return {f"AIRFLOW_CONN_{cid.upper()}": json.dumps(c, sort_keys=True) for cid, c in conns.items()}
 
 
-def start_monitor(lr: LocalRucio, cfg: CampaignConfig, interval: float = 1.0) -> None:
+def start_monitor(lr: LocalRucio, cfg: CampaignConfig, interval: float = 0.5) -> None:
     """The Replica Monitor for the campaign's scope, serving every RSE with a butler_repo.
 
     It runs in this (the project's) interpreter, as root on the local server, and keeps

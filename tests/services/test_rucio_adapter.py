@@ -203,3 +203,25 @@ def test_validate_logs_in_as_every_site_and_names_a_wrong_password(env, monkeypa
                                            r"login 'drp_ukdf': check the connection's login and password") as err:
         op.execute({"params": params})
     assert "wrong-password-4567" not in str(err.value) and env.secrets["ukdf"] not in str(err.value)
+
+
+def test_a_rucio_token_in_the_connection_is_used_as_is(env) -> None:
+    """auth_type 'token': the connection's password field holds a Rucio auth token."""
+    import copy
+
+    from multisite_drp.services import factory
+    from multisite_drp.services.replica.rucio import RucioCredentials, RucioSite, _make_client
+
+    # A fresh token (a plain Client would hand back whatever its shared cache holds, maybe stale).
+    frdf = RucioSite.from_dict(env.settings["sites"]["frdf"])
+    token = _make_client(frdf, RucioCredentials(env.secrets["frdf"])).auth_token
+    settings = copy.deepcopy(env.settings)
+    settings["sites"]["frdf"]["auth_type"] = "token"
+    service = factory.replica_service(settings, {**env.secrets, "frdf": token})
+    env.service.register("usdf", "Dataset/test/token", _refs(env, "flat", 1))
+    rule = service.add_rule("Dataset/test/token", "frdf")
+    assert env.root_client.get_replication_rule(rule.rule_id)["account"] == "drp_frdf"
+    bogus = factory.replica_service(settings, {**env.secrets, "frdf": "drp_frdf-not-a-token"})
+    with pytest.raises(ReplicaError, match="Rucio refused the token: it is wrong or has expired") as err:
+        bogus.find_rule("Dataset/test/token", "frdf")
+    assert "not-a-token" not in str(err.value)

@@ -144,12 +144,16 @@ def _rucio_site(config: CampaignConfig, site: str, conn: ConnectionInfo) -> dict
     if not host.startswith(("http://", "https://")):
         raise AdapterError(f"{where}: 'host' is {conn.host!r}; expected an http(s) URL of the Rucio server")
     auth_type = extra.get("auth_type", "userpass")
-    if auth_type != "userpass":
-        raise AdapterError(f"{where}: extra field 'auth_type' is {auth_type!r}; expected 'userpass'")
-    if not conn.login:
+    if auth_type not in ("userpass", "token"):
+        raise AdapterError(f"{where}: extra field 'auth_type' is {auth_type!r}; expected 'userpass' (login and "
+                           "password) or 'token' (a Rucio auth token in the password field)")
+    if auth_type == "userpass" and not conn.login:
         raise AdapterError(f"{where}: 'login' is empty; expected the Rucio userpass identity's username")
+    if auth_type == "token" and not (conn.login or extra.get("account")):
+        raise AdapterError(f"{where}: neither 'login' nor extra field 'account' names the Rucio account of the token")
     if not conn.password:
-        raise AdapterError(f"{where}: 'password' is empty; expected the Rucio password of login {conn.login!r}")
+        what = f"the Rucio password of login {conn.login!r}" if auth_type == "userpass" else "the Rucio auth token"
+        raise AdapterError(f"{where}: 'password' is empty; expected {what}")
     for key in ("rse_root", "dtn_url", "auth_host", "ca_cert", "account"):
         if key in extra and not isinstance(extra[key], str):
             raise AdapterError(f"{where}: extra field {key!r} is {extra[key]!r}; expected a string")
@@ -157,7 +161,7 @@ def _rucio_site(config: CampaignConfig, site: str, conn: ConnectionInfo) -> dict
     return {
         "site": site, "rse": s.rse, "repo": config.repo_of(s), "rucio_host": host.rstrip("/"),
         "auth_host": (extra.get("auth_host") or host).rstrip("/"), "account": extra.get("account") or conn.login,
-        "username": conn.login, "auth_type": auth_type, "rse_root": extra.get("rse_root"),
+        "username": conn.login or extra.get("account"), "auth_type": auth_type, "rse_root": extra.get("rse_root"),
         "dtn_url": extra.get("dtn_url"), "ca_cert": extra.get("ca_cert"), "conn_id": conn.conn_id,
     }
 

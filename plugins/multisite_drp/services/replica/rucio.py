@@ -184,15 +184,17 @@ class RucioReplicaService(ReplicaService):
                 from rucio.common.exception import CannotAuthenticate
 
                 s = self.sites[site]
+                what = (f"the login {s.username!r}: check the connection's login and password"
+                        if s.auth_type == "userpass" else "the token: it is wrong or has expired")
+                refused = f"{site} (connection {s.conn_id or '?'}, account {s.account} at {s.rucio_host}): " \
+                          f"Rucio refused {what}"
                 # Building a client logs in (one request): it rides out an outage like any call.
                 try:
                     client = patiently(lambda: self._client_factory(s, self._credentials[site]),
                                        f"the login of {site}")
                 except CannotAuthenticate:
-                    raise ReplicaError(
-                        f"{site} (connection {s.conn_id or '?'}, account {s.account} at {s.rucio_host}): Rucio "
-                        f"refused the login {s.username!r}: check the connection's login and password") from None
-                self._clients[site] = _Counted(client, self.calls)
+                    raise ReplicaError(refused) from None
+                self._clients[site] = _Counted(client, self.calls, refused)
             return self._clients[site]
 
     def _butler(self, site: str) -> SiteButler:
@@ -513,9 +515,11 @@ class _Counted:
     files) or raise Duplicate (rules, which ``add_rule`` then finds).
     """
 
-    def __init__(self, client: Any, calls: dict[str, int], outage_seconds: float = OUTAGE_SECONDS) -> None:
+    def __init__(self, client: Any, calls: dict[str, int], refused: str = "Rucio refused the credentials",
+                 outage_seconds: float = OUTAGE_SECONDS) -> None:
         self._client = client
         self._calls = calls
+        self._refused = refused
         self._outage = outage_seconds
 
     def __getattr__(self, name: str) -> Any:
@@ -530,7 +534,12 @@ class _Counted:
                 # Listings are generators that reach the server when iterated: fetch now.
                 return list(result) if isinstance(result, Iterator) else result
 
-            return patiently(call, name, self._outage)
+            from rucio.common.exception import CannotAuthenticate
+
+            try:
+                return patiently(call, name, self._outage)
+            except CannotAuthenticate:  # a token that expired, a password changed under us
+                raise ReplicaError(self._refused) from None
 
         return counted
 
@@ -568,23 +577,37 @@ def _make_client(site: RucioSite, creds: RucioCredentials) -> Any:
     password it holds, and two Rucio servers' accounts of the same name would share one.
     Each client here keeps its token in a private directory of its own (0700, removed
     with the client): it authenticates with its own credentials, once per client.
+
+    ``auth_type`` ``userpass``: login and password. ``token``: a Rucio auth token (the
+    connection's password field) is placed where the client reads its cached token, so it
+    is used as is; once it expires the server refuses it and the task fails saying so.
     """
+    import getpass
+    import os
     import shutil
     import tempfile
     import weakref
 
     from rucio.client import Client
 
-    if site.auth_type != "userpass":
+    if site.auth_type not in ("userpass", "token"):
         raise ReplicaError(f"{site.conn_id or site.site}: auth_type {site.auth_type!r} is not supported; "
-                           "expected 'userpass' (login and password in the connection)")
+                           "expected 'userpass' or 'token'")
     token_dir = tempfile.mkdtemp(prefix="multisite-drp-rucio-")
     client_class = type("SiteRucioClient", (Client,), {"TOKEN_PATH_PREFIX": token_dir + "/.rucio_"})
+    password = creds.password
+    if site.auth_type == "token":
+        cache = Path(token_dir) / f".rucio_{getpass.getuser()}"
+        cache.mkdir(mode=0o700)
+        fd = os.open(cache / f"auth_token_for_account_{site.account}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(creds.password)
+        password = ""  # nothing to log in with: the token is all this client has
     kwargs: dict[str, Any] = {}
     if site.ca_cert:
         kwargs["ca_cert"] = site.ca_cert
     client = client_class(rucio_host=site.rucio_host, auth_host=site.auth_host, account=site.account,
-                          auth_type="userpass", creds={"username": site.username, "password": creds.password},
+                          auth_type="userpass", creds={"username": site.username, "password": password},
                           timeout=60, **kwargs)
     weakref.finalize(client, shutil.rmtree, token_dir, True)
     return client
