@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in [int(x) for x in args.files.split(",")]:
             run = f"bench/n{n}"
             t = time.monotonic()
-            refs = [butlers["src"].put({"i": i, "n": n}, DATASET_TYPE, htm7=100_000 + i, run=run) for i in range(n)]
+            butlers["src"].collections.register(run)
+            refs = [butlers["src"].put({"i": i, "n": n}, DATASET_TYPE, htm7=131_072 + i, run=run) for i in range(n)]
             t_put = time.monotonic() - t
             dataset = f"Dataset/bench/n{n}"
             t = time.monotonic()
