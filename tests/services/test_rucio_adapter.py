@@ -112,6 +112,7 @@ def test_monitor_refuses_a_file_whose_checksum_is_wrong(env) -> None:
     (report,) = monitor.poll()
     assert report.ingested == 1 and list(report.failed) == [names[0]] and "adler32" in report.failed[names[0]]
     assert monitor.failures() == report.failed
+    assert monitor.poll() == []  # a refused dataset is not examined again on every pass
     check = service.verify_ingested(rule)
     assert (check.expected, check.found) == (2, 1)  # the DAG would keep waiting, and the failure is recorded
 

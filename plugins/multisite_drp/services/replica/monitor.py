@@ -14,7 +14,8 @@ needs Kafka and is not on PyPI). This is our own, driven by Rucio's catalogue:
    datastore root): dimension records first, then dataset types and RUN collections,
    then the datasets with their original IDs, under the site's write lock;
 5. remember the rule as done (a small SQLite file in the state directory), so the next
-   pass costs one list call.
+   pass costs one list call; a dataset with a refused file is examined again once a
+   minute, not on every pass.
 
 It is idempotent: a dataset the registry already has is skipped, so a crash at any point
 is mended by the next pass. The DAG never trusts the monitor: ``verify_ingested`` asks
@@ -52,6 +53,8 @@ log = logging.getLogger("multisite_drp.replica_monitor")
 INGESTIBLE = ("data_product", "raw_file")
 #: Seconds between two looks for RSEs that carry a ``butler_repo`` attribute (``--discover``).
 DISCOVER_SECONDS = 30.0
+#: Seconds before a dataset with a refused file (size or checksum) is examined again.
+RETRY_FAILED_SECONDS = 60.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS done (rse TEXT NOT NULL, rule_id TEXT NOT NULL, dataset TEXT NOT NULL,
     files INTEGER NOT NULL, ingested INTEGER NOT NULL, at REAL NOT NULL, PRIMARY KEY (rse, rule_id));
@@ -116,9 +119,13 @@ class ReplicaMonitor:
         rules = [r for r in rules if r["rse_expression"] == self.rse]
         with self._db() as db:
             done = {r["rule_id"] for r in db.execute("SELECT rule_id FROM done WHERE rse = ?", (self.rse,))}
+            # A dataset with a refused file is looked at again only now and then, not every pass.
+            recent = {r["dataset"] for r in db.execute(
+                "SELECT DISTINCT dataset FROM failures WHERE rse = ? AND at > ?",
+                (self.rse, time.time() - RETRY_FAILED_SECONDS))}
         reports = []
         for rule in rules:
-            if rule["id"] in done or rule.get("did_type") not in (None, "DATASET", "CONTAINER"):
+            if rule["id"] in done or rule["name"] in recent or rule.get("did_type") not in (None, "DATASET", "CONTAINER"):
                 continue
             report = self.ingest_rule(rule["id"], rule["name"])
             reports.append(report)

@@ -169,6 +169,7 @@ class RucioReplicaService(ReplicaService):
         self._clients: dict[str, Any] = {}
         self._butlers: dict[str, SiteButler] = {}
         self._closed_refs: dict[str, list[DatasetRef]] = {}
+        self._dtn_urls: dict[str, str] = {}
         self._lock = threading.Lock()
         #: Rucio API calls made, by method name (the tests count the calls per poll).
         self.calls: dict[str, int] = defaultdict(int)
@@ -227,7 +228,9 @@ class RucioReplicaService(ReplicaService):
                 f"{site}: the butler datastore is {root}, but the campaign's Rucio scope {self.scope!r} needs it at "
                 f"<rse_root>/{self.scope} = {rse_root}/{self.scope} (lsst-rucio-register names DIDs by the path "
                 "below <rse_root>/<scope>)")
-        return rse_root, (s.dtn_url or self._dtn_url(site)).rstrip("/")
+        if site not in self._dtn_urls:
+            self._dtn_urls[site] = (s.dtn_url or self._dtn_url(site)).rstrip("/")
+        return rse_root, self._dtn_urls[site]
 
     def _dtn_url(self, site: str) -> str:
         """The PFN base of the site's RSE root, as Rucio itself computes PFNs there (one call).
