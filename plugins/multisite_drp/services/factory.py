@@ -56,7 +56,8 @@ class ConnectionInfo:
 
 WORKFLOW_ADAPTERS = ("embedded", "panda")
 REPLICA_ADAPTERS = ("rucio",)
-BUILT_ADAPTERS = ("embedded", "rucio")
+#: Adapters a connection may name that this build does not include yet (refused by name).
+NOT_BUILT = ("panda",)
 BUTLER_ADAPTERS = ("embedded", "production")
 # Seconds between two status calls of a trigger, unless the connection says otherwise.
 DEFAULT_POLL_SECONDS = {"embedded": 2.0, "panda": 120.0, "rucio": 60.0}
@@ -70,10 +71,10 @@ def _adapter(extra: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> 
     name = extra.get("adapter")
     if name not in allowed:
         raise AdapterError(f"{where}: extra field 'adapter' is {name!r}; expected one of {list(allowed)}")
-    if name not in BUILT_ADAPTERS:
+    if name in NOT_BUILT:
         raise AdapterError(
             f"{where}: adapter {name!r} is the production adapter, which this build does not include yet; "
-            "use adapter 'embedded' for the local sites"
+            "use adapter 'embedded' for the local sites' workflows"
         )
     return name
 
