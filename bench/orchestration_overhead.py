@@ -85,7 +85,8 @@ def run_script(base: Path, poll: float, rucio_root: Path) -> float:
     extra = {"adapter": "embedded", "processes": 1, "poll_interval": poll}
     ctx = factory.build_context(
         cfg,
-        {s.name: factory.workflow_settings(s.name, extra, "bench") for s in cfg.sites},
+        {s.name: factory.workflow_settings(cfg, s.name, factory.ConnectionInfo("bench", extra=extra, where="bench"))
+         for s in cfg.sites},
         factory.replica_settings(cfg, infos),
         {s.name: factory.butler_settings(cfg, s.name, {}, "bench") for s in cfg.sites},
         replica_secrets=factory.connection_secrets(infos),

@@ -75,6 +75,9 @@ with DAG(
         "generation": Param(0, type="integer", minimum=0, maximum=999,
                             description="Bump for a fresh run in new collections; the same generation resumes."),
         "dry_run": Param(False, type="boolean", description="Plan and report; take no external action."),
+        "rescue": Param(False, type="boolean",
+                        description="A failed workflow found by a cleared submit task gets a rescue submission "
+                                    "(new name; only missing outputs run) instead of a restart."),
     },
 ) as dag:
     validate = ValidateCampaignOperator(

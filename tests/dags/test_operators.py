@@ -104,7 +104,8 @@ def test_missing_connection_is_named_with_the_campaign_field(monkeypatch, connec
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ({"adapter": "panda"}, "adapter 'panda' is the production adapter"),
+    ({"adapter": "panda"}, r"asks for adapter 'panda', but the campaign's sites \(frdf\)\.compute_site is 'local'"),
+    ({"adapter": "panda", "monitor": "x"}, r"unknown extra fields \['monitor'\]"),
     ({"adapter": "slurm"}, r"extra field 'adapter' is 'slurm'; expected one of \['embedded', 'panda'\]"),
     ({"adapter": "embedded", "processes": 0}, r"extra field 'processes' is 0; expected an integer in \[1, 64\]"),
     ({"adapter": "embedded", "poll_interval": "soon"}, "extra field 'poll_interval' is 'soon'"),

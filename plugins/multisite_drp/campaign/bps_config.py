@@ -9,9 +9,17 @@ so a group covers a compact piece of sky; tracts in id order (rings are sky orde
 
 Each file is a complete submit YAML that ``lsst.ctrl.bps.BpsConfig`` loads: the
 pipeline subset, and a ``payload`` with the site's butler, the input collections, the
-group's ``dataQuery``, and deterministic ``output`` / ``outputRun`` names from
-:mod:`.names`. PanDA sites get ``computeSite``, ``computeCloud``, ``queue`` and the
-PanDA service class; local (embedded) sites get :data:`EMBEDDED_WMS_SERVICE`.
+group's ``dataQuery``, and deterministic ``output`` / ``outputRun`` / ``submitPath`` names
+from :mod:`.names`. When a (step, site) has a single group, the names are exactly the
+ones the DAG's tasks use (``output_run(step, site, generation)``, no group suffix), so the
+PanDA adapter submits this very file; with several groups each gets its group form.
+Quanta are clustered into jobs by the step's sharding dimension (one job per visit, or
+per tract) for every task of the subset that has that dimension: ctrl_bps's
+``dimension_clustering``, as DRP submissions do. PanDA sites get ``computeSite``,
+``computeCloud``, ``queue`` and the PanDA service class; local (embedded) sites get
+:data:`EMBEDDED_WMS_SERVICE`. What belongs to a site's deployment rather than to the plan
+(``qgraphFile``: the hub-built graph; the final job's merge command; the edge node's
+``runnerCommand``; ``fileDistributionEndPoint``) the workflow adapter adds at submission.
 """
 
 from __future__ import annotations
@@ -27,12 +35,13 @@ from .config import CampaignConfig
 from .plan import CampaignPlan, id_query
 from .spatial import SpatialInputs
 
-__all__ = ["EMBEDDED_WMS_SERVICE", "PANDA_WMS_SERVICE", "group_ids", "write_bps_configs"]
+__all__ = ["EMBEDDED_WMS_SERVICE", "PANDA_WMS_SERVICE", "clustering", "group_ids", "write_bps_configs"]
 
 PANDA_WMS_SERVICE = "lsst.ctrl.bps.panda.PanDAService"
 # Placeholder for the embedded workflow service (replaced by the services layer's class).
 EMBEDDED_WMS_SERVICE = "multisite_drp.services.workflow.embedded.EmbeddedWmsService"
 LOCAL_COMPUTE_SITE = "local"
+DIMENSION_CLUSTERING = "lsst.ctrl.bps.quantum_clustering_funcs.dimension_clustering"
 
 
 def group_ids(ids: list[int], max_size: int) -> list[list[int]]:
@@ -64,20 +73,49 @@ def _visit_order(plan_visits: list[int], inputs: SpatialInputs | None) -> list[i
     return inputs.visit_id[vidx][keys].tolist()
 
 
-def bps_document(config: CampaignConfig, plan: CampaignPlan, step: str, site: str, group: int,
-                 ids: list[int] | None, generation: int = 0) -> dict:
-    """The submit YAML for one group as a plain mapping."""
+#: Per sharding, the dimensions quanta are clustered by, in order of preference: a task
+#: goes into the cluster of the first one it has (raw-level tasks have ``exposure``).
+CLUSTER_DIMENSIONS = {"visit": ("visit", "exposure"), "tract": ("tract",)}
+
+
+def clustering(config: CampaignConfig, step: str) -> dict:
+    """BPS clustering keys for a step: the subset's tasks that have the step's sharding
+    dimension (``visit``, else ``exposure``; or ``tract``) go into one cluster per value of
+    it; the rest (and global steps) keep ctrl_bps's default of one quantum per job."""
+    st = config.step(step)
+    dims = CLUSTER_DIMENSIONS.get(st.sharding.value)
+    if dims is None:
+        return {}
+    from lsst.pipe.base import Pipeline  # lazy: pipe_base is heavy
+
+    graph = Pipeline.from_uri(f"{config.pipeline_path}#{st.subset}").to_graph()
+    clusters: dict[str, list[str]] = {}
+    for label, node in graph.tasks.items():
+        dim = next((d for d in dims if d in node.raw_dimensions), None)
+        if dim is not None:
+            clusters.setdefault(dim, []).append(label)
+    if not clusters:
+        return {}
+    return {"clusterAlgorithm": DIMENSION_CLUSTERING,
+            "cluster": {f"{step}_{dim}": {"pipetasks": ",".join(labels), "dimensions": dim}
+                        for dim, labels in clusters.items()}}
+
+
+def bps_document(config: CampaignConfig, plan: CampaignPlan, step: str, site: str, group: int | None,
+                 ids: list[int] | None, generation: int = 0, cluster: dict | None = None) -> dict:
+    """The submit YAML for one group as a plain mapping (``group`` None: the only group)."""
     st = config.step(step)
     s = config.site(site)
     dim, _ = plan.ids_for(step, site)
     query = id_query(dim, ids or [], config.data_query) if dim else config.data_query
+    label = names.group_label(group if group is not None else 0)
     doc: dict = {
         "project": config.name,
         "campaign": f"{config.name}/{step}",
         "pipelineYaml": f"{config.pipeline_path}#{st.subset}",
         "operator": "multisite-drp",
         "payload": {
-            "payloadName": f"{names.workflow_name(config, step, site, generation)}_{names.group_label(group)}",
+            "payloadName": f"{names.workflow_name(config, step, site, generation)}_{label}",
             "butlerConfig": config.repo_of(site),
             "inCollection": ",".join(config.input_collections),
             "dataQuery": query,
@@ -85,6 +123,10 @@ def bps_document(config: CampaignConfig, plan: CampaignPlan, step: str, site: st
             "outputRun": names.output_run(config, step, site, generation, group),
         },
         "submitPath": str(names.submit_dir(config, step, site, generation, group)),
+        # The PanDA request name; deterministic, so a retried submission finds its request.
+        "uniqProcName": names.workflow_name(config, step, site, generation)
+        + ("" if group is None else f"_{label}"),
+        **(cluster or {}),
     }
     if s.compute_site == LOCAL_COMPUTE_SITE:
         doc["wmsServiceClass"] = EMBEDDED_WMS_SERVICE
@@ -117,8 +159,10 @@ def write_bps_configs(config: CampaignConfig, plan: CampaignPlan, out_dir: str |
             d.mkdir(parents=True, exist_ok=True)
             for old in d.glob("group*.yaml"):
                 old.unlink()
+            cluster = clustering(config, st.name)
             for g, gids in enumerate(groups):
-                doc = bps_document(config, plan, st.name, site, g, gids, generation)
+                doc = bps_document(config, plan, st.name, site, g if len(groups) > 1 else None, gids, generation,
+                                   cluster)
                 header = (f"# BPS submit file written by the campaign planner: campaign {config.name}, "
                           f"step {st.name}, site {site}, group {g + 1} of {len(groups)}"
                           + (f" ({len(gids)} {dim}s)" if gids else "") + ".\n")

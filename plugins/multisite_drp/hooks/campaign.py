@@ -2,9 +2,10 @@
 
 Each site names three connections in the campaign file (``connections: {butler,
 replica, workflow}``). Their ``extra`` says which adapter sits behind each port
-(``adapter: embedded`` or ``rucio``) and how it is tuned (``processes``,
-``poll_interval``, a Rucio ``account``...); a Rucio connection's host is the server and
-its login and password the site's identity there. The hook validates them all before
+(``adapter: embedded``, ``panda`` or ``rucio``) and how it is tuned (``processes``,
+``poll_interval``, a Rucio ``account``, a PanDA ``auth_vo`` and ``monitor_url``...); a
+Rucio connection's host is the server and its login and password the site's identity
+there; a PanDA connection's host is the PanDA server and its password the OIDC token. The hook validates them all before
 anything acts, then hands ``services.factory`` plain settings (no secret) and, apart from
 them, the passwords.
 
@@ -115,9 +116,15 @@ class CampaignHook(BaseHook):
 
     def workflow_settings(self, site: str) -> dict[str, Any]:
         """One site's validated workflow settings (reads that site's workflow connection only)."""
+        return factory.workflow_settings(self.config, site, self._workflow_info(site))
+
+    def _workflow_info(self, site: str) -> ConnectionInfo:
         s = self.config.site(site)
-        info = self._info(s.connections.workflow, "workflow", s.name)
-        return factory.workflow_settings(s.name, info.extra, info.where)
+        return self._info(s.connections.workflow, "workflow", s.name)
+
+    def _workflow_secret(self, site: str) -> str | None:
+        """A PanDA site's token (the workflow connection's password); embedded sites have none."""
+        return self._workflow_info(site).password if self.workflow_settings(site)["adapter"] == "panda" else None
 
     @functools.cached_property
     def replica_settings(self) -> dict[str, Any]:
@@ -141,10 +148,12 @@ class CampaignHook(BaseHook):
 
     def workflow_service(self, site: str):
         """One site's workflow service alone (what the workflow trigger polls)."""
-        return factory.workflow_service(self.workflow_settings(site))
+        return factory.workflow_service(self.workflow_settings(site), self._workflow_secret(site))
 
     def get_conn(self):
         """The ``CampaignContext`` the actions take."""
         st = self.settings
         return factory.build_context(self.config, st["workflows"], st["replica"], st["butlers"], self.generation,
-                                     replica_secrets=self._secrets())
+                                     replica_secrets=self._secrets(),
+                                     workflow_secrets={s.name: self._workflow_secret(s.name)
+                                                       for s in self.config.sites})

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from airflow.sdk import BaseOperator, SkipMixin
+from airflow.sdk import BaseOperator, BaseOperatorLink, SkipMixin
 from airflow.sdk.exceptions import AirflowSkipException
 
 from multisite_drp.hooks.campaign import CampaignHook
@@ -39,6 +39,7 @@ __all__ = [
     "StepSiteOperator",
     "SubmitWorkflowOperator",
     "ValidateCampaignOperator",
+    "WorkflowMonitorLink",
     "skip_reason",
 ]
 
@@ -59,6 +60,19 @@ def skip_reason(params: dict[str, Any], hook: CampaignHook | None, step: str | N
             if site not in plan.sites_for(step):
                 return f"the plan gives {site} no work in {step} (it runs at {plan.sites_for(step)})"
     return None
+
+
+class WorkflowMonitorLink(BaseOperatorLink):
+    """The workflow's page in its workflow system (the PanDA monitor's request page), from
+    the submit task's XCom (``monitor_url``; the monitor's base comes from the connection)."""
+
+    name = "Workflow monitor"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        value = XCom.get_value(ti_key=ti_key, key="return_value")
+        return str(value.get("monitor_url") or "") if isinstance(value, dict) else ""
 
 
 class CampaignActionOperator(BaseOperator):
@@ -114,8 +128,23 @@ class ReplicateInputsOperator(StepSiteOperator):
 
 
 class SubmitWorkflowOperator(StepSiteOperator):
-    action = "submit"  # finds an earlier submission; restarts a FAILED one (restart_failed=True)
+    """Submits once; finds an earlier submission; restarts a FAILED one (``bps restart``), or
+    with the Param ``rescue`` makes a rescue submission. Shows the workflow system's page
+    (the PanDA monitor) as an extra link."""
+
     ui_color = "#cfe2f3"
+    operator_extra_links = (WorkflowMonitorLink(),)
+
+    def act(self, ctx, context) -> Any:
+        from multisite_drp.services import actions
+
+        ref = actions.submit(ctx, self.step, self.site, rescue=bool(context["params"].get("rescue")))
+        from multisite_drp.services.workflow.base import WorkflowRef
+
+        url = ctx.workflows[self.site].monitor_url(WorkflowRef.from_dict(ref))
+        if url:
+            self.log.info("%s/%s: follow it at %s", self.step, self.site, url)
+        return {**ref, "monitor_url": url}
 
 
 class MergeOutputsOperator(StepSiteOperator):

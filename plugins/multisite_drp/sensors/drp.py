@@ -67,7 +67,10 @@ class WorkflowSensor(_SiteSensor):
             raise AirflowException(f"{self.step}/{self.site}: no workflow was submitted; clear the submit task")
         return ref
 
+    _kill_params: dict[str, Any] | None = None
+
     def poke(self, context) -> bool:
+        self._kill_params = dict(context["params"])
         _, ctx = self._setup(context)
         ref = self._ref(ctx)
         return ctx.workflows[self.site].status([ref])[ref.run_id].terminal and self._finish(ctx, ref, context)
@@ -93,8 +96,26 @@ class WorkflowSensor(_SiteSensor):
         )
 
     def execute_complete(self, context, event: dict[str, Any] | None = None) -> Any:
+        event = event or {}
+        if event.get("status") != "done":
+            raise AirflowException(f"{self.step}/{self.site}: waiting on the workflow failed: "
+                                   f"{event.get('message') or event}")
         hook, ctx = self._setup(context)
         return self._finish(ctx, self._ref(ctx), context, hook)
+
+    def on_kill(self) -> None:
+        """Killed while poking (``deferrable=False``): stop the workflow's jobs. A deferred
+        wait is stopped by ``WorkflowTrigger.on_kill`` instead."""
+        from multisite_drp.services import actions
+
+        params = self._kill_params
+        if not params or params.get("dry_run"):
+            return
+        ctx = CampaignHook.from_params(params).get_conn()
+        ref = actions.workflow_ref(ctx, self.step, self.site)
+        if ref is not None:
+            self.log.warning("%s/%s: task killed; cancelling workflow %s", self.step, self.site, ref.name)
+            ctx.workflows[self.site].cancel(ref)
 
     def _finish(self, ctx, ref, context, hook: CampaignHook | None = None) -> dict:
         from multisite_drp.services import actions

@@ -43,7 +43,6 @@ from multisite_drp.services.fileio import atomic_write_json, read_json, sha256_o
 from multisite_drp.services.qgraph import read_graph
 from multisite_drp.services.replica.base import ReplicaService, RuleRef
 from multisite_drp.services.workflow.base import WmsStates, WorkflowRef, WorkflowService, WorkflowSpec
-from multisite_drp.services.workflow.runner import merge_argv
 
 log = logging.getLogger(__name__)
 
@@ -302,13 +301,23 @@ def workflow_spec(ctx: CampaignContext, step: str, site: str, processes: int | N
         butler_repo=cfg.repo_of(site),
         output_run=names.output_run(cfg, step, site, ctx.generation),
         submit_dir=str(names.submit_dir(cfg, step, site, ctx.generation)),
+        bps_config=bps_config_path(ctx, step, site),
         processes=processes,
     )
 
 
+def bps_config_path(ctx: CampaignContext, step: str, site: str) -> str | None:
+    """The planner's BPS submit YAML of this step at ``site``, when it is a single group
+    (the DAG submits one workflow per step and site; several groups: None)."""
+    d = names.plan_dir(ctx.config, ctx.generation) / "bps" / step / site
+    files = sorted(d.glob("group*.yaml"))
+    return str(files[0]) if len(files) == 1 else None
+
+
 def submit(ctx: CampaignContext, step: str, site: str, *, processes: int | None = None,
-           restart_failed: bool = True) -> dict:
-    """Submit once; a failed earlier submission is restarted (not resubmitted)."""
+           restart_failed: bool = True, rescue: bool = False) -> dict:
+    """Submit once; a failed earlier submission is restarted (not resubmitted), or with
+    ``rescue`` replaced by a rescue submission (a new name; only missing outputs run)."""
     spec = workflow_spec(ctx, step, site, processes)
     service = ctx.workflows[site]
     ref = service.find(spec)
@@ -317,7 +326,10 @@ def submit(ctx: CampaignContext, step: str, site: str, *, processes: int | None 
         log.info("submitted %s", ref.name)
     else:
         st = service.status([ref])[ref.run_id]
-        if st.state in (WmsStates.FAILED, WmsStates.DELETED) and restart_failed:
+        if st.state in (WmsStates.FAILED, WmsStates.DELETED) and rescue:
+            log.info("%s found in state %s (%s): rescue submission", ref.name, st.state.name, st.message)
+            ref = service.rescue(spec)
+        elif st.state in (WmsStates.FAILED, WmsStates.DELETED) and restart_failed:
             log.info("%s found in state %s (%s): restarting", ref.name, st.state.name, st.message)
             ref = service.restart(ref)
         else:
@@ -348,11 +360,12 @@ def merge(ctx: CampaignContext, step: str, site: str) -> dict:
     local.refresh()
     counts = local.count(contents.predicted_outputs, spec.output_run)
     if any(counts[t] < n for t, n in contents.predicted_outputs.items()):
-        state = read_json(Path(spec.submit_dir) / "state.json") or {}
-        if not state.get("merged"):
-            log.info("%s/%s: outputs not merged yet, running the merge", step, site)
+        ref = ctx.workflows[site].find(spec)
+        merged = ref is not None and ctx.workflows[site].report(ref).merged
+        if not merged:
+            log.info("%s/%s: the workflow's final job did not merge; running the merge", step, site)
             with local.write_lock():
-                middleware.run_command(merge_argv(spec.butler_repo, spec.qgraph),
+                middleware.run_command(middleware.merge_argv(spec.butler_repo, spec.qgraph),
                                        Path(spec.submit_dir) / "logs" / "merge.task.log")
             local.refresh()
             counts = local.count(contents.predicted_outputs, spec.output_run)

@@ -11,8 +11,8 @@ settings and secrets in the triggerer (``hooks.campaign``).
 * workflow ``embedded``: detached ``pipetask run-qbb`` at the local sites;
 * replica ``rucio``: a Rucio server (rucio-clients + lsst-rucio-register), a Data
   Facility's or the embedded sites' local one (``include/localrucio``);
-* ``panda``: the production workflow adapter, not in this build yet; asking for it fails
-  before any external action, naming the connection and the field.
+* workflow ``panda``: BPS with ctrl_bps_panda to a PanDA server (the connection's host;
+  its password an OIDC token; the VO, monitor and edge-node settings in the extras).
 
 No Airflow imports.
 """
@@ -57,7 +57,7 @@ class ConnectionInfo:
 WORKFLOW_ADAPTERS = ("embedded", "panda")
 REPLICA_ADAPTERS = ("rucio",)
 #: Adapters a connection may name that this build does not include yet (refused by name).
-NOT_BUILT = ("panda",)
+NOT_BUILT: tuple[str, ...] = ()
 BUTLER_ADAPTERS = ("embedded", "production")
 # Seconds between two status calls of a trigger, unless the connection says otherwise.
 DEFAULT_POLL_SECONDS = {"embedded": 2.0, "panda": 120.0, "rucio": 60.0}
@@ -90,17 +90,79 @@ def poll_seconds(extra: Mapping[str, Any], adapter: str, where: str) -> float:
     return seconds
 
 
-def workflow_settings(site: str, extra: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Validated, JSON-able settings of one site's workflow service."""
+EMBEDDED_WORKFLOW_EXTRAS = ("adapter", "poll_interval", "processes")
+PANDA_EXTRAS = ("adapter", "poll_interval", "auth_vo", "config_root", "idds_server", "monitor_url",
+                "runner_command", "file_distribution", "request_memory", "number_of_retries", "queue",
+                "verify_host")
+
+
+def workflow_settings(config: CampaignConfig, site: str, conn: ConnectionInfo) -> dict[str, Any]:
+    """Validated, JSON-able settings of one site's workflow service (no secret)."""
+    extra, where = conn.extra, conn.where
     adapter = _adapter(extra, WORKFLOW_ADAPTERS, where)
-    processes = extra.get("processes", 1)
-    if not isinstance(processes, int) or isinstance(processes, bool) or not 1 <= processes <= 64:
-        raise AdapterError(f"{where}: extra field 'processes' is {processes!r}; expected an integer in [1, 64]")
-    return {"adapter": adapter, "site": site, "processes": processes,
-            "poll_interval": poll_seconds(extra, adapter, where)}
+    poll = poll_seconds(extra, adapter, where)
+    if adapter == "embedded":
+        _known(extra, EMBEDDED_WORKFLOW_EXTRAS, where, "an embedded workflow connection")
+        processes = extra.get("processes", 1)
+        if not isinstance(processes, int) or isinstance(processes, bool) or not 1 <= processes <= 64:
+            raise AdapterError(f"{where}: extra field 'processes' is {processes!r}; expected an integer in [1, 64]")
+        return {"adapter": adapter, "site": site, "processes": processes, "poll_interval": poll}
+    return {"adapter": adapter, "poll_interval": poll, **_panda_site(config, site, conn)}
 
 
-def workflow_service(settings: Mapping[str, Any]) -> WorkflowService:
+def _known(extra: Mapping[str, Any], allowed: tuple[str, ...], where: str, what: str) -> None:
+    unknown = sorted(set(extra) - set(allowed))
+    if unknown:
+        raise AdapterError(f"{where}: unknown extra fields {unknown}; {what} takes {list(allowed)}")
+
+
+def _panda_site(config: CampaignConfig, site: str, conn: ConnectionInfo) -> dict[str, Any]:
+    extra, where = conn.extra, conn.where
+    _known(extra, PANDA_EXTRAS, where, "a PanDA connection (the token goes in the password field)")
+    s = config.site(site)
+    if s.compute_site == "local":
+        raise AdapterError(f"{where} asks for adapter 'panda', but the campaign's sites ({site}).compute_site "
+                           "is 'local'; expected the site's PanDA computeSite (e.g. SLAC, CC-IN2P3, LANCS)")
+    if not conn.host:
+        raise AdapterError(f"{where}: 'host' is empty; expected the PanDA server URL, e.g. "
+                           "https://pandaserver-doma.cern.ch:25443/server/panda")
+    url = conn.host if "://" in conn.host else f"{conn.schema or 'https'}://{conn.host}"
+    if conn.port and "://" not in conn.host:
+        url += f":{conn.port}"
+    if not url.startswith(("http://", "https://")):
+        raise AdapterError(f"{where}: 'host' is {conn.host!r}; expected an http(s) URL of the PanDA server")
+    if "/server/panda" not in url:
+        url = url.rstrip("/") + "/server/panda"
+    if conn.password and not extra.get("auth_vo"):
+        raise AdapterError(f"{where}: the password holds a token but extra field 'auth_vo' is missing; "
+                           "expected the OIDC virtual organisation (e.g. 'Rubin')")
+    for key in ("auth_vo", "config_root", "idds_server", "monitor_url", "runner_command", "file_distribution",
+                "queue"):
+        if key in extra and not (isinstance(extra[key], str) and extra[key].strip()):
+            raise AdapterError(f"{where}: extra field {key!r} is {extra[key]!r}; expected a non-empty string")
+    for key, lo, hi in (("request_memory", 128, 10**7), ("number_of_retries", 0, 100)):
+        v = extra.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi):
+            raise AdapterError(f"{where}: extra field {key!r} is {v!r}; expected an integer in [{lo}, {hi}]")
+    if "verify_host" in extra and not isinstance(extra["verify_host"], bool):
+        raise AdapterError(f"{where}: extra field 'verify_host' is {extra['verify_host']!r}; expected true or false")
+    out = {"site": site, "url": url.rstrip("/"), "conn_id": conn.conn_id, "vo": extra.get("auth_vo"),
+           "queue": extra.get("queue") or s.queue}
+    for key, field in (("config_root", "config_root"), ("idds_server", "idds_server"),
+                       ("monitor_url", "monitor_url"), ("runner_command", "runner_command"),
+                       ("file_distribution", "file_distribution"), ("request_memory", "request_memory"),
+                       ("number_of_retries", "number_of_retries"), ("verify_host", "verify_host")):
+        if key in extra:
+            out[field] = extra[key]
+    return out
+
+
+def workflow_service(settings: Mapping[str, Any], secret: str | None = None) -> WorkflowService:
+    """One site's workflow service; ``secret``: the PanDA token (from the connection's password)."""
+    if settings["adapter"] == "panda":
+        from multisite_drp.services.workflow.panda import PanDASite, PanDAWorkflowService
+
+        return PanDAWorkflowService(PanDASite.from_dict(settings), token=secret)
     from multisite_drp.services.workflow.embedded import EmbeddedWorkflowService
 
     return EmbeddedWorkflowService(settings["site"], processes=settings["processes"])
@@ -193,14 +255,15 @@ def butler_settings(config: CampaignConfig, site: str, extra: Mapping[str, Any],
 
 def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, Any]],
                   replica: Mapping[str, Any], butlers: Mapping[str, Mapping[str, Any]], generation: int = 0,
-                  replica_secrets: Mapping[str, str] | None = None):
+                  replica_secrets: Mapping[str, str] | None = None,
+                  workflow_secrets: Mapping[str, str] | None = None):
     """A ``CampaignContext`` from validated settings (see the ``*_settings`` functions)."""
     from multisite_drp.services.actions import CampaignContext
     from multisite_drp.services.butler import SiteButler
 
     return CampaignContext(
         config=config,
-        workflows={site: workflow_service(s) for site, s in workflows.items()},
+        workflows={site: workflow_service(s, (workflow_secrets or {}).get(site)) for site, s in workflows.items()},
         replica=replica_service(replica, replica_secrets),
         butlers={site: SiteButler(site, s["repo"]) for site, s in butlers.items()},
         generation=generation,

@@ -59,7 +59,7 @@ class WorkflowTrigger(_CampaignTrigger):
         return (f"{type(self).__module__}.{type(self).__qualname__}",
                 {**self._kwargs(), "site": self.site, "refs": self.refs})
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    async def _service(self):
         hook = await self._hook()
 
         def build():  # imports the LSST middleware: off the event loop
@@ -67,10 +67,24 @@ class WorkflowTrigger(_CampaignTrigger):
 
             return hook.workflow_service(self.site), [WorkflowRef.from_dict(r) for r in self.refs]
 
-        service, refs = await asyncio.to_thread(build)
+        return await asyncio.to_thread(build)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from multisite_drp.services.workflow.panda import PanDAAuthError
+
+        service, refs = await self._service()
         last = None
         while True:
-            statuses = await asyncio.to_thread(service.status, refs)
+            try:
+                statuses = await asyncio.to_thread(service.status, refs)
+            except PanDAAuthError as exc:  # renewing a token is an operator's job: fail now, say why
+                yield TriggerEvent({"status": "error", "message": str(exc)})
+                return
+            except Exception as exc:  # noqa: BLE001 - the workflow system briefly unreachable: keep waiting
+                self.log.warning("%s: status call failed (%s: %s); trying again in %.0f s", self.label,
+                                 type(exc).__name__, exc, self.poll_interval)
+                await asyncio.sleep(self.poll_interval)
+                continue
             summary = {rid: (st.state.name, st.quanta_succeeded, st.quanta_total) for rid, st in statuses.items()}
             if summary != last:
                 self.log.info("%s: %s", self.label, summary)
@@ -79,6 +93,15 @@ class WorkflowTrigger(_CampaignTrigger):
                 yield TriggerEvent({"status": "done", "workflows": {k: v.to_dict() for k, v in statuses.items()}})
                 return
             await asyncio.sleep(self.poll_interval)
+
+    async def on_kill(self) -> None:
+        """The deferred task was marked failed or cleared in the UI: stop the workflows' jobs
+        (PanDA: iDDS ``abort``). Not called on triggerer restarts (Airflow 3.3)."""
+        service, refs = await self._service()
+        for ref in refs:
+            self.log.warning("%s: task killed by a user; cancelling workflow %s (%s)", self.label, ref.name,
+                             ref.run_id)
+            await asyncio.to_thread(service.cancel, ref)
 
 
 class ReplicationTrigger(_CampaignTrigger):

@@ -108,7 +108,11 @@ class WorkflowStatus:
 
 
 class WorkflowService(abc.ABC):
-    """One per site. Implementations: embedded (local detached run-qbb), PanDA (ctrl_bps_panda)."""
+    """One per site. Implementations: embedded (local detached run-qbb), PanDA (ctrl_bps_panda).
+
+    ``status(...)[id].merged`` says whether the workflow's final job merged its outputs into
+    the site butler; ``actions.merge`` relies on it, never on an adapter's private files.
+    """
 
     @abc.abstractmethod
     def find(self, spec: WorkflowSpec) -> WorkflowRef | None:
@@ -133,3 +137,16 @@ class WorkflowService(abc.ABC):
     @abc.abstractmethod
     def restart(self, ref: WorkflowRef) -> WorkflowRef:
         """Rerun the unfinished part of a failed workflow, as-is (``bps restart``)."""
+
+    def rescue(self, spec: WorkflowSpec) -> WorkflowRef:
+        """A new submission of the same graph that runs only the quanta whose outputs are
+        missing (DP0.2's "rescue"); by default the same as ``restart``, since a rerun of a
+        graph skips quanta whose outputs exist."""
+        ref = self.find(spec)
+        if ref is None:
+            raise WorkflowError(f"{spec.name}: nothing to rescue, it was never submitted")
+        return self.restart(ref)
+
+    def monitor_url(self, ref: WorkflowRef) -> str | None:
+        """A page where an operator follows the workflow (the PanDA monitor), if there is one."""
+        return None

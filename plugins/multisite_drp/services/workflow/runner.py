@@ -27,20 +27,6 @@ from multisite_drp.services.workflow.base import WmsStates
 CommandError = middleware.MiddlewareCommandError
 
 
-def merge_argv(repo: str, qgraph: str) -> list[str]:
-    """The final job: merge the graph's outputs into the site butler.
-
-    Dimension records are not transferred from the graph (a quantum-backed butler
-    cannot carry visit_definition & co.); ``replicate_inputs`` puts them in the site
-    registry before the workflow is submitted. The output chain is not updated here:
-    the graph's input collections include other sites' RUNs, which a remote site's
-    registry does not have; ``actions.merge`` chains the output RUN itself.
-    """
-    return middleware.transfer_from_graph_argv(
-        qgraph, repo, register_dataset_types=True, update_output_chain=False, transfer_dimensions=False
-    )
-
-
 def _short(exc: CommandError) -> str:
     lines = [ln for ln in exc.tail.splitlines() if ln.strip()]
     return f"exit {exc.returncode}, see {exc.log_path}: " + (lines[-1][:300] if lines else "")
@@ -107,7 +93,7 @@ def main(submit_dir: str) -> int:
     update(phase="merge")
     try:
         with site_write_lock(repo):
-            middleware.run_command(merge_argv(repo, qgraph), logs / f"merge.{attempt}.log")
+            middleware.run_command(middleware.merge_argv(repo, qgraph), logs / f"merge.{attempt}.log")
         update(merged=True)
     except CommandError as exc:
         message = (message + "; " if message else "") + f"merge failed: {_short(exc)}"
