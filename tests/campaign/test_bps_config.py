@@ -20,6 +20,7 @@ def _panda(config: CampaignConfig) -> CampaignConfig:
     data = config.model_dump()
     data["sites"][1].update(compute_site="CC-IN2P3", compute_cloud="EU", queue="CC-IN2P3_Rubin")
     data["planner"]["max_group_size"] = 10
+    data["planner"].pop("cluster_by")  # the default, as at a Data Facility: per visit / exposure / tract
     return CampaignConfig.model_validate({**data, "source_path": config.source_path})
 
 

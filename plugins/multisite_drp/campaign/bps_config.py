@@ -13,9 +13,8 @@ group's ``dataQuery``, and deterministic ``output`` / ``outputRun`` / ``submitPa
 from :mod:`.names`. When a (step, site) has a single group, the names are exactly the
 ones the DAG's tasks use (``output_run(step, site, generation)``, no group suffix), so the
 PanDA adapter submits this very file; with several groups each gets its group form.
-Quanta are clustered into jobs by the step's sharding dimension (one job per visit, or
-per tract) for every task of the subset that has that dimension: ctrl_bps's
-``dimension_clustering``, as DRP submissions do. PanDA sites get ``computeSite``,
+Quanta are clustered into jobs by ``planner.cluster_by`` (default: one job per visit, or
+per tract, as DRP submissions do) with ctrl_bps's own ``dimension_clustering``. PanDA sites get ``computeSite``,
 ``computeCloud``, ``queue`` and the PanDA service class; local (embedded) sites get
 :data:`EMBEDDED_WMS_SERVICE`. What belongs to a site's deployment rather than to the plan
 (``qgraphFile``: the hub-built graph; the final job's merge command; the edge node's
@@ -73,17 +72,13 @@ def _visit_order(plan_visits: list[int], inputs: SpatialInputs | None) -> list[i
     return inputs.visit_id[vidx][keys].tolist()
 
 
-#: Per sharding, the dimensions quanta are clustered by, in order of preference: a task
-#: goes into the cluster of the first one it has (raw-level tasks have ``exposure``).
-CLUSTER_DIMENSIONS = {"visit": ("visit", "exposure"), "tract": ("tract",)}
-
-
 def clustering(config: CampaignConfig, step: str) -> dict:
-    """BPS clustering keys for a step: the subset's tasks that have the step's sharding
-    dimension (``visit``, else ``exposure``; or ``tract``) go into one cluster per value of
-    it; the rest (and global steps) keep ctrl_bps's default of one quantum per job."""
+    """BPS clustering keys for a step: each task of the subset goes into the cluster of the
+    first of ``planner.cluster_by[sharding]`` it has (default: ``visit``, else ``exposure``;
+    or ``tract``), one job per value of it; the rest (and global steps) keep ctrl_bps's
+    default of one quantum per job."""
     st = config.step(step)
-    dims = CLUSTER_DIMENSIONS.get(st.sharding.value)
+    dims = config.planner.cluster_by.get(st.sharding.value)
     if dims is None:
         return {}
     from lsst.pipe.base import Pipeline  # lazy: pipe_base is heavy

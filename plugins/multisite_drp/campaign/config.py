@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -188,6 +188,9 @@ class PartitionMethod(str, enum.Enum):
     round_robin = "round_robin"  # baseline: tracts dealt out in turn
 
 
+DimensionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,31}$")]
+
+
 class PlannerSettings(_Strict):
     """Knobs for campaign planning: partition method, size model, BPS group sizes."""
 
@@ -200,6 +203,12 @@ class PlannerSettings(_Strict):
     default_dataset_bytes: int = Field(default=1_000_000, gt=0)
     max_group_size: int = Field(
         default=50_000, gt=0, description="Largest number of data IDs in one BPS submission group."
+    )
+    cluster_by: dict[Literal["visit", "tract"], list[DimensionName]] = Field(
+        default_factory=lambda: {"visit": ["visit", "exposure"], "tract": ["tract"]},
+        description="BPS clustering per sharding: a task's quanta become one job per value of the first of "
+        "these dimensions the task has (visit steps: per visit, raw-level tasks per exposure). A test bed "
+        "with millisecond quanta may cluster by instrument / skymap (one job per task).",
     )
     seed: int = 0
     partition_trials: int = Field(

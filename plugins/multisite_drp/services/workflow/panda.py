@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -97,7 +98,8 @@ NON_QUANTUM_LABELS = ("pipetaskInit", "finalJob")
 
 _ENV_LOCK = threading.RLock()
 _ENV_KEYS = ("PANDA_URL", "PANDA_URL_SSL", "PANDA_BEHIND_REAL_LB", "PANDA_AUTH", "PANDA_AUTH_VO",
-             "PANDA_AUTH_ID_TOKEN", "PANDA_CONFIG_ROOT", "PANDA_VERIFY_HOST", "X509_USER_PROXY")
+             "PANDA_AUTH_ID_TOKEN", "PANDA_CONFIG_ROOT", "PANDA_VERIFY_HOST", "X509_USER_PROXY",
+             "CTRL_MPEXEC_DIR", "DAF_BUTLER_DIR")
 
 
 class PanDAAuthError(WorkflowError):
@@ -160,12 +162,14 @@ class PanDAWorkflowService(WorkflowService):
     def _client_env(self) -> Iterator[None]:
         s = self.settings
         with _ENV_LOCK:
+            saved = {k: os.environ.get(k) for k in _ENV_KEYS}
+            # Set before the first import: pandaclient.Client resolves hosts at import time
+            # unless PANDA_BEHIND_REAL_LB is set, and reads its URLs into module globals.
+            os.environ.update(PANDA_URL=s.url, PANDA_URL_SSL=s.url, PANDA_BEHIND_REAL_LB="1")
             import pandaclient.Client as pc
 
-            saved = {k: os.environ.get(k) for k in _ENV_KEYS}
             saved_urls = (pc.baseURL, pc.baseURLSSL)
             try:
-                os.environ.update(PANDA_URL=s.url, PANDA_URL_SSL=s.url, PANDA_BEHIND_REAL_LB="1")
                 for k in ("PANDA_AUTH", "PANDA_AUTH_VO", "PANDA_AUTH_ID_TOKEN", "PANDA_CONFIG_ROOT"):
                     os.environ.pop(k, None)
                 if self._token:
@@ -177,6 +181,12 @@ class PanDAWorkflowService(WorkflowService):
                 if not self._token and not saved.get("X509_USER_PROXY"):
                     os.environ["X509_USER_PROXY"] = "/dev/null"  # no grid proxy here: say so, quietly
                 pc.baseURL = pc.baseURLSSL = s.url
+                # BPS runs ``${CTRL_MPEXEC_DIR}/bin/pipetask`` at submission (update-graph-run);
+                # EUPS sets it in a stack environment, a pip-installed stack does not.
+                for key, exe in (("CTRL_MPEXEC_DIR", middleware.pipetask_executable()),
+                                 ("DAF_BUTLER_DIR", middleware.butler_executable())):
+                    if key not in os.environ and Path(exe).is_file():
+                        os.environ[key] = str(Path(exe).resolve().parent.parent)
                 yield
             finally:
                 pc.baseURL, pc.baseURLSSL = saved_urls
@@ -261,7 +271,7 @@ class PanDAWorkflowService(WorkflowService):
         doc: dict[str, Any] = {
             "includeConfigs": [str(Path(spec.bps_config).resolve())],
             "qgraphFile": str(Path(spec.qgraph).resolve()),
-            "submitPath": str(sdir),
+            "submitPath": str(self.bps_dir(spec, name or spec.name)),
             "uniqProcName": name or spec.name,
             "runnerCommand": s.runner_command,
             "fileDistributionEndPoint": dist,
@@ -282,12 +292,20 @@ class PanDAWorkflowService(WorkflowService):
                         + yaml.safe_dump(doc, sort_keys=False, width=10**9))
         return path
 
+    @staticmethod
+    def bps_dir(spec: WorkflowSpec, name: str) -> Path:
+        """BPS's own submit directory of one submission (BPS insists on creating it)."""
+        return Path(spec.submit_dir) / "bps" / name
+
     def _prepare_and_submit(self, spec: WorkflowSpec, name: str, extra_run_options: str = "") -> tuple[int, dict]:
         from lsst.ctrl.bps.drivers import transform_driver
         from lsst.ctrl.bps.prepare import prepare
         from lsst.ctrl.bps.submit import submit
 
         path = self.overlay(spec, name, extra_run_options)
+        partial = self.bps_dir(spec, name)
+        if partial.exists():  # an earlier try died before submitting (iDDS has no such name): start over
+            shutil.rmtree(partial)
         with self._client_env():
             # prepare_driver's stages, kept apart to read the jobs' quanta off the GenericWorkflow.
             config, generic = transform_driver(str(path))
