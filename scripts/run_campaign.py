@@ -8,6 +8,9 @@ What ``make demo``, the end-to-end tests and ``bench/orchestration_overhead`` us
   (``include/localrucio``, under ``--rucio-root``): it is started (or found running), the
   campaign's RSEs, accounts and scope are made, the Replica Monitor is started, and the
   connections get the server's URL and each site's own login and password;
+* workflow connections whose host is ``local-panda`` point at the local PanDA relay
+  (``include/localpanda``, under ``--panda-root``), the stand-in for PanDA and iDDS that
+  cannot run here: those sites' workflows go through ctrl_bps_panda's real submission;
 * the metadata database under ``$AIRFLOW_HOME`` is created on first use;
 * the embedded sites are built under ``--data-root`` if they are not there yet;
 * the DAG runs in this process with Airflow's own scheduling loop (``dag.test``):
@@ -56,7 +59,7 @@ def _environment(args: argparse.Namespace) -> dict:
             extra = conn.setdefault("extra", {})
             if args.poll is not None and key.endswith(("_WORKFLOW", "_REPLICA")):
                 extra["poll_interval"] = args.poll
-            if args.processes is not None and key.endswith("_WORKFLOW"):
+            if args.processes is not None and key.endswith("_WORKFLOW") and extra.get("adapter") == "embedded":
                 extra["processes"] = args.processes
             value = json.dumps(conn, sort_keys=True)
         os.environ.setdefault(key, value)
@@ -79,6 +82,24 @@ def _local_rucio(args: argparse.Namespace, conf: dict, data_root: Path) -> None:
     if filled:
         print(f"local Rucio at {next(iter(filled.values()))['host']} ready in {time.monotonic() - t0:.1f} s "
               f"(scope {cfg.replication.scope}, root {args.rucio_root})", flush=True)
+
+
+def _local_panda(args: argparse.Namespace, conf: dict, data_root: Path) -> None:
+    """Point workflow connections on host ``local-panda`` at the local PanDA relay (started if
+    needed): the stand-in for PanDA and iDDS, whose pilots run the jobs on this machine."""
+    from localpanda.campaign import fill_local_connections
+    from multisite_drp.campaign.config import load_campaign
+
+    cfg = load_campaign(conf.get("campaign_file", CAMPAIGN), data_root=data_root, check_pipeline=False,
+                        sites=conf.get("sites") or [])
+    conns = {s.connections.workflow: json.loads(os.environ.get(f"AIRFLOW_CONN_{s.connections.workflow.upper()}",
+                                                               "{}")) for s in cfg.sites}
+    filled = fill_local_connections(conns, cfg, Path(args.panda_root))
+    for cid, conn in filled.items():
+        os.environ[f"AIRFLOW_CONN_{cid.upper()}"] = json.dumps(conn, sort_keys=True)
+    if filled:
+        print(f"local PanDA relay at {next(iter(filled.values()))['host']} for {sorted(filled)} "
+              f"(root {args.panda_root})", flush=True)
 
 
 def _migrate() -> None:
@@ -117,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"building the embedded sites under {data_root}", flush=True)
         build_sites(data_root, scope=scope)
     _local_rucio(args, conf, data_root)
+    _local_panda(args, conf, data_root)
     _migrate()
 
     from airflow import settings as af_settings
@@ -173,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", help="write the run's summary (state, seconds, task states) here")
     p.add_argument("--rucio-root", default=str(ROOT / "var" / "rucio"),
                    help="the local Rucio deployment's directory (for replica connections on host local-rucio)")
+    p.add_argument("--panda-root", default=str(ROOT / "var" / "panda"),
+                   help="the local PanDA relay's directory (for workflow connections on host local-panda)")
     p.add_argument("--quiet", action="store_true", help="do not print the report")
     return run(p.parse_args(argv))
 

@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -421,9 +422,11 @@ def _name(enum_value: Any) -> str:
 
 
 def _label(transform_name: str) -> str:
+    """The BPS job label of a PanDA task (``<wf>_NN_<label>_NN``), without its chunk number
+    (ctrl_bps_panda's ``extract_taskname`` keeps it; its report strips it afterwards)."""
     from lsst.ctrl.bps.panda.utils import extract_taskname
 
-    return extract_taskname(transform_name or "")
+    return re.sub(r"_\d+$", "", extract_taskname(transform_name or ""))
 
 
 def workflow_status(ref: WorkflowRef, rows: list[Mapping[str, Any]], jobs: Mapping[str, list[int]],
