@@ -57,7 +57,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,7 @@ def matches(patterns: Iterable[str] | str | None, job: Mapping[str, Any], task: 
 def _utc(ts: float | None) -> datetime | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
 
 
 # ---------------------------------------------------------------------------- workflow parsing
@@ -362,7 +362,7 @@ class Engine:
         while not self._stop.is_set():
             try:
                 self._tick()
-            except Exception:  # noqa: BLE001 - the scheduler must survive a bad request
+            except Exception:
                 log.exception("scheduler tick failed")
             self._wake.wait(self.tick_seconds)
             self._wake.clear()
@@ -433,7 +433,7 @@ class Engine:
         if isinstance(data, str):
             data = getattr(wf, "template", wf).unzip_data(data)
         if not isinstance(data, dict):
-            raise ValueError(f"workflow step {wf.step_name!r} carries no workflow data")
+            raise TypeError(f"workflow step {wf.step_name!r} carries no workflow data")
         path = self.steps_dir / f"{wf.get_internal_id()}.json"
         with self.lock:
             stored = _procs.read_json(path)
@@ -504,7 +504,13 @@ class Engine:
 
     def get_requests(self, request_id: Any = None, workload_id: Any = None, with_detail: bool = False,
                      with_metadata: bool = False) -> list[dict[str, Any]]:
-        from idds.common.constants import RequestLocking, RequestStatus, RequestType, TransformStatus, TransformType
+        from idds.common.constants import (
+            RequestLocking,
+            RequestStatus,
+            RequestType,
+            TransformStatus,
+            TransformType,
+        )
 
         rows: list[dict[str, Any]] = []
         with self.lock:
@@ -810,9 +816,8 @@ class Engine:
                 for ji, job in enumerate(req.jobs[task["index"]]):
                     if running >= self.slots:
                         return
-                    if job["state"] == "new" and self._ready(req, job):
-                        if self._start(req, task["index"], ji):
-                            running += 1
+                    if job["state"] == "new" and self._ready(req, job) and self._start(req, task["index"], ji):
+                        running += 1
 
     def _job_env(self, req: Request, task: Mapping[str, Any], job: Mapping[str, Any], workdir: Path) -> dict[str, str]:
         env = dict(os.environ)

@@ -47,11 +47,11 @@ def main(argv: list[str]) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)
         print(f"localpanda pilot: waiting for the site lock {lock}", flush=True)
         t0 = time.monotonic()
-        lock_fh = open(lock, "a+")
+        lock_fh = open(lock, "a+")  # noqa: SIM115 - held until the command ends
         fcntl.flock(lock_fh, fcntl.LOCK_EX)
         print(f"localpanda pilot: holding the site lock after {time.monotonic() - t0:.2f} s", flush=True)
     try:
-        rc = subprocess.run(["bash", "-c", command], stdin=subprocess.DEVNULL).returncode
+        rc = subprocess.run(["bash", "-c", command], stdin=subprocess.DEVNULL, check=False).returncode
     finally:
         if lock_fh is not None:
             fcntl.flock(lock_fh, fcntl.LOCK_UN)

@@ -28,9 +28,10 @@ Commands (ClientManager names and keywords): ``ping``, ``submit`` (a workflow st
 returns 0), ``get_requests``, ``get_request_id_by_name``, ``get_contents_output_ext``,
 ``abort``, ``retry``, ``get_status`` (a text table, as ClientManager returns).
 
-Other endpoints: ``GET /ping`` (200 "OK": readiness), ``GET /stats`` (relay commands
-counted by name since this relay started, requests, running jobs, faults), ``GET
-/control`` and ``POST /control`` (JSON) to switch faults on and off:
+Other endpoints (at the root or under the base path, e.g. ``/server/panda/ping``):
+``GET /ping`` (200 "OK": readiness), ``GET /stats`` (relay commands counted by name since
+this relay started, requests, running jobs, faults), ``GET /control`` and ``POST
+/control`` (JSON) to switch faults on and off:
 
 * ``auth_error: true`` - every relay command answers ``[True, "... Authentication no
   permission ..."]`` (what ctrl_bps_panda's ``get_idds_result`` treats as refused);
@@ -112,6 +113,7 @@ class Relay:
         self.httpd: ThreadingHTTPServer | None = None
         self._httpd_lock = threading.Lock()
         self.started_at = time.time()
+        self.outage_file = self.root / "run" / "outage.json"
 
     # ------------------------------------------------------------------ commands
     def handle(self, data: Mapping[str, Any]) -> Any:
@@ -194,6 +196,9 @@ class Relay:
             unavailable = float(body.get("unavailable_for") or 0)
             if unavailable > 0:
                 self.faults["unavailable_until"] = time.time() + unavailable
+                # LocalPanDA.up() reads this: a relay that is alive but deliberately not
+                # listening is reused, not restarted.
+                _procs.write_json(self.outage_file, {"until": self.faults["unavailable_until"], "pid": os.getpid()})
             log.info("faults now %s", self.faults)
             faults = self.public_faults()
         self.engine.wake()
@@ -234,6 +239,7 @@ class Relay:
                 time.sleep(0.1)
 
     def serve(self) -> None:
+        self.outage_file.unlink(missing_ok=True)
         self.engine.start()
         try:
             while not self.stopping.is_set():
@@ -255,6 +261,7 @@ class Relay:
                     self.stopping.wait(min(0.1, max(0.0, until - time.time())))
                 with self.engine.lock:
                     self.faults["unavailable_until"] = None
+                self.outage_file.unlink(missing_ok=True)
         finally:
             self.engine.stop()
             log.info("relay stopped")
@@ -285,24 +292,24 @@ def _handler_class(relay: Relay) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else b""
 
-        def do_GET(self) -> None:  # noqa: N802
-            path = urlsplit(self.path).path.rstrip("/")
-            if path.endswith("/ping") or path == "/ping":
+        def do_GET(self) -> None:
+            leaf = urlsplit(self.path).path.rstrip("/").rsplit("/", 1)[-1]
+            if leaf in ("ping", "isAlive"):
                 self._send(200, b"OK", "text/plain")
-            elif path == "/stats":
+            elif leaf == "stats":
                 self._send(200, json.dumps(relay.stats()).encode())
-            elif path == "/control":
+            elif leaf == "control":
                 with relay.engine.lock:
                     self._send(200, json.dumps(relay.public_faults()).encode())
             else:
                 self._send(404, b"not found", "text/plain")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             from idds.common.utils import json_dumps
 
             path = urlsplit(self.path).path.rstrip("/")
             raw = self._body()
-            if path == "/control":
+            if path.rsplit("/", 1)[-1] == "control":
                 try:
                     body = json.loads(raw or b"{}")
                     self._send(200, json.dumps(relay.control(body)).encode())
@@ -362,7 +369,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     # One relay per root: two would run the same jobs twice.
-    lock_fh = open(root / "relay.lock", "a+")
+    lock_fh = open(root / "relay.lock", "a+")  # noqa: SIM115 - held for the relay's lifetime
     deadline = time.monotonic() + 15
     while True:
         try:

@@ -128,8 +128,7 @@ def test_find_by_name_when_the_record_was_lost(relay, bed, monkeypatch) -> None:
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=1, monkeypatch=monkeypatch)
     spec = actions.workflow_spec(ctx, "step1", SITE)
-    ref = service.find(spec)
-    assert ref is not None
+    ref = service.submit(spec)  # found, or made (generation 1)
     (Path(spec.submit_dir) / "panda.json").unlink()
     submits = relay.stats()["commands"].get("submit", 0)
     found = actions.submit(ctx, "step1", SITE)
@@ -141,7 +140,7 @@ def test_find_by_name_when_the_record_was_lost(relay, bed, monkeypatch) -> None:
 def test_status_is_one_call_per_workflow_per_poll(relay, bed, monkeypatch) -> None:
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=1, monkeypatch=monkeypatch)
-    ref = service.find(actions.workflow_spec(ctx, "step1", SITE))
+    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE))  # found, or made (generation 1)
     before = relay.stats()["commands"].get("get_requests", 0)
     service.calls.clear()
     for _ in range(3):
@@ -206,7 +205,7 @@ def test_rescue_is_a_new_request_that_runs_only_what_is_missing(relay, bed, monk
 def test_auth_refusal_inside_a_success_reply_is_an_error(relay, bed, monkeypatch) -> None:
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=1, monkeypatch=monkeypatch)
-    ref = service.find(actions.workflow_spec(ctx, "step1", SITE))
+    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE))  # found, or made (generation 1)
     relay.control(auth_error=True)
     try:
         with pytest.raises(PanDAAuthError, match="refused the credentials") as err:

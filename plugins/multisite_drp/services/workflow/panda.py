@@ -123,7 +123,7 @@ class PanDASite:
     idds_server: str | None = None
     monitor_url: str | None = None  # PanDA monitor base, for the task's link
     runner_command: str = DEFAULT_RUNNER
-    file_distribution: str | None = None  # fileDistributionEndPoint; default: <submit dir>/dist/
+    file_distribution: str | None = None  # fileDistributionEndPoint base (+ <name>/); default <submit dir>/dist
     request_memory: int | None = None
     number_of_retries: int | None = None
     queue: str | None = None
@@ -160,7 +160,10 @@ class PanDAWorkflowService(WorkflowService):
     # -- panda-client environment, for one call at a time ----------------------------------
 
     @contextlib.contextmanager
-    def _client_env(self) -> Iterator[None]:
+    def _client_env(self, with_token: bool = True) -> Iterator[None]:
+        """panda-client's environment for one call. ``with_token`` False for BPS's prepare
+        stages: ``init_submission`` dumps the whole environment into the submit directory
+        (``<name>.env.info.yaml``), so the token must not be in it then."""
         s = self.settings
         with _ENV_LOCK:
             saved = {k: os.environ.get(k) for k in _ENV_KEYS}
@@ -173,13 +176,13 @@ class PanDAWorkflowService(WorkflowService):
             try:
                 for k in ("PANDA_AUTH", "PANDA_AUTH_VO", "PANDA_AUTH_ID_TOKEN", "PANDA_CONFIG_ROOT"):
                     os.environ.pop(k, None)
-                if self._token:
+                if self._token and with_token:
                     os.environ.update(PANDA_AUTH="oidc", PANDA_AUTH_VO=s.vo or "", PANDA_AUTH_ID_TOKEN=self._token)
                 if s.config_root:
                     os.environ["PANDA_CONFIG_ROOT"] = s.config_root
                 if not s.verify_host:
                     os.environ["PANDA_VERIFY_HOST"] = "off"
-                if not self._token and not saved.get("X509_USER_PROXY"):
+                if not (self._token and with_token) and not saved.get("X509_USER_PROXY"):
                     os.environ["X509_USER_PROXY"] = "/dev/null"  # no grid proxy here: say so, quietly
                 pc.baseURL = pc.baseURLSSL = s.url
                 # BPS runs ``${CTRL_MPEXEC_DIR}/bin/pipetask`` at submission (update-graph-run);
@@ -255,7 +258,8 @@ class PanDAWorkflowService(WorkflowService):
 
     # -- submission -------------------------------------------------------------------------
 
-    def overlay(self, spec: WorkflowSpec, name: str | None = None, extra_run_options: str = "") -> Path:
+    def overlay(self, spec: WorkflowSpec, name: str | None = None, extra_run_options: str = "",
+                graph: Path | None = None) -> Path:
         """Write the submit overlay: the planner's YAML plus the deployment's settings."""
         if not spec.bps_config or not Path(spec.bps_config).is_file():
             raise WorkflowError(f"{spec.name}: no BPS submit YAML from the planner ({spec.bps_config!r}); "
@@ -268,10 +272,11 @@ class PanDAWorkflowService(WorkflowService):
         s = self.settings
         sdir = Path(spec.submit_dir)
         sdir.mkdir(parents=True, exist_ok=True)
-        dist = s.file_distribution or f"{(sdir / 'dist').as_uri()}/"
+        # One distribution folder per submission: a rescue must not collide with the first.
+        dist = f"{(s.file_distribution or (sdir / 'dist').as_uri()).rstrip('/')}/{name or spec.name}/"
         doc: dict[str, Any] = {
             "includeConfigs": [str(Path(spec.bps_config).resolve())],
-            "qgraphFile": str(Path(spec.qgraph).resolve()),
+            "qgraphFile": str(Path(graph or spec.qgraph).resolve()),
             "submitPath": str(self.bps_dir(spec, name or spec.name)),
             "uniqProcName": name or spec.name,
             "runnerCommand": s.runner_command,
@@ -288,6 +293,11 @@ class PanDAWorkflowService(WorkflowService):
             doc["queue"] = s.queue
         if extra_run_options:
             doc["extraRunQuantumOptions"] = extra_run_options
+        if graph is not None:
+            # A rescue reruns the graph its first submission ran: BPS's update-graph-run would
+            # give every output a new dataset ID, and the merge would then clash with the
+            # outputs the first submission already merged into the same RUN.
+            doc["updateQuantumGraph"] = "/bin/true"
         path = sdir / (OVERLAY if name in (None, spec.name) else f"bps_submit.{name}.yaml")
         path.write_text(f"# Submitted by multisite-drp's PanDA adapter for {spec.name} at {self.site}.\n"
                         + yaml.safe_dump(doc, sort_keys=False, width=10**9))
@@ -298,20 +308,22 @@ class PanDAWorkflowService(WorkflowService):
         """BPS's own submit directory of one submission (BPS insists on creating it)."""
         return Path(spec.submit_dir) / "bps" / name
 
-    def _prepare_and_submit(self, spec: WorkflowSpec, name: str, extra_run_options: str = "") -> tuple[int, dict]:
+    def _prepare_and_submit(self, spec: WorkflowSpec, name: str, extra_run_options: str = "",
+                            graph: Path | None = None) -> tuple[int, dict]:
         from lsst.ctrl.bps.drivers import transform_driver
         from lsst.ctrl.bps.prepare import prepare
         from lsst.ctrl.bps.submit import submit
 
-        path = self.overlay(spec, name, extra_run_options)
+        path = self.overlay(spec, name, extra_run_options, graph)
         partial = self.bps_dir(spec, name)
         if partial.exists():  # an earlier try died before submitting (iDDS has no such name): start over
             shutil.rmtree(partial)
-        with self._client_env():
+        with self._client_env(with_token=False):
             # prepare_driver's stages, kept apart to read the jobs' quanta off the GenericWorkflow.
             config, generic = transform_driver(str(path))
             workflow = prepare(config, generic, config[".bps_defined.submitPath"])
             jobs = _quanta_per_job(generic)
+        with self._client_env():
             self.calls["submit"] = self.calls.get("submit", 0) + 1
             try:
                 submit(config, workflow)
@@ -339,19 +351,24 @@ class PanDAWorkflowService(WorkflowService):
         return self._ref(spec, self._write_record(spec, spec.name, request_id, jobs=jobs))
 
     def rescue(self, spec: WorkflowSpec) -> WorkflowRef:
-        """A new submission of the same graph under ``<name>_rescueN``: ``run-qbb`` skips
-        quanta whose outputs exist, so only what is missing runs. Idempotent by name."""
+        """A new submission under ``<name>_rescueN`` of the graph the first submission ran
+        (same output dataset IDs): ``run-qbb`` skips quanta whose outputs exist, so only what
+        is missing runs, and the merge adds to the same RUN. Idempotent by name."""
         record = read_json(_record(spec)) or {}
         subs = record.get("submissions") or []
         if not subs:
             raise WorkflowError(f"{spec.name}: nothing to rescue, no submission recorded in {spec.submit_dir}")
         n = sum(1 for s in subs if s.get("rescue")) + 1
         name = f"{spec.name}_rescue{n}"
+        # The graph the first submission ran (BPS's copy, its output IDs updated for the RUN).
+        graph = self.bps_dir(spec, subs[0]["name"]) / Path(spec.qgraph).name
+        if not graph.is_file():
+            raise WorkflowError(f"{spec.name}: the first submission's graph {graph} is gone; cannot rescue")
         found = self._call("get_request_id_by_name", f"{name}: find", name=name) or {}
         if isinstance(found, dict) and found.get(name) is not None:
             request_id, jobs = int(found[name]), {}
         else:
-            request_id, jobs = self._prepare_and_submit(spec, name)
+            request_id, jobs = self._prepare_and_submit(spec, name, graph=graph)
         return self._ref(spec, self._write_record(spec, name, request_id, jobs=jobs, rescue=n))
 
     # -- status -----------------------------------------------------------------------------
