@@ -64,36 +64,44 @@ single-site: sites
 DEMO ?= $(ROOT)/var/demo
 demo: venv rucio-venv
 	-$(BIN)/python -m localrucio down --root $(DEMO)/rucio >/dev/null 2>&1
+	-$(BIN)/python -m localpanda down --root $(DEMO)/panda >/dev/null 2>&1
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	set -o pipefail; $(BIN)/python scripts/run_campaign.py --data-root $(DEMO)/sites --rucio-root $(DEMO)/rucio \
+	  --panda-root $(DEMO)/panda \
 	  --json-out $(DEMO)/run.json \
 	  2>&1 | tee $(DEMO)/airflow.log | awk '/^=== campaign report/ {p=1} p {print; fflush(); next} \
 	    /\[DAG TEST\] starting task_id=/ {match($$0, /task_id=[^ ]+/); print "  running " substr($$0, RSTART+8, RLENGTH-8); fflush(); next} \
-	    /DRP ALERT|^building|^\[minidrp build\]|^drp_campaign:|^local Rucio/ {print; fflush()}'; \
-	  status=$$?; $(BIN)/python -m localrucio down --root $(DEMO)/rucio; exit $$status
+	    /DRP ALERT|^building|^\[minidrp build\]|^drp_campaign:|^local Rucio|^local PanDA/ {print; fflush()}'; \
+	  status=$$?; $(BIN)/python -m localrucio down --root $(DEMO)/rucio; \
+	  $(BIN)/python -m localpanda down --root $(DEMO)/panda; exit $$status
 	@echo "report: $(DEMO)/sites/work/report/g0/report.md   plan and sky map: $(DEMO)/sites/work/plan/g0/"
 
 airflow-settings: venv rucio-venv
 	$(BIN)/python -m minidrp build --root $(DATA)
-	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml --local-rucio $(ROOT)/var/rucio --data-root $(DATA)
+	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml --local-rucio $(ROOT)/var/rucio \
+	  --local-panda $(ROOT)/var/panda --data-root $(DATA)
 
 # Airflow's UI with the project loaded (scheduler, triggerer, API server: `airflow standalone`).
 # Log in at http://localhost:8080 as `admin`; the password is printed at start-up and kept in
 # $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated. Trigger drp_campaign there.
-# The local Rucio (var/rucio) keeps running after Airflow stops: `make down` stops it.
+# The local Rucio (var/rucio) and PanDA relay (var/panda) keep running after Airflow stops:
+# `make down` stops them.
 up: venv rucio-venv
 	$(BIN)/airflow db migrate >/dev/null
 	$(BIN)/python -m minidrp build --root $(DATA)
-	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml --local-rucio $(ROOT)/var/rucio --data-root $(DATA)
+	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml --local-rucio $(ROOT)/var/rucio \
+	  --local-panda $(ROOT)/var/panda --data-root $(DATA)
 	PATH="$(ROOT)/$(BIN):$$PATH" $(BIN)/airflow standalone  # it starts `airflow scheduler` etc. from PATH
 
 down: venv
 	$(BIN)/python -m localrucio down --root $(ROOT)/var/rucio
+	$(BIN)/python -m localpanda down --root $(ROOT)/var/panda
 
 bench: venv rucio-venv
 	$(BIN)/python bench/planner_scale.py
 	$(BIN)/python bench/replication.py
 	$(BIN)/python bench/orchestration_overhead.py
+	$(BIN)/python bench/workflow_overhead.py
 
 lint: venv
 	$(BIN)/ruff check plugins include dags tests bench

@@ -7,6 +7,9 @@ needed. Existing connections are overwritten (``--overwrite``) so re-running is 
 ``--local-rucio ROOT`` (with ``--data-root``): replica connections on host ``local-rucio``
 are pointed at the project's local Rucio under ROOT, which is started if it is not
 running (``include/localrucio``), with each site's generated login and password.
+``--local-panda ROOT``: workflow connections on host ``local-panda`` are pointed at the
+local PanDA relay under ROOT (``include/localpanda``, the stand-in for PanDA and iDDS),
+started if it is not running.
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("settings", nargs="?", default="airflow_settings.yaml")
     p.add_argument("--local-rucio", help="the local Rucio's directory, for replica connections on host local-rucio")
-    p.add_argument("--data-root", help="where the embedded sites live (with --local-rucio)")
+    p.add_argument("--local-panda", help="the local PanDA relay's directory, for workflow connections on "
+                                         "host local-panda")
+    p.add_argument("--data-root", help="where the embedded sites live (with --local-rucio / --local-panda)")
     p.add_argument("--campaign", default=str(Path(__file__).resolve().parents[1] / "include" / "campaigns"
                                              / "minidrp_embedded.yaml"))
     args = p.parse_args(argv[1:])
@@ -75,6 +80,14 @@ def main(argv: list[str]) -> int:
         cfg = load_campaign(args.campaign, data_root=args.data_root, check_pipeline=False)
         plain = {cid: {**c, "extra": json.loads(c["extra"])} if "extra" in c else c for cid, c in connections.items()}
         for cid, conn in fill_local_connections(plain, cfg, Path(args.local_rucio)).items():
+            connections[cid] = {**conn, "extra": json.dumps(conn["extra"], sort_keys=True)}
+    if args.local_panda:
+        from localpanda.campaign import fill_local_connections as fill_panda
+        from multisite_drp.campaign.config import load_campaign
+
+        cfg = load_campaign(args.campaign, data_root=args.data_root, check_pipeline=False)
+        plain = {cid: {**c, "extra": json.loads(c["extra"])} if "extra" in c else c for cid, c in connections.items()}
+        for cid, conn in fill_panda(plain, cfg, Path(args.local_panda)).items():
             connections[cid] = {**conn, "extra": json.dumps(conn["extra"], sort_keys=True)}
     airflow = str(Path(sys.executable).with_name("airflow"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,9 +2,13 @@
 
 One module-scoped run of ``scripts/run_campaign.py`` (``dag.test()``: Airflow's own
 scheduling loop, trigger rules, retries, and deferral to the real triggers, run inline)
-on freshly built sites in a scratch directory, with its own Airflow home. While it runs,
-a watcher SIGKILLs the step1 workflow at ukdf in the middle of run-qbb; the DAG must
-restart it and finish.
+on freshly built sites in a scratch directory, with its own Airflow home. USDF runs its
+workflows with the embedded adapter; FrDF and UKDF submit theirs through BPS and
+ctrl_bps_panda's real submission code to the local PanDA relay (``include/localpanda``,
+the stand-in for PanDA and iDDS, which cannot run here), whose pilots run the jobs.
+While it runs, a watcher SIGKILLs the step1 workflow at usdf in the middle of run-qbb
+(the DAG must restart it and finish), and the relay kills UKDF's step1 job mid-run
+(PanDA retries the job).
 
 Replication goes through the session's REAL local Rucio (server, judge and conveyor
 daemons, the local-copy transfertool in FTS's place, the Replica Monitor ingesting
@@ -42,15 +46,20 @@ ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGN = ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"
 GOLDEN = json.loads((ROOT / "include" / "minidrp" / "golden_counts.json").read_text())
 STEPS = [f"step{i}" for i in range(1, 10)]
-KILL_STEP, KILL_SITE = "step1", "ukdf"
+KILL_STEP, KILL_SITE = "step1", "usdf"  # the embedded adapter's restart
+PANDA_KILL_SITE = "ukdf"  # a PanDA job killed under the relay's pilot: PanDA retries it
+PANDA_SITES = ("frdf", "ukdf")
 
 
-def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campaign: Path | None = None) -> dict:
+def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campaign: Path | None = None,
+             panda_root: Path | None = None) -> dict:
     env = {**os.environ, "AIRFLOW_HOME": str(airflow_home)}
     env.pop("AIRFLOW__CORE__DAGS_FOLDER", None)
     log = out.with_suffix(".log")
     if campaign is not None:
         extra = ("--campaign", str(campaign), *extra)
+    if panda_root is not None:
+        extra = ("--panda-root", str(panda_root), *extra)
     with open(log, "w") as fh:
         proc = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "run_campaign.py"), "--data-root", str(data_root),
@@ -85,6 +94,19 @@ def _kill_mid_run(state_file: Path, stop: threading.Event, killed: dict) -> None
 OUTAGE_STEP, OUTAGE_SECONDS = "step2", 60.0
 
 
+def _kill_panda_job(relay, cfg, stop: threading.Event) -> None:
+    """Once UKDF's step1 request exists at the relay, have its pilot SIGKILL that workflow's
+    step1 job mid-run (a lost batch node): the relay counts it a failed attempt and retries."""
+    name = names.workflow_name(cfg, KILL_STEP, PANDA_KILL_SITE, 0)
+    record = names.submit_dir(cfg, KILL_STEP, PANDA_KILL_SITE, 0) / "panda.json"
+    while not stop.is_set():
+        if record.exists():
+            # The step's job task (not pipetaskInit, not finalJob): <name>_NN_step1_<cluster>_NN.
+            relay.control(kill_job=f"{name}_*_{KILL_STEP}_*")
+            return
+        stop.wait(0.2)
+
+
 def _rucio_outage(lr, trigger: Path, stop: threading.Event, outage: dict) -> None:
     """Stop the Rucio server for OUTAGE_SECONDS once ``trigger`` exists (a step has begun), then
     start it again (daemons, PostgreSQL and the Replica Monitor keep running)."""
@@ -112,17 +134,25 @@ def campaign(rucio_campaign_factory) -> dict:
     trigger = names.graph_path(cfg, OUTAGE_STEP, "ukdf", 0)
     outager = threading.Thread(target=_rucio_outage, args=(rucio.lr, trigger, stop, outage), daemon=True)
     outager.start()
+    from localpanda import LocalPanDA
+
+    relay = LocalPanDA(base / "panda")
+    panda_kill = threading.Thread(target=_kill_panda_job, args=(relay, cfg, stop), daemon=True)
+    panda_kill.start()
     t0 = time.monotonic()
     try:
-        first = _run_dag(data_root, base / "airflow", base / "run1.json", campaign=rucio.campaign_file)
+        first = _run_dag(data_root, base / "airflow", base / "run1.json", campaign=rucio.campaign_file,
+                         panda_root=base / "panda")
     finally:
         stop.set()
         watcher.join(5)
         outager.join(30)
+        panda_kill.join(5)
         rucio.lr.up()  # whatever happened, the server is back for the next tests
     first["wall"] = time.monotonic() - t0
-    return {"base": base, "data_root": data_root, "config": cfg, "first": first, "killed": killed, "rucio": rucio,
-            "outage": outage}
+    yield {"base": base, "data_root": data_root, "config": cfg, "first": first, "killed": killed, "rucio": rucio,
+           "outage": outage, "relay": relay}
+    relay.down()
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +206,9 @@ def snapshot(cfg) -> dict:
     for state in sorted((cfg.work_path / "submit").glob("*/*/g*/state.json")):
         st = json.loads(state.read_text())
         workflows[st["name"]] = (st["attempt"], st["state"], st["submitted"])
+    for record in sorted((cfg.work_path / "submit").glob("*/*/g*/panda.json")):
+        rec = json.loads(record.read_text())
+        workflows[rec["spec"]["name"]] = [(s["name"], s["request_id"]) for s in rec["submissions"]]
     return {
         "rules": [(r["rule_id"], r["dataset"], r["rse"], r["state"]) for r in rep.list_rules()],
         "datasets": {d: rep.dataset_summary(d)["files"] for d in rep.list_datasets()},
@@ -348,6 +381,44 @@ def test_killed_workflow_was_restarted_and_finished(cfg, campaign) -> None:
     report = json.loads((names.report_dir(cfg, 0) / "report.json").read_text())
     row = next(r for r in report["rows"] if (r["step"], r["site"]) == (KILL_STEP, KILL_SITE))
     assert row["attempts"] == 2 and row["quanta_failed"] == 0
+
+
+def test_remote_workflows_went_through_ctrl_bps_panda(cfg, plan, campaign) -> None:
+    """Every FrDF and UKDF workflow was prepared by BPS (its submit directory, the planner's
+    YAML included by the overlay) and submitted by PanDAService to the relay, whose pilots
+    ran its jobs and its final merge job."""
+    import yaml
+
+    relay = campaign["relay"]
+    executed = {}
+    for e in relay.executions():
+        executed.setdefault(e["request_id"], []).append(e)
+    for step in STEPS:
+        for site in plan.sites_for(step):
+            sdir = names.submit_dir(cfg, step, site, 0)
+            if site not in PANDA_SITES:
+                assert (sdir / "state.json").exists() and not (sdir / "panda.json").exists()
+                continue
+            record = json.loads((sdir / "panda.json").read_text())
+            [sub] = record["submissions"]
+            name = names.workflow_name(cfg, step, site, 0)
+            assert sub["name"] == name
+            assert (sdir / "bps" / name / "panda_workflow.pickle").exists()  # PanDAService.prepare
+            overlay = yaml.safe_load((sdir / "bps_submit.yaml").read_text())
+            assert overlay["includeConfigs"][0].endswith(f"bps/{step}/{site}/group000.yaml")
+            request = relay.request(sub["request_id"])
+            assert request["name"] == name
+            labels = {e["label"] for e in executed[sub["request_id"]] if e.get("exit_code") == 0}
+            assert {"pipetaskInit", "finalJob"} <= labels, (step, site, labels)
+
+
+def test_killed_panda_job_was_retried_by_the_relay(cfg, campaign) -> None:
+    name = names.workflow_name(cfg, KILL_STEP, PANDA_KILL_SITE, 0)
+    runs = [e for e in campaign["relay"].executions()
+            if e.get("request_name") == name]
+    step_jobs = [e for e in runs if e["label"] not in ("pipetaskInit", "finalJob")]
+    assert any(e.get("exit_code") not in (0, None) for e in step_jobs), step_jobs
+    assert step_jobs[-1].get("exit_code") == 0, step_jobs
 
 
 def test_rucio_outage_mid_step_was_ridden_out_without_duplicates(cfg, campaign) -> None:
