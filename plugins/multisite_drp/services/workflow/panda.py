@@ -499,15 +499,20 @@ def workflow_status(ref: WorkflowRef, rows: list[Mapping[str, Any]], jobs: Mappi
 
 
 def _epoch(value: Any) -> float | None:
+    """Seconds since the epoch of an iDDS time: its REST format (``%a, %d %b %Y %H:%M:%S
+    UTC``, what ``idds.common.utils.json_dumps`` writes), ISO 8601, or a number."""
     if value is None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    from datetime import datetime
+    from datetime import UTC, datetime
 
-    try:
-        text = str(value.get("__datetime__", "")) if isinstance(value, Mapping) else str(value)
-        dt = datetime.fromisoformat(text)
+    text = str(value).strip()
+    for parse in (lambda t: datetime.strptime(t, "%a, %d %b %Y %H:%M:%S UTC"),
+                  lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))):
+        try:
+            dt = parse(text)
+        except ValueError:
+            continue
         return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-    except ValueError:
-        return None
+    return None
