@@ -60,6 +60,8 @@ def test_bps_yaml_loads_in_bpsconfig(config, flow, tmp_path) -> None:
             assert bps["wmsServiceClass"] == PANDA_WMS_SERVICE
             assert bps["computeSite"] == "CC-IN2P3" and bps["computeCloud"] == "EU"
             assert bps["queue"] == "CC-IN2P3_Rubin"
+        elif site == "ukdf":  # the embedded campaign's UKDF submits through PanDA too (the local relay)
+            assert bps["wmsServiceClass"] == PANDA_WMS_SERVICE and bps["computeSite"] == "LANCS"
         else:
             assert bps["wmsServiceClass"] == EMBEDDED_WMS_SERVICE
             assert "computeSite" not in yaml.safe_load(p.read_text())

@@ -443,7 +443,8 @@ def _report_figures(cfg) -> dict:
 def test_rerunning_the_completed_run_changes_nothing(cfg, campaign) -> None:
     before, figures = snapshot(cfg), _report_figures(cfg)
     again = _run_dag(campaign["data_root"], campaign["base"] / "airflow", campaign["base"] / "run2.json",
-                     "--logical-date", campaign["first"]["logical_date"], campaign=campaign["rucio"].campaign_file)
+                     "--logical-date", campaign["first"]["logical_date"], campaign=campaign["rucio"].campaign_file,
+                     panda_root=campaign["relay"].root)
     assert again["state"] == "success", f"rerun failed; log {again['log']}"
     assert snapshot(cfg) == before
     # The report task ran again and, from the services' own records, reports the same campaign.
@@ -458,7 +459,7 @@ def test_clearing_one_sites_step_reruns_it_without_duplicates(cfg, campaign) -> 
     only = r"step4\.frdf\..*|step4\.barrier"
     again = _run_dag(campaign["data_root"], campaign["base"] / "airflow", campaign["base"] / "run3.json",
                      "--logical-date", campaign["first"]["logical_date"], "--only", only,
-                     campaign=campaign["rucio"].campaign_file)
+                     campaign=campaign["rucio"].campaign_file, panda_root=campaign["relay"].root)
     assert again["state"] == "success", f"cleared tasks failed; log {again['log']}"
     # The cleared tasks really ran (the wait task re-applied the policy) ...
     assert decision.stat().st_mtime_ns > stamp
@@ -470,7 +471,13 @@ def test_dry_run_plans_and_reports_without_any_external_action(rucio_campaign_fa
     rucio = rucio_campaign_factory("dryrun", monitor=False)
     data_root, cfg, tmp_path = rucio.data_root, rucio.cfg, rucio.base
     _RUCIO[cfg.replication.scope] = rucio
-    run = _run_dag(data_root, tmp_path / "airflow", tmp_path / "dry.json", "--dry-run", campaign=rucio.campaign_file)
+    from localpanda import LocalPanDA
+
+    try:
+        run = _run_dag(data_root, tmp_path / "airflow", tmp_path / "dry.json", "--dry-run",
+                       campaign=rucio.campaign_file, panda_root=tmp_path / "panda")
+    finally:
+        LocalPanDA(tmp_path / "panda").down()  # run_campaign fills the PanDA connections: it started one
     assert run["state"] == "success", f"dry run failed; log {run['log']}"
     states = run["task_states"]
     assert states["success"] == 3 and states["skipped"] == sum(states.values()) - 3  # validate, plan, report

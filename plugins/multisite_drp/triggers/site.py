@@ -70,14 +70,14 @@ class WorkflowTrigger(_CampaignTrigger):
         return await asyncio.to_thread(build)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from multisite_drp.services.workflow.panda import PanDAAuthError
+        from multisite_drp.services.workflow.panda import PanDAAuthError, PanDARequestMissingError
 
         service, refs = await self._service()
         last = None
         while True:
             try:
                 statuses = await asyncio.to_thread(service.status, refs)
-            except PanDAAuthError as exc:  # renewing a token is an operator's job: fail now, say why
+            except (PanDAAuthError, PanDARequestMissingError) as exc:  # an operator's job: fail now, say why
                 yield TriggerEvent({"status": "error", "message": str(exc)})
                 return
             except Exception as exc:  # noqa: BLE001 - the workflow system briefly unreachable: keep waiting

@@ -53,7 +53,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,8 @@ from multisite_drp.services.workflow.base import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IDDS_STATES", "PanDAAuthError", "PanDASite", "PanDAUnavailableError", "PanDAWorkflowService"]
+__all__ = ["IDDS_STATES", "PanDAAuthError", "PanDARequestMissingError", "PanDASite", "PanDAUnavailableError",
+           "PanDAWorkflowService"]
 
 RECORD = "panda.json"
 OVERLAY = "bps_submit.yaml"
@@ -105,6 +105,10 @@ _ENV_KEYS = ("PANDA_URL", "PANDA_URL_SSL", "PANDA_BEHIND_REAL_LB", "PANDA_AUTH",
 
 class PanDAAuthError(WorkflowError):
     """PanDA refused the site's credentials (also when the refusal arrives inside a success)."""
+
+
+class PanDARequestMissingError(WorkflowError):
+    """PanDA has no request under the id recorded for the workflow (another server?)."""
 
 
 class PanDAUnavailableError(WorkflowError):
@@ -383,8 +387,10 @@ class PanDAWorkflowService(WorkflowService):
     def _status_one(self, ref: WorkflowRef) -> WorkflowStatus:
         rows = self._call("get_requests", f"{ref.name}: status", request_id=int(ref.run_id), with_detail=True)
         if not rows:
-            return WorkflowStatus(run_id=ref.run_id, state=WmsStates.UNKNOWN,
-                                  message=f"iDDS has no request {ref.run_id}")
+            raise PanDARequestMissingError(
+                f"{ref.name}: PanDA at {self.settings.url} (connection {self.settings.conn_id or '?'}) has no "
+                f"request {ref.run_id}, which {_record(ref)} records; was the connection pointed at another "
+                "PanDA server? Point it back, or move the record aside to submit again")
         return workflow_status(ref, rows, self._jobs(ref), self._attempt(ref))
 
     def _attempt(self, ref: WorkflowRef) -> int:
@@ -509,7 +515,7 @@ def _epoch(value: Any) -> float | None:
 
     text = str(value).strip()
     for parse in (lambda t: datetime.strptime(t, "%a, %d %b %Y %H:%M:%S UTC"),
-                  lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))):
+                  datetime.fromisoformat):
         try:
             dt = parse(text)
         except ValueError:
