@@ -66,7 +66,7 @@ def test_validate_accepts_the_embedded_campaign(connections, sites_root) -> None
     # the login check itself runs against the real local Rucio in tests/services.
     summary = _validate(_params(data_root=str(sites_root), dry_run=True))
     assert summary["replica_identities"] == {}
-    assert summary["adapters"] == {"usdf": "embedded", "frdf": "embedded", "ukdf": "embedded"}
+    assert summary["adapters"] == {"usdf": "embedded", "frdf": "panda", "ukdf": "panda"}
     assert summary["sites"] == {"usdf": 0.35, "frdf": 0.4, "ukdf": 0.25}
 
 
@@ -104,7 +104,7 @@ def test_missing_connection_is_named_with_the_campaign_field(monkeypatch, connec
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ({"adapter": "panda"}, r"asks for adapter 'panda', but the campaign's sites \(frdf\)\.compute_site is 'local'"),
+    ({"adapter": "panda"}, r"'host' is empty; expected the PanDA server URL"),
     ({"adapter": "panda", "monitor": "x"}, r"unknown extra fields \['monitor'\]"),
     ({"adapter": "slurm"}, r"extra field 'adapter' is 'slurm'; expected one of \['embedded', 'panda'\]"),
     ({"adapter": "embedded", "processes": 0}, r"extra field 'processes' is 0; expected an integer in \[1, 64\]"),
@@ -114,6 +114,28 @@ def test_bad_workflow_connection_is_refused_before_anything_runs(monkeypatch, co
     monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_WORKFLOW", json.dumps({"conn_type": "generic", "extra": extra}))
     with pytest.raises(AdapterError, match=r"connection 'drp_frdf_workflow'.*" + message):
         _ = CampaignHook(str(CAMPAIGN)).settings
+
+
+def test_panda_connection_needs_a_panda_compute_site_and_keeps_the_token_apart(monkeypatch, connections) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_USDF_WORKFLOW", json.dumps(
+        {"conn_type": "generic", "host": "https://panda.example.org", "extra": {"adapter": "panda"}}))
+    with pytest.raises(AdapterError, match=r"asks for adapter 'panda', but the campaign's sites \(usdf\)"
+                                           r"\.compute_site is 'local'"):
+        _ = CampaignHook(str(CAMPAIGN)).settings
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_WORKFLOW", json.dumps(
+        {"conn_type": "generic", "host": "https://panda.example.org", "password": "secret-token",
+         "extra": {"adapter": "panda", "auth_vo": "Rubin", "monitor_url": "https://mon.example.org"}}))
+    hook = CampaignHook(str(CAMPAIGN))
+    settings = hook.workflow_settings("frdf")
+    assert settings["url"] == "https://panda.example.org/server/panda" and settings["vo"] == "Rubin"
+    assert "secret-" not in json.dumps(settings)
+    service = hook.workflow_service("frdf")
+    assert service._token == "secret-token" and "secret-" not in repr(service)
+    with pytest.raises(AdapterError, match=r"the password holds a token but extra field 'auth_vo' is missing"):
+        monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_WORKFLOW", json.dumps(
+            {"conn_type": "generic", "host": "https://panda.example.org", "password": "secret-token",
+             "extra": {"adapter": "panda"}}))
+        _ = CampaignHook(str(CAMPAIGN)).workflow_settings("frdf")
 
 
 def test_rucio_settings_hold_each_sites_identity_and_no_secret(connections) -> None:
