@@ -174,8 +174,11 @@ class PanDAWorkflowService(WorkflowService):
             # Set before the first import: pandaclient.Client resolves hosts at import time
             # unless PANDA_BEHIND_REAL_LB is set, and reads its URLs into module globals.
             os.environ.update(PANDA_URL=s.url, PANDA_URL_SSL=s.url, PANDA_BEHIND_REAL_LB="1")
-            import pandaclient.Client as pc
-
+            try:
+                import pandaclient.Client as pc
+            except BaseException:
+                _restore(saved)
+                raise
             saved_urls = (pc.baseURL, pc.baseURLSSL)
             try:
                 for k in ("PANDA_AUTH", "PANDA_AUTH_VO", "PANDA_AUTH_ID_TOKEN", "PANDA_CONFIG_ROOT"):
@@ -198,11 +201,7 @@ class PanDAWorkflowService(WorkflowService):
                 yield
             finally:
                 pc.baseURL, pc.baseURLSSL = saved_urls
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+                _restore(saved)
 
     def _idds(self):
         from lsst.ctrl.bps.panda.utils import get_idds_client
@@ -423,6 +422,14 @@ class PanDAWorkflowService(WorkflowService):
 
     def monitor_url(self, ref: WorkflowRef) -> str | None:
         return monitor_link(self.settings.monitor_url, ref.run_id)
+
+
+def _restore(saved: Mapping[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _quanta_per_job(generic) -> dict[str, list[int]]:
