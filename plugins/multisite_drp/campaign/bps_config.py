@@ -142,6 +142,7 @@ def write_bps_configs(config: CampaignConfig, plan: CampaignPlan, out_dir: str |
     written: list[Path] = []
     max_size = config.planner.max_group_size
     for st in config.steps:
+        cluster = clustering(config, st.name)  # once per step: it loads the pipeline
         for site in plan.sites_for(st.name):
             dim, ids = plan.ids_for(st.name, site)
             if dim == "visit":
@@ -154,7 +155,6 @@ def write_bps_configs(config: CampaignConfig, plan: CampaignPlan, out_dir: str |
             d.mkdir(parents=True, exist_ok=True)
             for old in d.glob("group*.yaml"):
                 old.unlink()
-            cluster = clustering(config, st.name)
             for g, gids in enumerate(groups):
                 doc = bps_document(config, plan, st.name, site, g if len(groups) > 1 else None, gids, generation,
                                    cluster)

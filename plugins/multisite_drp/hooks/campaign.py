@@ -89,6 +89,7 @@ class CampaignHook(BaseHook):
         """The connection ids of one kind (``butler``, ``replica``, ``workflow``) for ``sites``."""
         return [getattr(s.connections, what) for s in self.config.sites if sites is None or s.name in sites]
 
+    @functools.cache  # noqa: B019 - one hook per task execution; each connection is read once
     def _info(self, conn_id: str, what: str, site: str) -> ConnectionInfo:
         where = f"{self.campaign_file}: sites ({site}).connections.{what} = connection {conn_id!r}"
         try:
@@ -124,7 +125,8 @@ class CampaignHook(BaseHook):
 
     def _workflow_secret(self, site: str) -> str | None:
         """A PanDA site's token (the workflow connection's password); embedded sites have none."""
-        return self._workflow_info(site).password if self.workflow_settings(site)["adapter"] == "panda" else None
+        info = self._workflow_info(site)
+        return info.password if info.extra.get("adapter") == "panda" else None
 
     @functools.cached_property
     def replica_settings(self) -> dict[str, Any]:

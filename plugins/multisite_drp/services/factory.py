@@ -116,6 +116,18 @@ def _known(extra: Mapping[str, Any], allowed: tuple[str, ...], where: str, what:
         raise AdapterError(f"{where}: unknown extra fields {unknown}; {what} takes {list(allowed)}")
 
 
+def _server_url(conn: ConnectionInfo, what: str, example: str) -> str:
+    """The http(s) URL a connection's host (with its schema and port) names."""
+    if not conn.host:
+        raise AdapterError(f"{conn.where}: 'host' is empty; expected {what} URL, e.g. {example}")
+    url = conn.host if "://" in conn.host else f"{conn.schema or 'https'}://{conn.host}"
+    if conn.port and "://" not in conn.host:
+        url += f":{conn.port}"
+    if not url.startswith(("http://", "https://")):
+        raise AdapterError(f"{conn.where}: 'host' is {conn.host!r}; expected an http(s) URL of {what}")
+    return url
+
+
 def _panda_site(config: CampaignConfig, site: str, conn: ConnectionInfo) -> dict[str, Any]:
     extra, where = conn.extra, conn.where
     _known(extra, PANDA_EXTRAS, where, "a PanDA connection (the token goes in the password field)")
@@ -123,14 +135,7 @@ def _panda_site(config: CampaignConfig, site: str, conn: ConnectionInfo) -> dict
     if s.compute_site == "local":
         raise AdapterError(f"{where} asks for adapter 'panda', but the campaign's sites ({site}).compute_site "
                            "is 'local'; expected the site's PanDA computeSite (e.g. SLAC, CC-IN2P3, LANCS)")
-    if not conn.host:
-        raise AdapterError(f"{where}: 'host' is empty; expected the PanDA server URL, e.g. "
-                           "https://pandaserver-doma.cern.ch:25443/server/panda")
-    url = conn.host if "://" in conn.host else f"{conn.schema or 'https'}://{conn.host}"
-    if conn.port and "://" not in conn.host:
-        url += f":{conn.port}"
-    if not url.startswith(("http://", "https://")):
-        raise AdapterError(f"{where}: 'host' is {conn.host!r}; expected an http(s) URL of the PanDA server")
+    url = _server_url(conn, "the PanDA server", "https://pandaserver-doma.cern.ch:25443/server/panda")
     if "/server/panda" not in url:
         url = url.rstrip("/") + "/server/panda"
     if conn.password and not extra.get("auth_vo"):
@@ -195,17 +200,8 @@ RUCIO_EXTRAS = ("adapter", "poll_interval", "account", "auth_host", "auth_type",
 
 def _rucio_site(config: CampaignConfig, site: str, conn: ConnectionInfo) -> dict[str, Any]:
     extra, where = conn.extra, conn.where
-    unknown = sorted(set(extra) - set(RUCIO_EXTRAS))
-    if unknown:
-        raise AdapterError(f"{where}: unknown extra fields {unknown}; a Rucio connection takes {list(RUCIO_EXTRAS)} "
-                           "(the password goes in the connection's password field)")
-    if not conn.host:
-        raise AdapterError(f"{where}: 'host' is empty; expected the Rucio server's URL, e.g. https://rucio.example:443")
-    host = conn.host if "://" in conn.host else f"{conn.schema or 'https'}://{conn.host}"
-    if conn.port and "://" not in conn.host:
-        host += f":{conn.port}"
-    if not host.startswith(("http://", "https://")):
-        raise AdapterError(f"{where}: 'host' is {conn.host!r}; expected an http(s) URL of the Rucio server")
+    _known(extra, RUCIO_EXTRAS, where, "a Rucio connection (the password goes in the connection's password field)")
+    host = _server_url(conn, "the Rucio server", "https://rucio.example:443")
     auth_type = extra.get("auth_type", "userpass")
     if auth_type not in ("userpass", "token"):
         raise AdapterError(f"{where}: extra field 'auth_type' is {auth_type!r}; expected 'userpass' (login and "

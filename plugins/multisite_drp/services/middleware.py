@@ -229,27 +229,27 @@ def transfer_from_graph_argv(
     return argv
 
 
-#: The site merge's flags, shared by the local argv and the BPS finalJob command below.
-#: Dimension records are not transferred from the graph (a quantum-backed butler cannot
-#: carry visit_definition & co.); ``actions.replicate_inputs`` puts them in the site
-#: registry before the workflow is submitted. The output chain is not updated (no
-#: ``--update-output-chain``): the
-#: graph's input collections include other sites' RUNs, which a remote site's registry
-#: does not have; ``actions.merge`` chains the output RUN itself.
-_MERGE_FLAGS = ("--register-dataset-types", "--no-transfer-dimensions")
+#: The site merge: ``transfer_from_graph_argv`` with these options, for the local argv and
+#: the BPS finalJob command alike. Dimension records are not transferred from the graph (a
+#: quantum-backed butler cannot carry visit_definition & co.); ``actions.replicate_inputs``
+#: puts them in the site registry before the workflow is submitted. The output chain is not
+#: updated: the graph's input collections include other sites' RUNs, which a remote site's
+#: registry does not have; ``actions.merge`` chains the output RUN itself.
+_MERGE = {"register_dataset_types": True, "update_output_chain": False, "transfer_dimensions": False}
 
 
 def merge_argv(repo: str | os.PathLike[str], qgraph: str | os.PathLike[str]) -> list[str]:
     """The final job of a site workflow: merge the graph's outputs into the site butler
     (``butler transfer-from-graph``), as the embedded runner and ``actions.merge`` run it."""
-    return [butler_executable(), "transfer-from-graph", _graph_path(qgraph), str(repo), *_MERGE_FLAGS]
+    return transfer_from_graph_argv(qgraph, repo, **_MERGE)
 
 
 def merge_bps_command() -> str:
     """The same merge as a BPS ``finalJob.command1`` template (BPS fills the braces; the
     edge node expands ``${DAF_BUTLER_DIR}``): what a PanDA workflow's final job runs."""
+    options = transfer_from_graph_argv("graph.qg", "repo", **_MERGE)[4:]  # after butler, verb, graph, repo
     return ("${DAF_BUTLER_DIR}/bin/butler {finalPreCmdOpts} transfer-from-graph "
-            "{fileDistributionEndPoint}{qgraphFile} {butlerConfig} " + " ".join(_MERGE_FLAGS))
+            "{fileDistributionEndPoint}{qgraphFile} {butlerConfig} " + " ".join(options))
 
 
 def collection_chain_argv(

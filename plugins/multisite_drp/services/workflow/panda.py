@@ -60,6 +60,7 @@ import yaml
 from multisite_drp.services import middleware
 from multisite_drp.services.fileio import atomic_write_json, read_json
 from multisite_drp.services.workflow.base import (
+    TERMINAL_STATES,
     WmsStates,
     WorkflowError,
     WorkflowRef,
@@ -261,8 +262,7 @@ class PanDAWorkflowService(WorkflowService):
 
     # -- submission -------------------------------------------------------------------------
 
-    def overlay(self, spec: WorkflowSpec, name: str | None = None, extra_run_options: str = "",
-                graph: Path | None = None) -> Path:
+    def overlay(self, spec: WorkflowSpec, name: str | None = None, graph: Path | None = None) -> Path:
         """Write the submit overlay: the planner's YAML plus the deployment's settings."""
         if not spec.bps_config or not Path(spec.bps_config).is_file():
             raise WorkflowError(f"{spec.name}: no BPS submit YAML from the planner ({spec.bps_config!r}); "
@@ -294,8 +294,6 @@ class PanDAWorkflowService(WorkflowService):
             doc["numberOfRetries"] = s.number_of_retries
         if s.queue:
             doc["queue"] = s.queue
-        if extra_run_options:
-            doc["extraRunQuantumOptions"] = extra_run_options
         if graph is not None:
             # A rescue reruns the graph its first submission ran: BPS's update-graph-run would
             # give every output a new dataset ID, and the merge would then clash with the
@@ -311,13 +309,12 @@ class PanDAWorkflowService(WorkflowService):
         """BPS's own submit directory of one submission (BPS insists on creating it)."""
         return Path(spec.submit_dir) / "bps" / name
 
-    def _prepare_and_submit(self, spec: WorkflowSpec, name: str, extra_run_options: str = "",
-                            graph: Path | None = None) -> tuple[int, dict]:
+    def _prepare_and_submit(self, spec: WorkflowSpec, name: str, graph: Path | None = None) -> tuple[int, dict]:
         from lsst.ctrl.bps.drivers import transform_driver
         from lsst.ctrl.bps.prepare import prepare
         from lsst.ctrl.bps.submit import submit
 
-        path = self.overlay(spec, name, extra_run_options, graph)
+        path = self.overlay(spec, name, graph)
         partial = self.bps_dir(spec, name)
         if partial.exists():  # an earlier try died before submitting (iDDS has no such name): start over
             shutil.rmtree(partial)
@@ -376,13 +373,6 @@ class PanDAWorkflowService(WorkflowService):
 
     # -- status -----------------------------------------------------------------------------
 
-    def _jobs(self, ref: WorkflowRef) -> dict[str, list[int]]:
-        record = read_json(_record(ref)) or {}
-        for sub in reversed(record.get("submissions") or []):
-            if str(sub.get("request_id")) == str(ref.run_id):
-                return sub.get("jobs") or {}
-        return {}
-
     def _status_one(self, ref: WorkflowRef) -> WorkflowStatus:
         rows = self._call("get_requests", f"{ref.name}: status", request_id=int(ref.run_id), with_detail=True)
         if not rows:
@@ -390,11 +380,11 @@ class PanDAWorkflowService(WorkflowService):
                 f"{ref.name}: PanDA at {self.settings.url} (connection {self.settings.conn_id or '?'}) has no "
                 f"request {ref.run_id}, which {_record(ref)} records; was the connection pointed at another "
                 "PanDA server? Point it back, or move the record aside to submit again")
-        return workflow_status(ref, rows, self._jobs(ref), self._attempt(ref))
-
-    def _attempt(self, ref: WorkflowRef) -> int:
         record = read_json(_record(ref)) or {}
-        return 1 + int(record.get("restarts", {}).get(str(ref.run_id), 0))
+        sub = next((s for s in reversed(record.get("submissions") or [])
+                    if str(s.get("request_id")) == str(ref.run_id)), {})
+        attempt = 1 + int(record.get("restarts", {}).get(str(ref.run_id), 0))
+        return workflow_status(ref, rows, sub.get("jobs") or {}, attempt)
 
     def status(self, refs: Sequence[WorkflowRef]) -> dict[str, WorkflowStatus]:
         return {ref.run_id: self._status_one(ref) for ref in refs}
@@ -498,34 +488,25 @@ def workflow_status(ref: WorkflowRef, rows: list[Mapping[str, Any]], jobs: Mappi
         blocked += round(n_missing * per_job)
         if n_failed:
             messages.append(f"{label}: {n_failed} of {n_total} jobs failed")
-    if state in (WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED):
-        blocked = max(blocked, total - ok - failed)
-    created = head.get("created_at")
-    updated = head.get("updated_at")
+    terminal = state in TERMINAL_STATES  # quanta not run by the end are blocked; till then, to come
     return WorkflowStatus(
         run_id=ref.run_id, state=state, quanta_total=total, quanta_succeeded=ok, quanta_failed=failed,
-        quanta_blocked=blocked if state in (WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED) else 0,
-        attempt=attempt, started=_epoch(created), finished=_epoch(updated) if state in (
-            WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED) else None,
+        quanta_blocked=max(blocked, total - ok - failed) if terminal else 0, attempt=attempt,
+        started=_epoch(head.get("created_at")), finished=_epoch(head.get("updated_at")) if terminal else None,
         merged=merged, message=f"iDDS {request_state}" + (": " + "; ".join(messages) if messages else ""),
     )
 
 
 def _epoch(value: Any) -> float | None:
-    """Seconds since the epoch of an iDDS time: its REST format (``%a, %d %b %Y %H:%M:%S
-    UTC``, what ``idds.common.utils.json_dumps`` writes), ISO 8601, or a number."""
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    from datetime import UTC, datetime
+    """Seconds since the epoch of an iDDS time (its REST format, ``idds.common.utils``'
+    ``str_to_date``; UTC), or of a number."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    from datetime import UTC
 
-    text = str(value).strip()
-    for parse in (lambda t: datetime.strptime(t, "%a, %d %b %Y %H:%M:%S UTC"),
-                  datetime.fromisoformat):
-        try:
-            dt = parse(text)
-        except ValueError:
-            continue
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-    return None
+    from idds.common.utils import str_to_date
+
+    try:
+        return str_to_date(str(value).strip()).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
