@@ -80,7 +80,9 @@ def wait_until(predicate, timeout: float = 300.0, interval: float = 0.5):
     raise TimeoutError(f"condition not met in {timeout} s")
 
 
-RUCIO_TEST_ROOT = ROOT / "var" / "rucio-test"
+# A session of its own may be pointed elsewhere (two pytest sessions sharing one
+# deployment would stop it under each other at the end).
+RUCIO_TEST_ROOT = Path(os.environ.get("MULTISITE_DRP_RUCIO_TEST_ROOT") or ROOT / "var" / "rucio-test")
 
 
 @pytest.fixture(scope="session")
