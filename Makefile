@@ -44,8 +44,11 @@ $(RUCIO_STAMP): requirements-rucio.txt constraints-rucio.txt
 	$(RUCIO_VENV)/bin/pip install -q -r requirements-rucio.txt -c constraints-rucio.txt
 	touch $(RUCIO_STAMP)
 
+# Two pytest-xdist workers: the end-to-end campaign in one, the rest of the suite in the
+# other (tests/conftest.py fixes the split); each has its own local Rucio and Airflow home.
+TEST_WORKERS ?= 2
 test: venv rucio-venv
-	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
