@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from multisite_drp.errors import InputError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -65,7 +66,7 @@ ConnId = Annotated[str, StringConstraints(pattern=CONN_ID)]
 SHARE_TOLERANCE = 1e-6
 
 
-class CampaignConfigError(ValueError):
+class CampaignConfigError(InputError, ValueError):
     """A campaign file is unreadable or invalid; the message names file, field and expectation."""
 
 

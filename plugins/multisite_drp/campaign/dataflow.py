@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from multisite_drp.errors import InputError
+
 from .config import CampaignConfig
 
 __all__ = ["Dataflow", "DataflowError", "StepIO", "dataflow_from_mapping", "dataflow_from_pipeline", "key_of"]
 
 
-class DataflowError(ValueError):
+class DataflowError(InputError, ValueError):
     """A step requires a dataset type nothing produces, or the pipeline cannot be read."""
 
 

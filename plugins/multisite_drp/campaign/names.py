@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from multisite_drp.errors import InputError
+
 from .config import COLLECTION_NAME, DATASET_TYPE_NAME, SITE_NAME, STEP_NAME, CampaignConfig
 
 __all__ = ["NameError_", "campaign_chain", "graph_path", "group_label", "output_chain", "output_run",
@@ -22,7 +24,7 @@ PSEUDO_STEPS = ("bootstrap", "raws")
 RUCIO_NAME = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,249}$"
 
 
-class NameError_(ValueError):
+class NameError_(InputError, ValueError):
     """A name built for a collection, path or DID failed validation."""
 
 

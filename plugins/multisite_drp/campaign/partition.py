@@ -46,6 +46,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from multisite_drp.errors import InputError
+
 from .spatial import SpatialInputError, SpatialInputs
 
 __all__ = ["METHODS", "PartitionError", "co_overlap_weights", "components_per_site", "crossing_work", "partition",
@@ -54,7 +56,7 @@ __all__ = ["METHODS", "PartitionError", "co_overlap_weights", "components_per_si
 I64 = NDArray[np.int64]
 
 
-class PartitionError(ValueError):
+class PartitionError(InputError, ValueError):
     """The tracts cannot be divided as asked (e.g. more sites than tracts with work)."""
 
 

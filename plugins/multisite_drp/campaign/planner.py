@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from multisite_drp.errors import InputError
+
 from .config import CampaignConfig, Sharding
 from .dataflow import Dataflow, DataflowError, dataflow_from_pipeline, key_of
 from .partition import components_per_site, partition, site_affinity
@@ -48,7 +50,7 @@ I64 = NDArray[np.int64]
 METRIC_EXCLUDED = ("raw", "return")
 
 
-class PlanError(ValueError):
+class PlanError(InputError, ValueError):
     """The inputs cannot be planned as configured; the message names the input and the expectation."""
 
 

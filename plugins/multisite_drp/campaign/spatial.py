@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from multisite_drp.errors import InputError
+
 from .geometry import PolygonSet, lonlat_to_xyz, overlapping_pairs, xyz_to_lonlat
 
 __all__ = [
@@ -45,7 +47,7 @@ F64 = NDArray[np.float64]
 ADJACENCY_TOLERANCE = 1e-7
 
 
-class SpatialInputError(ValueError):
+class SpatialInputError(InputError, ValueError):
     """The spatial inputs are empty or inconsistent; the message names the input and the expectation."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from multisite_drp.campaign.config import CampaignConfig, load_campaign
+from multisite_drp.errors import InputError
 from multisite_drp.services import factory
 from multisite_drp.services.factory import ConnectionInfo
 
@@ -33,7 +34,7 @@ __all__ = ["PARAM_KEYS", "CampaignHook", "ConnectionMissingError"]
 PARAM_KEYS = ("campaign_file", "data_root", "sites", "generation")
 
 
-class ConnectionMissingError(LookupError):
+class ConnectionMissingError(InputError, LookupError):
     """A connection the campaign names is not defined in Airflow."""
 
 

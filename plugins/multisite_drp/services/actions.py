@@ -37,6 +37,7 @@ from lsst.daf.butler import CollectionType
 
 from multisite_drp.campaign import names
 from multisite_drp.campaign.config import CampaignConfig, SiteRole
+from multisite_drp.errors import InputError
 from multisite_drp.services import middleware
 from multisite_drp.services.butler import SiteButler
 from multisite_drp.services.fileio import atomic_write_json, read_json, sha256_of
@@ -74,7 +75,7 @@ class CampaignContext:
 # -- campaign start: plan, then distribute what every site needs before step 1 ----------------
 
 
-class PlanChangedError(RuntimeError):
+class PlanChangedError(InputError, RuntimeError):
     """A generation's plan would change: its earlier tasks ran on the old one."""
 
 

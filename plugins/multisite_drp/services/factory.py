@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from multisite_drp.campaign.config import CampaignConfig
+from multisite_drp.errors import InputError
 
 if TYPE_CHECKING:  # the adapters pull in the LSST middleware; keep DAG parsing light
     from multisite_drp.services.replica.base import ReplicaService
@@ -63,7 +64,7 @@ BUTLER_ADAPTERS = ("embedded", "production")
 DEFAULT_POLL_SECONDS = {"embedded": 2.0, "panda": 120.0, "rucio": 60.0}
 
 
-class AdapterError(ValueError):
+class AdapterError(InputError, ValueError):
     """A connection asks for an adapter this build cannot provide, or its settings are wrong."""
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from multisite_drp.campaign.config import COLLECTION_NAME
+from multisite_drp.errors import DRPError
 
 __all__ = [
     "MiddlewareCommandError",
@@ -50,7 +51,7 @@ _LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 LOG_TAIL_LINES = 40
 
 
-class MiddlewareCommandError(RuntimeError):
+class MiddlewareCommandError(DRPError, RuntimeError):
     """A middleware command exited non-zero; the message carries the argv, log path and log tail."""
 
     def __init__(self, argv: Sequence[str], returncode: int, log_path: Path, tail: str) -> None:

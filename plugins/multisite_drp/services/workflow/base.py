@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from lsst.ctrl.bps.wms_service import WmsStates
+from multisite_drp.errors import DRPError
 
 __all__ = [
     "TERMINAL_STATES",
@@ -32,7 +33,7 @@ __all__ = [
 TERMINAL_STATES = frozenset({WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED, WmsStates.PRUNED})
 
 
-class WorkflowError(RuntimeError):
+class WorkflowError(DRPError, RuntimeError):
     """The workflow system refused or lost a request."""
 
 

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from multisite_drp.errors import InputError, TransientError
 from multisite_drp.services import middleware
 from multisite_drp.services.fileio import atomic_write_json, read_json
 from multisite_drp.services.workflow.base import (
@@ -104,15 +105,15 @@ _ENV_KEYS = ("PANDA_URL", "PANDA_URL_SSL", "PANDA_BEHIND_REAL_LB", "PANDA_AUTH",
              "CTRL_MPEXEC_DIR", "DAF_BUTLER_DIR")
 
 
-class PanDAAuthError(WorkflowError):
+class PanDAAuthError(WorkflowError, InputError):
     """PanDA refused the site's credentials (also when the refusal arrives inside a success)."""
 
 
-class PanDARequestMissingError(WorkflowError):
+class PanDARequestMissingError(WorkflowError, InputError):
     """PanDA has no request under the id recorded for the workflow (another server?)."""
 
 
-class PanDAUnavailableError(WorkflowError):
+class PanDAUnavailableError(WorkflowError, TransientError):
     """The PanDA relay did not answer (connection refused, timeout, HTTP error): try later."""
 
 

@@ -1,0 +1,1 @@
+"""The replica port (base), its Rucio adapter and the Replica Monitor."""

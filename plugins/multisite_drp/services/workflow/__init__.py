@@ -1,0 +1,1 @@
+"""The workflow port (base) and its adapters: embedded (run-qbb) and PanDA (BPS)."""
