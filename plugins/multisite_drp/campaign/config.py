@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from multisite_drp.errors import InputError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +28,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from multisite_drp.errors import InputError
 
 __all__ = [
     "CampaignConfig",

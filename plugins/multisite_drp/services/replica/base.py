@@ -25,14 +25,18 @@ import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from multisite_drp.errors import DRPError, InputError, TransientError
+
 if TYPE_CHECKING:
     from lsst.daf.butler import DatasetRef
 
 __all__ = [
     "IngestCheck",
     "RegisteredDataset",
+    "ReplicaAuthError",
     "ReplicaError",
     "ReplicaService",
+    "ReplicaUnavailableError",
     "ReplicationProgress",
     "RuleRef",
     "RuleState",
@@ -41,8 +45,16 @@ __all__ = [
 ]
 
 
-class ReplicaError(RuntimeError):
+class ReplicaError(DRPError, RuntimeError):
     """The replica service refused a request."""
+
+
+class ReplicaAuthError(ReplicaError, InputError):
+    """The replica service refused a site's credentials (login, password or token)."""
+
+
+class ReplicaUnavailableError(ReplicaError, TransientError):
+    """The replica service could not be reached for longer than the adapter waits: try later."""
 
 
 class RuleState(str, enum.Enum):

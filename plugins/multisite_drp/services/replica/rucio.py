@@ -44,8 +44,10 @@ from typing import TYPE_CHECKING, Any
 from multisite_drp.services.replica.base import (
     IngestCheck,
     RegisteredDataset,
+    ReplicaAuthError,
     ReplicaError,
     ReplicaService,
+    ReplicaUnavailableError,
     RuleRef,
     RuleState,
     RuleStatus,
@@ -53,6 +55,7 @@ from multisite_drp.services.replica.base import (
 
 if TYPE_CHECKING:
     from lsst.daf.butler import Butler, DatasetRef
+
     from multisite_drp.services.butler import SiteButler
 
 __all__ = ["RucioCredentials", "RucioReplicaService", "RucioSite", "rubin_interface"]
@@ -194,7 +197,7 @@ class RucioReplicaService(ReplicaService):
                     client = patiently(lambda: self._client_factory(s, self._credentials[site]),
                                        f"the login of {site}")
                 except CannotAuthenticate:
-                    raise ReplicaError(refused) from None
+                    raise ReplicaAuthError(refused) from None
                 self._clients[site] = _Counted(client, self.calls, refused)
             return self._clients[site]
 
@@ -542,14 +545,15 @@ class _Counted:
             try:
                 return patiently(call, name, self._outage)
             except CannotAuthenticate:  # a token that expired, a password changed under us
-                raise ReplicaError(self._refused) from None
+                raise ReplicaAuthError(self._refused) from None
 
         return counted
 
 
 def patiently(call: Callable[[], Any], what: str, outage_seconds: float = OUTAGE_SECONDS) -> Any:
     """``call()``, tried again with exponential back-off while the Rucio server cannot be
-    reached, for up to ``outage_seconds``; then the error is raised."""
+    reached, for up to ``outage_seconds``; then ``ReplicaUnavailableError`` (a ``TransientError``:
+    the task is retried with backoff) is raised from it."""
     deadline = time.monotonic() + outage_seconds
     delay = 1.0
     while True:
@@ -557,7 +561,8 @@ def patiently(call: Callable[[], Any], what: str, outage_seconds: float = OUTAGE
             return call()
         except _unreachable() as exc:
             if time.monotonic() + delay > deadline:
-                raise
+                raise ReplicaUnavailableError(f"Rucio unreachable in {what} for {outage_seconds:.0f} s "
+                                              f"({type(exc).__name__}: {exc})") from exc
             log.warning("Rucio unreachable in %s (%s: %s); trying again in %.0f s", what, type(exc).__name__, exc,
                         delay)
             time.sleep(delay)

@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from lsst.ctrl.bps.wms_service import WmsStates
+
 from multisite_drp.errors import DRPError
 
 __all__ = [

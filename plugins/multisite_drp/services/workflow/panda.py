@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from multisite_drp.errors import InputError, TransientError
 from multisite_drp.services import middleware
 from multisite_drp.services.fileio import atomic_write_json, read_json
