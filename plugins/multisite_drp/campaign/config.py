@@ -34,6 +34,7 @@ from multisite_drp.errors import InputError
 __all__ = [
     "CampaignConfig",
     "CampaignConfigError",
+    "OnKillSettings",
     "PartitionMethod",
     "PlannerSettings",
     "RateTarget",
@@ -43,6 +44,7 @@ __all__ = [
     "SiteConnections",
     "SiteRole",
     "StepConfig",
+    "TimeoutSettings",
     "load_campaign",
 ]
 
@@ -228,6 +230,38 @@ class PlannerSettings(_Strict):
     )
 
 
+class TimeoutSettings(_Strict):
+    """Limits on every wait of a subprocess or a lock (seconds). A limit reached is an
+    error naming the command or the lock and the limit, never a silent hang."""
+
+    command_seconds: float = Field(
+        default=86400.0, gt=0.0, le=30 * 86400.0,
+        description="Longest run of one middleware command (pipetask qgraph, pre-exec-init-qbb, run-qbb, "
+        "butler transfer-from-graph); its process tree is then killed and the command fails.",
+    )
+    lock_seconds: float = Field(
+        default=3600.0, gt=0.0, le=7 * 86400.0,
+        description="Longest wait for a site butler's write lock (merges, ingests and chain updates take it "
+        "in turn; a merge of a large run holds it for minutes).",
+    )
+    submit_lock_seconds: float = Field(
+        default=120.0, gt=0.0, le=86400.0,
+        description="Longest wait for the lock of a workflow's submit directory (submit, restart and cancel "
+        "of one workflow take it in turn; each holds it for about a second).",
+    )
+
+
+class OnKillSettings(_Strict):
+    """What a wait that is killed (its task marked failed or cleared) does to the work it
+    waits on. ``workflows``: ``cancel`` stops the workflow's jobs (embedded runner or PanDA
+    request), ``leave`` lets them run on. ``replication``: ``leave`` keeps the rules (Rucio
+    goes on; a cleared wait finds them again), ``cancel`` deletes them: the replicate task
+    upstream of the wait must then run again to add them anew."""
+
+    workflows: Literal["cancel", "leave"] = "cancel"
+    replication: Literal["cancel", "leave"] = "leave"
+
+
 class CampaignConfig(_Strict):
     """A whole multi-site DRP campaign."""
 
@@ -258,6 +292,8 @@ class CampaignConfig(_Strict):
     )
     rate_target: RateTarget
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    on_kill: OnKillSettings = Field(default_factory=OnKillSettings)
     replication: ReplicationSettings
     sites: list[SiteConfig] = Field(min_length=1)
     steps: list[StepConfig] = Field(min_length=1)

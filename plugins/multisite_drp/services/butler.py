@@ -6,8 +6,9 @@ The orchestrator never trusts its own bookkeeping for "is it there": it asks the
 registry (DESIGN: durable truth lives outside Airflow).
 
 Embedded SQLite registries tolerate one writer at a time, so every writer in this
-package (merges, replica ingests, chain updates) takes ``site_write_lock`` first.
-No Airflow imports.
+package (merges, replica ingests, chain updates) takes ``site_write_lock`` first, and
+waits for it at most ``timeouts.lock_seconds`` of the campaign (``LockTimeoutError``
+naming the repository and the limit). No Airflow imports.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from lsst.daf.butler.registry import MissingCollectionError
 
 from multisite_drp.services.fileio import file_lock
 
-__all__ = ["VISIT_SYSTEM_ELEMENTS", "SiteButler", "copy_visit_records", "site_write_lock", "visit_records_for"]
+__all__ = ["DEFAULT_LOCK_SECONDS", "VISIT_SYSTEM_ELEMENTS", "SiteButler", "copy_visit_records", "site_write_lock",
+           "visit_records_for"]
+
+#: Longest wait for a site's write lock when the caller names no limit (the campaign's
+#: ``timeouts.lock_seconds`` default): a merge of a large run holds it for minutes.
+DEFAULT_LOCK_SECONDS = 3600.0
 
 # In insertion (dependency) order: each element's foreign keys point to earlier ones.
 VISIT_SYSTEM_ELEMENTS: tuple[str, ...] = (
@@ -96,23 +102,28 @@ def local_root(repo: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def site_write_lock(repo: str) -> Iterator[None]:
-    """Serialise writers of a local repository; a no-op for remote (URI) repositories."""
+def site_write_lock(repo: str, timeout: float | None = DEFAULT_LOCK_SECONDS) -> Iterator[None]:
+    """Serialise writers of a local repository; a no-op for remote (URI) repositories.
+
+    Waits at most ``timeout`` seconds for another writer (``LockTimeoutError``)."""
     root = local_root(repo)
     if root is None:
         yield
         return
-    with file_lock(root / ".multisite-drp-write.lock"):
+    with file_lock(root / ".multisite-drp-write.lock", timeout,
+                   f"the write lock of butler {repo} (limit: the campaign's timeouts.lock_seconds)"):
         yield
 
 
 class SiteButler:
     """A site's butler, opened lazily; the same code for every site and every adapter."""
 
-    def __init__(self, site: str, repo: str, *, writeable: bool = True) -> None:
+    def __init__(self, site: str, repo: str, *, writeable: bool = True,
+                 lock_timeout: float | None = DEFAULT_LOCK_SECONDS) -> None:
         self.site = site
         self.repo = repo
         self.writeable = writeable
+        self.lock_timeout = lock_timeout
 
     @cached_property
     def butler(self) -> Butler:
@@ -125,7 +136,8 @@ class SiteButler:
 
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
-        with site_write_lock(self.repo):
+        """The site's write lock, waited for at most ``lock_timeout`` seconds."""
+        with site_write_lock(self.repo, self.lock_timeout):
             yield
 
     # -- queries -------------------------------------------------------------------------------

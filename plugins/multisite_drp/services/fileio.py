@@ -3,6 +3,10 @@
 State files are the durable truth of the embedded services, so they are written
 atomically (temp file + fsync + rename) and merged under an exclusive lock: two
 processes updating the same state file never lose each other's keys.
+
+Every lock wait is bounded: :func:`file_lock` raises :class:`LockTimeoutError` (naming
+the lock file, the limit and the setting that gives it) instead of waiting for ever
+behind a holder that hangs.
 """
 
 from __future__ import annotations
@@ -13,21 +17,55 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["adler32_of", "atomic_write_json", "file_lock", "read_json", "sha256_of"]
+from multisite_drp.errors import TransientError
+
+__all__ = ["STATE_LOCK_SECONDS", "LockTimeoutError", "adler32_of", "atomic_write_json", "file_lock", "read_json",
+           "sha256_of"]
+
+#: Longest wait for the lock of a state file: it guards a write of a few milliseconds.
+STATE_LOCK_SECONDS = 60.0
+
+
+class LockTimeoutError(TransientError, TimeoutError):
+    """A lock was not obtained within its limit; the message names the lock file and the limit."""
+
+
+def _poll_lock(fd: int, path: Path, timeout: float | None, what: str) -> None:
+    """Take an exclusive flock on ``fd`` within ``timeout`` seconds (None: wait for ever)."""
+    if timeout is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(f"{path}: {what} still held by another process after {timeout:g} s") from None
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+            delay = min(delay * 2, 0.5)
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (created if missing), released on exit."""
+def file_lock(path: str | os.PathLike[str], timeout: float | None = None, what: str = "the lock") -> Iterator[None]:
+    """Exclusive advisory lock on ``path`` (created if missing), released on exit.
+
+    ``timeout``: seconds to wait for another holder before :class:`LockTimeoutError`
+    (``what`` names the lock and the setting that limits it in that message); None waits
+    for ever. The kernel releases the lock when its holder dies, however it dies.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        _poll_lock(fh.fileno(), p, timeout, what)
         try:
             yield
         finally:
@@ -46,7 +84,7 @@ def atomic_write_json(path: str | os.PathLike[str], data: dict[str, Any], *, mer
     """Write ``data`` to ``path`` atomically; with ``merge`` update the existing object."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(p.with_name(p.name + ".lock")):
+    with file_lock(p.with_name(p.name + ".lock"), STATE_LOCK_SECONDS, "the state file's lock"):
         if merge:
             data = {**(read_json(p) or {}), **data}
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
