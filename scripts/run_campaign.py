@@ -162,10 +162,16 @@ def run(args: argparse.Namespace) -> int:
     dr = dag.test(logical_date=logical, run_conf=conf, mark_success_pattern=mark)
     elapsed = time.monotonic() - t0
     states: dict[str, int] = {}
+    tasks = []
     for ti in dr.get_task_instances():
         states[str(ti.state)] = states.get(str(ti.state), 0) + 1
+        tasks.append({"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
+                      "try_number": ti.try_number,
+                      "start": ti.start_date.timestamp() if ti.start_date else None,
+                      "end": ti.end_date.timestamp() if ti.end_date else None})
+    # Airflow's own clock for each task: an account of the run independent of the report's.
     summary = {"run_id": dr.run_id, "logical_date": logical.isoformat(), "state": str(dr.state),
-               "seconds": round(elapsed, 1), "task_states": states}
+               "seconds": round(elapsed, 1), "task_states": states, "tasks": tasks}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary, indent=1))
     from multisite_drp.campaign import names
