@@ -234,15 +234,15 @@ def test_cancel_from_the_triggers_on_kill(relay, bed, monkeypatch) -> None:
     assert not status.merged
 
 
-def test_relay_down_for_a_minute_is_waited_out(relay, bed, monkeypatch) -> None:
-    """The relay refuses connections for 60 s while a workflow runs; status calls fail with
+def test_relay_down_for_a_while_is_waited_out(relay, bed, monkeypatch) -> None:
+    """The relay refuses connections for 20 s while a workflow runs; status calls fail with
     PanDAUnavailableError, the trigger keeps polling and fires when the workflow is done."""
     from multisite_drp.triggers.site import WorkflowTrigger
 
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=5, monkeypatch=monkeypatch)
     ref = service.submit(actions.workflow_spec(ctx, "step1", SITE))
-    relay.control(unavailable_for=60)
+    relay.control(unavailable_for=20)
     with pytest.raises(PanDAUnavailableError):
         service.status([ref])
     trigger = WorkflowTrigger(params={}, conn_ids=[], site=SITE, refs=[ref.to_dict()], poll_interval=2)
@@ -260,6 +260,6 @@ def test_relay_down_for_a_minute_is_waited_out(relay, bed, monkeypatch) -> None:
 
     t0 = time.monotonic()
     event = asyncio.run(asyncio.wait_for(first_event(), timeout=400))
-    assert time.monotonic() - t0 >= 50
+    assert time.monotonic() - t0 >= 18  # it polled through the outage, not past it
     assert event.payload["status"] == "done"
     assert event.payload["workflows"][ref.run_id]["state"] == "SUCCEEDED"
