@@ -6,20 +6,40 @@ campaign DAG reads it to know each site's visits and tracts, the butler query of
 (``plan.json`` in the plan directory), is byte-for-byte reproducible from the same
 inputs, and carries enough of the campaign (step shardings, data query) to be used
 without re-reading the campaign file.
+
+A plan *directory* (``plan.json``, the BPS files, the report; :func:`.planner.plan_to_directory`)
+is written under a temporary name and renamed into place whole, with a ``COMPLETE``
+marker written last: a directory without the marker (its writer stopped midway) is no
+plan, :meth:`CampaignPlan.load` refuses it with :class:`IncompletePlanError`, and the
+plan task builds it again.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CampaignPlan", "PlanMetrics", "SitePlan", "StepPlan", "Transfer", "TransferKind", "id_query"]
+from multisite_drp.errors import DRPError
+
+__all__ = ["COMPLETE_FILE", "CampaignPlan", "IncompletePlanError", "PlanMetrics", "SitePlan", "StepPlan", "Transfer",
+           "TransferKind", "id_query", "plan_complete"]
 
 TransferKind = Literal["raw", "bootstrap", "overlap", "gather", "fanout", "return"]
 PLAN_FILE = "plan.json"
+#: Written last into a plan directory: without it the directory is no plan.
+COMPLETE_FILE = "COMPLETE"
+
+
+class IncompletePlanError(DRPError, FileNotFoundError):
+    """A plan directory lacks its ``COMPLETE`` marker: its writer stopped before the end."""
+
+
+def plan_complete(directory: str | os.PathLike[str]) -> bool:
+    """True if ``directory`` holds a whole plan (its ``COMPLETE`` marker is there)."""
+    return (Path(directory) / COMPLETE_FILE).is_file()
 
 
 class _Model(BaseModel):
@@ -63,7 +83,14 @@ class StepPlan(_Model):
     name: str
     sharding: str
     requires: list[str]
-    returns: list[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_returns(cls, data: Any) -> Any:
+        """Plans written before ``returns`` was removed carry ``"returns": []``; nothing else is accepted."""
+        if isinstance(data, dict) and data.get("returns") == []:
+            data = {k: v for k, v in data.items() if k != "returns"}
+        return data
 
 
 class PlanMetrics(_Model):
@@ -110,8 +137,13 @@ class CampaignPlan(_Model):
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> CampaignPlan:
+        """The plan in a plan directory (which must be complete) or in a ``plan.json`` file."""
         path = Path(directory)
         if path.is_dir():
+            if not plan_complete(path):
+                raise IncompletePlanError(
+                    f"{path}: incomplete plan directory (no {COMPLETE_FILE} marker): its writer stopped before "
+                    "finishing; run the plan task (actions.make_plan / plan_campaign) again to rebuild it")
             path = path / PLAN_FILE
         try:
             return cls.model_validate_json(path.read_text())
@@ -182,9 +214,20 @@ class CampaignPlan(_Model):
 
 
 def id_query(dim: str, ids: list[int], base: str = "") -> str:
-    """``(base) AND dim IN (1, 2, ...)``; just ``base`` when ``dim`` is empty."""
+    """``(base) AND dim IN (1, 2, ...)``; just ``base`` when ``dim`` is empty.
+
+    ``base`` (the campaign's ``data_query``) must parse on its own as one complete butler
+    expression (:func:`.query.parse_query`, the butler's parser, cached), so the
+    parentheses hold it whole and no ``a) OR (b`` can escape the site's restriction.
+    """
     parts = []
     if base:
+        from .query import QueryError, parse_query
+
+        try:
+            parse_query(base)
+        except QueryError as exc:
+            raise QueryError(f"data_query {base!r}: {exc}") from None
         parts.append(f"({base})")
     if dim:
         if not ids:

@@ -11,10 +11,9 @@ Steps
 3. Derive transfers generically from the dataflow (:mod:`.dataflow`): for every step and
    every type in its ``requires``, where each needed dataset is held (the producing
    step's owner of that visit or tract, or the hub for global steps) and where it is
-   needed (from the consuming step's sharding and the type's dimensions). The hub also
-   holds everything returned to it: a step's ``returns`` types, or, when the list is
-   empty, every type it produces (what the campaign DAG does), so a later step at the
-   hub (a gather before a global step) needs no second transfer of them.
+   needed (from the consuming step's sharding and the type's dimensions). Every type a
+   step produces returns to the hub (what the campaign DAG does: the hub builds every
+   later graph), so a later step at the hub needs no second transfer of them.
 
 Quality metric
 --------------
@@ -31,17 +30,21 @@ and RA stripes, so the comparison between partitions holds.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from multisite_drp.crashpoints import crashpoint
 from multisite_drp.errors import InputError
 
 from .config import CampaignConfig, Sharding
 from .dataflow import Dataflow, DataflowError, dataflow_from_pipeline, key_of
 from .partition import components_per_site, partition, site_affinity
-from .plan import CampaignPlan, PlanMetrics, SitePlan, StepPlan, Transfer
+from .plan import COMPLETE_FILE, CampaignPlan, PlanMetrics, SitePlan, StepPlan, Transfer
 from .spatial import SpatialInputs
 
 __all__ = ["PlanError", "assign_visits", "load_inputs", "plan_campaign", "plan_to_directory"]
@@ -197,8 +200,7 @@ def plan_campaign(config: CampaignConfig, inputs: SpatialInputs, method: str | N
         campaign=config.name, method=method, instrument=config.instrument, skymap=config.skymap,
         campaign_query=config.data_query, inputs_source=inputs.source,
         n_visits=int(active.sum()), n_tracts=int(inputs.n_tracts), sites=site_plans,
-        steps=[StepPlan(name=s.name, sharding=s.sharding.value, requires=list(s.requires), returns=list(s.returns))
-               for s in config.steps],
+        steps=[StepPlan(name=s.name, sharding=s.sharding.value, requires=list(s.requires)) for s in config.steps],
         transfers=transfers, orphan_visits=sorted(inputs.visit_id[orphans].tolist()), warnings=warnings,
         metrics=metrics,
     )
@@ -358,12 +360,10 @@ class _Context:
                     self._emit(out, st.name, dtype, h, x, kind, count=1)
 
     def returned(self, step, dtype: str) -> bool:
-        """True if ``step``'s outputs of ``dtype`` are returned to the hub (see the module docstring)."""
-        return step.is_global or not step.returns or dtype in step.returns
+        """True if ``step``'s outputs of ``dtype`` are at the hub: every output returns there."""
+        return True
 
     def returned_types(self, step) -> list[str]:
-        if step.returns:
-            return list(step.returns)
         return sorted(self.flow.steps[self.flow.step_index(step.name)].produces)
 
     def _returns(self, out: list[Transfer], st, dtype: str) -> None:
@@ -406,6 +406,12 @@ def plan_to_directory(config: CampaignConfig, out_dir: str | Path, *, inputs: Sp
     ``out_dir`` receives ``plan.json`` (:meth:`CampaignPlan.load`), ``bps/{step}/{site}/group{NNN}.yaml``,
     ``report.json``, ``plan.md`` and ``skymap.png``. With ``baselines`` the RA-stripes and
     round-robin plans of the same inputs are computed for the report's comparison.
+
+    All of it is written into ``.{name}.partial-{pid}`` beside ``out_dir``, closed with a
+    ``COMPLETE`` marker, and renamed to ``out_dir`` whole (an earlier ``out_dir`` is
+    replaced): a crash at any line leaves either no plan or the whole plan, never part
+    of one. Partial directories of stopped writers are removed on the next call (one
+    writer per plan directory at a time, as the DAG runs one plan task per generation).
     """
     from .bps_config import write_bps_configs
     from .plan_report import write_report
@@ -414,12 +420,56 @@ def plan_to_directory(config: CampaignConfig, out_dir: str | Path, *, inputs: Sp
     dataflow = dataflow if dataflow is not None else dataflow_from_pipeline(config)
     plan = plan_campaign(config, inputs, method, dataflow)
     out = Path(out_dir)
-    plan.save(out)
-    write_bps_configs(config, plan, out, inputs=inputs, generation=generation)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    plan.save(tmp)
+    crashpoint("plan.after_plan_json")
+    write_bps_configs(config, plan, tmp, inputs=inputs, generation=generation)
+    crashpoint("plan.after_bps")
     base = {}
     if baselines:
         for m in ("ra_stripes", "round_robin"):
             if m != plan.method:
                 base[m] = plan_campaign(config, inputs, m, dataflow)
-    write_report(plan, inputs, out, base)
+    write_report(plan, inputs, tmp, base)
+    _mark_complete(tmp, generation)
+    crashpoint("plan.before_publish")
+    _publish(tmp, out)
     return plan
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mark_complete(directory: Path, generation: int) -> None:
+    """Write the ``COMPLETE`` marker (the list of the directory's files) last, durably."""
+    files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    for f in files:
+        with open(directory / f, "rb") as fh:
+            os.fsync(fh.fileno())
+    marker = directory / COMPLETE_FILE
+    with open(marker, "w") as fh:
+        json.dump({"generation": generation, "files": files}, fh, indent=1)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_dir(directory)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``; an existing ``out`` is moved aside first, then removed."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

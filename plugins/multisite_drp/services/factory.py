@@ -107,7 +107,8 @@ def workflow_settings(config: CampaignConfig, site: str, conn: ConnectionInfo) -
         processes = extra.get("processes", 1)
         if not isinstance(processes, int) or isinstance(processes, bool) or not 1 <= processes <= 64:
             raise AdapterError(f"{where}: extra field 'processes' is {processes!r}; expected an integer in [1, 64]")
-        return {"adapter": adapter, "site": site, "processes": processes, "poll_interval": poll}
+        return {"adapter": adapter, "site": site, "processes": processes, "poll_interval": poll,
+                "timeouts": config.timeouts.model_dump()}
     return {"adapter": adapter, "poll_interval": poll, **_panda_site(config, site, conn)}
 
 
@@ -171,7 +172,7 @@ def workflow_service(settings: Mapping[str, Any], secret: str | None = None) -> 
         return PanDAWorkflowService(PanDASite.from_dict(settings), token=secret)
     from multisite_drp.services.workflow.embedded import EmbeddedWorkflowService
 
-    return EmbeddedWorkflowService(settings["site"], processes=settings["processes"])
+    return EmbeddedWorkflowService(settings["site"], processes=settings["processes"], timeouts=settings.get("timeouts"))
 
 
 def replica_settings(config: CampaignConfig, conns: Mapping[str, ConnectionInfo]) -> dict[str, Any]:
@@ -262,6 +263,7 @@ def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, A
         config=config,
         workflows={site: workflow_service(s, (workflow_secrets or {}).get(site)) for site, s in workflows.items()},
         replica=replica_service(replica, replica_secrets),
-        butlers={site: SiteButler(site, s["repo"]) for site, s in butlers.items()},
+        butlers={site: SiteButler(site, s["repo"], lock_timeout=config.timeouts.lock_seconds)
+                 for site, s in butlers.items()},
         generation=generation,
     )

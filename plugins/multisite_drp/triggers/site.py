@@ -96,7 +96,12 @@ class WorkflowTrigger(_CampaignTrigger):
 
     async def on_kill(self) -> None:
         """The deferred task was marked failed or cleared in the UI: stop the workflows' jobs
-        (PanDA: iDDS ``abort``). Not called on triggerer restarts (Airflow 3.3)."""
+        (PanDA: iDDS ``abort``; embedded: the runner's process group), unless the campaign's
+        ``on_kill.workflows`` is ``leave``. Not called on triggerer restarts (Airflow 3.3)."""
+        hook = await self._hook()
+        if hook.config.on_kill.workflows == "leave":
+            self.log.warning("%s: task killed; its workflows run on (on_kill.workflows: leave)", self.label)
+            return
         service, refs = await self._service()
         for ref in refs:
             self.log.warning("%s: task killed by a user; cancelling workflow %s (%s)", self.label, ref.name,
@@ -123,6 +128,21 @@ class ReplicationTrigger(_CampaignTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
                 {**self._kwargs(), "rules": self.rules, "stuck_grace": self.stuck_grace})
+
+    async def on_kill(self) -> None:
+        """The deferred task was marked failed or cleared: by the campaign's
+        ``on_kill.replication`` the rules stay (``leave``, the default: Rucio goes on and a
+        cleared wait finds them again) or are deleted (``cancel``; the replicate task
+        upstream must then run again to add them). Not called on triggerer restarts."""
+        hook = await self._hook()
+        if hook.config.on_kill.replication != "cancel":
+            self.log.warning("%s: task killed; its rules stay (on_kill.replication: leave)", self.label)
+            return
+        service = await asyncio.to_thread(hook.replica_service)
+        for r in self.rules:
+            self.log.warning("%s: task killed; deleting rule %s (on_kill.replication: cancel)", self.label,
+                             r["rule_id"])
+            await asyncio.to_thread(service.delete_rule, RuleRef.from_dict(r))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = await self._hook()

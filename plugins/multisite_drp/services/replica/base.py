@@ -161,6 +161,11 @@ class ReplicaService(abc.ABC):
         """Re-evaluate a STUCK rule. Default: nothing to do."""
         return rule
 
+    def delete_rule(self, rule: RuleRef) -> None:
+        """Withdraw a rule (a killed wait whose policy is ``on_kill.replication: cancel``).
+        Safe on a rule already gone."""
+        raise ReplicaError(f"{type(self).__name__} cannot delete rule {rule.rule_id}")
+
     def check(self) -> dict[str, str]:
         """Reach the service as every site and confirm what the campaign needs exists;
         raise ``ReplicaError`` naming the site otherwise. Returns site -> identity."""

@@ -14,8 +14,16 @@ needs Kafka and is not on PyPI). This is our own, driven by Rucio's catalogue:
    datastore root): dimension records first, then dataset types and RUN collections,
    then the datasets with their original IDs, under the site's write lock;
 5. remember the rule as done (a small SQLite file in the state directory), so the next
-   pass costs one list call; a dataset with a refused file is examined again once a
-   minute, not on every pass.
+   pass costs one list call.
+
+Refusals are bounded. A rule with a refused file (or whose ingest raised) is examined
+again after ``retry_seconds`` (60 s), then twice as long after each further refusal (at
+most 6 h); after ``max_refusals`` (5) refused passes the monitor gives up on it, says so
+once at ERROR level with the reasons, and examines it again only when a refused file
+changes on disk (its size or modification time: a stat, no checksum). One bad rule never
+stops the others: each rule's ingest is tried on its own. Transfers themselves are
+Rucio's to retry: the conveyor re-submits a failed transfer 3 times (4 attempts), then
+the lock and the rule go STUCK with the transfer error, which the DAG's wait reports.
 
 It is idempotent: a dataset the registry already has is skipped, so a crash at any point
 is mended by the next pass. The DAG never trusts the monitor: ``verify_ingested`` asks
@@ -44,6 +52,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from multisite_drp.crashpoints import crashpoint
 from multisite_drp.services.fileio import adler32_of
 
 __all__ = ["IngestReport", "ReplicaMonitor", "main"]
@@ -53,14 +62,23 @@ log = logging.getLogger("multisite_drp.replica_monitor")
 INGESTIBLE = ("data_product", "raw_file")
 #: Seconds between two looks for RSEs that carry a ``butler_repo`` attribute (``--discover``).
 DISCOVER_SECONDS = 30.0
-#: Seconds before a dataset with a refused file (size or checksum) is examined again.
+#: Seconds before a rule with a refused file (size or checksum) is examined again; the
+#: delay doubles with each further refusal, up to MAX_RETRY_SECONDS.
 RETRY_FAILED_SECONDS = 60.0
+MAX_RETRY_SECONDS = 6 * 3600.0
+#: Refused passes of one rule after which the monitor gives up on it until a refused file changes.
+MAX_REFUSALS = 5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS done (rse TEXT NOT NULL, rule_id TEXT NOT NULL, dataset TEXT NOT NULL,
     files INTEGER NOT NULL, ingested INTEGER NOT NULL, at REAL NOT NULL, PRIMARY KEY (rse, rule_id));
 CREATE TABLE IF NOT EXISTS failures (rse TEXT NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL,
     dataset TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (rse, scope, name));
+CREATE TABLE IF NOT EXISTS refusals (rse TEXT NOT NULL, rule_id TEXT NOT NULL, dataset TEXT NOT NULL,
+    attempts INTEGER NOT NULL, last_at REAL NOT NULL, files TEXT NOT NULL, signature TEXT NOT NULL,
+    PRIMARY KEY (rse, rule_id));
 """
+#: The DID name under which a rule whose ingest raised is recorded in ``failures``.
+RULE_ERROR = "<ingest error>"
 
 
 @dataclasses.dataclass
@@ -79,13 +97,17 @@ class IngestReport:
 class ReplicaMonitor:
     """Ingests the arrivals at one RSE into one butler repository."""
 
-    def __init__(self, client: Any, scope: str, rse: str, repo: str, state_dir: str | Path) -> None:
-        from multisite_drp.services.butler import SiteButler
+    def __init__(self, client: Any, scope: str, rse: str, repo: str, state_dir: str | Path, *,
+                 retry_seconds: float = RETRY_FAILED_SECONDS, max_refusals: int = MAX_REFUSALS,
+                 lock_timeout: float | None = None) -> None:
+        from multisite_drp.services.butler import DEFAULT_LOCK_SECONDS, SiteButler
 
         self.client = client
         self.scope = scope
         self.rse = rse
-        self.site = SiteButler(rse, repo)
+        self.retry_seconds = retry_seconds
+        self.max_refusals = max_refusals
+        self.site = SiteButler(rse, repo, lock_timeout=DEFAULT_LOCK_SECONDS if lock_timeout is None else lock_timeout)
         self.state = Path(state_dir) / f"replica-monitor-{rse}.sqlite"
         self.state.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
@@ -119,21 +141,53 @@ class ReplicaMonitor:
         rules = [r for r in rules if r["rse_expression"] == self.rse]
         with self._db() as db:
             done = {r["rule_id"] for r in db.execute("SELECT rule_id FROM done WHERE rse = ?", (self.rse,))}
-            # A dataset with a refused file is looked at again only now and then, not every pass.
-            recent = {r["dataset"] for r in db.execute(
-                "SELECT DISTINCT dataset FROM failures WHERE rse = ? AND at > ?",
-                (self.rse, time.time() - RETRY_FAILED_SECONDS))}
+            refused = {r["rule_id"]: r for r in db.execute("SELECT * FROM refusals WHERE rse = ?", (self.rse,))}
         reports = []
         for rule in rules:
-            if rule["id"] in done or rule["name"] in recent or rule.get("did_type") not in (None, "DATASET", "CONTAINER"):
+            if rule["id"] in done or rule.get("did_type") not in (None, "DATASET", "CONTAINER"):
                 continue
-            report = self.ingest_rule(rule["id"], rule["name"])
+            if rule["id"] in refused and not self._due(refused[rule["id"]]):
+                continue
+            try:
+                report = self.ingest_rule(rule["id"], rule["name"])
+            except Exception as exc:  # noqa: BLE001 - one rule's trouble must not stop the others
+                log.warning("%s: ingest of rule %s (%s) failed: %s", self.rse, rule["id"], rule["name"], exc)
+                report = IngestReport(rule_id=rule["id"], dataset=rule["name"],
+                                      failed={RULE_ERROR: f"{type(exc).__name__}: {exc}"})
+                self._record(report)
             reports.append(report)
             if not report.failed:
                 with self._db() as db:
                     db.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?)",
                                (self.rse, rule["id"], rule["name"], report.files, report.ingested, time.time()))
         return reports
+
+    # -- bounded retries of refused rules ------------------------------------------------------
+
+    def _signature(self, files: list[str]) -> str:
+        """What a stat says of the refused files (size, mtime): changes when a file is replaced."""
+        root = self.site.datastore_root() if files and files != [RULE_ERROR] else None
+        parts = []
+        for name in files:
+            try:
+                st = (root / name).stat() if root is not None and name != RULE_ERROR else None
+            except OSError:
+                st = None
+            parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}" if st else f"{name}:-")
+        return "|".join(parts)
+
+    def _due(self, row: sqlite3.Row) -> bool:
+        """Whether a refused rule is examined in this pass (bounded back-off, then only on change)."""
+        if row["attempts"] >= self.max_refusals:
+            return self._signature(json.loads(row["files"])) != row["signature"]
+        delay = min(self.retry_seconds * 2 ** (row["attempts"] - 1), MAX_RETRY_SECONDS)
+        return time.time() - row["last_at"] >= delay
+
+    def given_up(self) -> dict[str, int]:
+        """Rules the monitor gave up on (until a refused file changes): rule_id -> refused passes."""
+        with self._db() as db:
+            return {r["rule_id"]: r["attempts"] for r in db.execute(
+                "SELECT rule_id, attempts FROM refusals WHERE rse = ? AND attempts >= ?", (self.rse, self.max_refusals))}
 
     def ingest_rule(self, rule_id: str, dataset: str) -> IngestReport:
         from lsst.daf.butler import DatasetRef, FileDataset
@@ -180,7 +234,9 @@ class ReplicaMonitor:
                     butler.registry.registerDatasetType(dataset_type)
                 for run in sorted({r.run for _, r in todo}):
                     butler.registry.registerRun(run)
+                crashpoint("ingest.before_ingest")
                 butler.ingest(*[FileDataset(path=ResourcePath(str(p)), refs=[r]) for p, r in todo], transfer=None)
+                crashpoint("ingest.after_ingest")
             report.ingested = len(todo)
         self._record(report)
         log.info("%s: rule %s (%s): %d files, %d ingested, %d already there, %d failed", self.rse, rule_id, dataset,
@@ -188,14 +244,30 @@ class ReplicaMonitor:
         return report
 
     def _record(self, report: IngestReport) -> None:
-        """Keep this pass's refusals; a clean pass clears the dataset's earlier ones."""
+        """Keep this pass's refusals and count the refused passes of the rule; a clean pass
+        clears the dataset's earlier ones."""
+        files = sorted(report.failed)
+        signature = self._signature(files) if files else ""
         with self._db() as db:
             db.execute("BEGIN")
             db.execute("DELETE FROM failures WHERE rse = ? AND dataset = ?", (self.rse, report.dataset))
             for name, reason in report.failed.items():
                 db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
                            (self.rse, self.scope, name, report.dataset, reason[:2000], time.time()))
+            if not files:
+                db.execute("DELETE FROM refusals WHERE rse = ? AND rule_id = ?", (self.rse, report.rule_id))
+                db.execute("COMMIT")
+                return
+            row = db.execute("SELECT attempts FROM refusals WHERE rse = ? AND rule_id = ?",
+                             (self.rse, report.rule_id)).fetchone()
+            attempts = (row["attempts"] if row else 0) + 1
+            db.execute("INSERT OR REPLACE INTO refusals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (self.rse, report.rule_id, report.dataset, attempts, time.time(), json.dumps(files), signature))
             db.execute("COMMIT")
+        if attempts == self.max_refusals:
+            log.error("%s: rule %s (%s) refused %d times; giving up on it until a refused file changes: %s",
+                      self.rse, report.rule_id, report.dataset, attempts,
+                      "; ".join(f"{k}: {v}" for k, v in sorted(report.failed.items())[:10]))
 
 
 def list_ok_rules(client: Any, scope: str, rse: str | None = None) -> list[dict[str, Any]]:
@@ -258,6 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--state-dir", required=True, help="where the monitor remembers what it ingested")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between passes")
     p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p.add_argument("--retry-seconds", type=float, default=RETRY_FAILED_SECONDS,
+                   help="seconds before a rule with a refused file is examined again (doubling each time)")
+    p.add_argument("--max-refusals", type=int, default=MAX_REFUSALS,
+                   help="refused passes after which a rule is given up until a refused file changes")
+    p.add_argument("--lock-timeout", type=float, default=None,
+                   help="longest wait (s) for a site butler's write lock (default: the campaign default, 3600)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from rucio.client import Client
@@ -275,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     pairs += _discover(client)
                 for rse, repo in pairs:
                     if rse not in monitors or monitors[rse].site.repo != repo:
-                        monitors[rse] = ReplicaMonitor(client, args.scope, rse, repo, args.state_dir)
+                        monitors[rse] = ReplicaMonitor(client, args.scope, rse, repo, args.state_dir,
+                                                       retry_seconds=args.retry_seconds,
+                                                       max_refusals=args.max_refusals, lock_timeout=args.lock_timeout)
                 discovered_at = time.monotonic()
             rules = list_ok_rules(client, args.scope)  # one call per pass, whatever the number of RSEs
             for mon in monitors.values():

@@ -41,6 +41,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from multisite_drp.crashpoints import crashpoint
 from multisite_drp.services.replica.base import (
     IngestCheck,
     RegisteredDataset,
@@ -307,6 +308,7 @@ class RucioReplicaService(ReplicaService):
                 for chunk in _chunks(_expanded(sb.butler, batch), CHUNK):
                     ri.register_as_replicas(dataset, chunk)
         info = client.get_did(self.scope, dataset, dynamic_depth="FILE")
+        crashpoint("register.before_close")
         if info.get("open", True):
             client.close(self.scope, dataset)
         log.info("registered %s:%s at %s: %d files (%d new), %d bytes", self.scope, dataset, site,
@@ -354,6 +356,7 @@ class RucioReplicaService(ReplicaService):
             pass  # another worker added it between our look and our add: use theirs
         except DataIdentifierNotFound:
             raise ReplicaError(f"cannot add a rule for {self.scope}:{dataset}: no such dataset is registered") from None
+        crashpoint("rule.after_add")
         found = self.find_rule(dataset, site)
         if found is None:
             raise ReplicaError(f"the rule for {self.scope}:{dataset} to {rse} was added but cannot be found")
@@ -398,6 +401,17 @@ class RucioReplicaService(ReplicaService):
                      rule.dataset, rule.rse, status.error)
             self.client(rule.site).update_replication_rule(rule.rule_id, {"boost_rule": True})
         return rule
+
+    def delete_rule(self, rule: RuleRef) -> None:
+        """Delete the rule (by the destination site's account); its replicas are left to
+        Rucio's deletion daemon (``purge_replicas`` False). A rule already gone is no error."""
+        from rucio.common.exception import RuleNotFound
+
+        try:
+            self.client(rule.site).delete_replication_rule(rule.rule_id, purge_replicas=False)
+        except RuleNotFound:
+            return
+        log.info("rule %s (%s to %s) deleted", rule.rule_id, rule.dataset, rule.rse)
 
     def check(self) -> dict[str, str]:
         """Log in as every site (``whoami``), find its RSE and the campaign's scope, and check
