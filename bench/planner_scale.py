@@ -57,7 +57,7 @@ DATASET_BYTES = {
 def production_like_config(work: Path, max_group: int = 5000) -> CampaignConfig:
     """A three-DF campaign shaped like DMTN-213 (shares, raw holdings, PanDA sites)."""
     conns = lambda s: {"butler": f"drp_{s}_butler", "replica": f"drp_{s}_replica", "workflow": f"drp_{s}_workflow"}
-    step = lambda n, sh, req, ret=(): {"name": n, "subset": n, "sharding": sh, "requires": list(req), "returns": list(ret)}
+    step = lambda n, sh, req: {"name": n, "subset": n, "sharding": sh, "requires": list(req)}
     data = {
         "name": "bench", "pipeline": str(work / "pipeline.yaml"), "instrument": "LSSTCam", "skymap": "lsst_cells_v1",
         "input_collections": ["LSSTCam/defaults"], "data_query": "instrument = 'LSSTCam' AND skymap = 'lsst_cells_v1'",
@@ -76,14 +76,14 @@ def production_like_config(work: Path, max_group: int = 5000) -> CampaignConfig:
              "connections": conns("ukdf")},
         ],
         "steps": [
-            step("step1", "visit", ["raw"], ["visitSummary"]),
-            step("step2", "visit", ["src"], ["sourceTable_visit"]),
+            step("step1", "visit", ["raw"]),
+            step("step2", "visit", ["src"]),
             step("step3", "global", ["sourceTable_visit"]),
-            step("step4", "tract", ["pvi", "photoCalib"], ["deepCoadd"]),
+            step("step4", "tract", ["pvi", "photoCalib"]),
             step("step5", "tract", ["deepCoadd"]),
-            step("step6", "tract", [], ["objectTable_tract"]),
+            step("step6", "tract", []),
             step("step7", "visit", ["objectTable_tract", "photoCalib"]),
-            step("step8", "visit", [], ["forcedSourceTable_visit"]),
+            step("step8", "visit", []),
             step("step9", "global", ["forcedSourceTable_visit"]),
         ],
     }

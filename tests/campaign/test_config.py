@@ -46,13 +46,16 @@ def test_production_campaign_has_dmtn213_shape() -> None:
     assert cfg.repo_of("frdf") == "/sps/lsst/butler/main/butler.yaml"
 
 
-def test_data_root_override_and_env_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_root_override_and_no_env_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_campaign(EMBEDDED, data_root=tmp_path)
     assert cfg.repo_of("ukdf") == str(tmp_path / "ukdf")
     assert cfg.work_path == tmp_path / "work"
-    monkeypatch.setenv("MSDRP_TEST_ROOT", str(tmp_path / "x"))
-    cfg = load_campaign(EMBEDDED, data_root="${MSDRP_TEST_ROOT}")
-    assert cfg.repo_of("usdf") == str(tmp_path / "x" / "usdf")
+    # Nothing is expanded: an environment variable or '~' is refused, its value never echoed.
+    monkeypatch.setenv("MSDRP_TEST_ROOT", str(tmp_path / "secret-x"))
+    for value in ("${MSDRP_TEST_ROOT}", "$MSDRP_TEST_ROOT/sites", "~/sites"):
+        with pytest.raises(CampaignConfigError, match=r"data_root: .*(environment variables|'~') .*not expanded") as info:
+            load_campaign(EMBEDDED, data_root=value)
+        assert "secret-x" not in str(info.value)
 
 
 def _base() -> dict:

@@ -63,7 +63,6 @@ def test_fanout_after_global_step(config, inputs) -> None:
 
     data = config.model_dump()
     data["steps"][3]["requires"] = ["pvi", "photoCalib"]
-    data["steps"][3]["returns"] = ["deepCoadd"]
     cfg = type(config).model_validate({**data, "source_path": config.source_path})
     plan = plan_campaign(cfg, inputs, dataflow=dataflow_from_mapping(cfg, synthetic.DRP_LIKE_DATAFLOW))
     fan = [t for t in plan.transfers if t.kind == "fanout" and t.step == "step4"]
@@ -193,17 +192,20 @@ def test_more_sites_than_tracts(config, flow) -> None:
         plan_campaign(config, small_inputs(seed=1, n_visits=3, nx=2, ny=1), dataflow=flow)
 
 
-def test_gather_before_global_step_when_its_inputs_do_not_return(config, inputs) -> None:
-    from multisite_drp.campaign import synthetic
-    from multisite_drp.campaign.dataflow import dataflow_from_mapping
+def test_returns_field_is_gone(config, tmp_path) -> None:
+    """Every output returns to the hub (the hub builds every later graph); a step's ``returns``
+    list, which the DAG could not honour, is an unknown field, and a plan written before its
+    removal (``"returns": []``) still loads."""
+    import yaml
 
-    data = config.model_dump()
-    data["steps"][1]["returns"] = ["visitSummary"]  # step2 keeps sourceTable_visit at the sites
-    cfg = type(config).model_validate({**data, "source_path": config.source_path})
-    plan = plan_campaign(cfg, inputs, dataflow=dataflow_from_mapping(cfg, synthetic.DRP_LIKE_DATAFLOW))
-    gather = [t for t in plan.transfers if t.kind == "gather"]
-    assert gather and all(t.step == "step3" and t.dataset_type == "sourceTable_visit" and t.destination == "usdf"
-                          for t in gather)
-    remote_visits = {v for s in plan.sites if s.name != "usdf" for v in s.visits}
-    assert sorted(v for t in gather for v in t.visits) == sorted(remote_visits)
-    assert plan.metrics.bytes_by_kind["gather"] == sum(t.bytes for t in gather) > 0
+    data = yaml.safe_load(CAMPAIGN.read_text())
+    data["steps"][1]["returns"] = ["visitSummary"]
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(CampaignConfigError, match=r"steps\[1\] \(step2\)\.returns: unknown field"):
+        load_campaign(p, check_pipeline=False)
+    from multisite_drp.campaign.plan import StepPlan
+
+    assert StepPlan.model_validate({"name": "s", "sharding": "visit", "requires": [], "returns": []}).name == "s"
+    with pytest.raises(ValueError, match="returns"):
+        StepPlan.model_validate({"name": "s", "sharding": "visit", "requires": [], "returns": ["x"]})

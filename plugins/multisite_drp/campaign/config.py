@@ -6,6 +6,13 @@ file fails with a message naming the file, the field and what was expected, and
 every name that later reaches a collection, a path or a command line is held to a
 strict pattern so it cannot smuggle in a separator, a space or a shell character.
 
+The file is read by :mod:`.safe_yaml` (1 MiB cap, strict UTF-8, no duplicate keys, no
+anchors/aliases/merge keys, bounded nesting), validated with strict types (no string or
+boolean is coerced into a number; numbers are finite), its paths are held inside the
+allowed roots the caller passes (:mod:`.paths`; nothing is environment-expanded), its
+``data_query`` must be one complete butler expression (:mod:`.query`), and with
+``check_pipeline`` its steps must agree with the pipeline's dataflow (:mod:`.dataflow`).
+
 No Airflow imports: this module is the domain layer.
 """
 
@@ -14,11 +21,11 @@ from __future__ import annotations
 import enum
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +37,17 @@ from pydantic import (
 )
 
 from multisite_drp.errors import InputError
+
+from .paths import (
+    AllowedRoots,
+    PathError,
+    check_campaign_paths,
+    check_pipeline_files,
+    require_inside,
+    roots_or_none,
+)
+from .query import QueryError, check_balanced
+from .safe_yaml import YamlInputError, load_yaml
 
 __all__ = [
     "CampaignConfig",
@@ -45,6 +63,7 @@ __all__ = [
     "SiteRole",
     "StepConfig",
     "TimeoutSettings",
+    "check_campaign_file",
     "load_campaign",
 ]
 
@@ -67,6 +86,34 @@ DatasetTypeName = Annotated[str, StringConstraints(pattern=DATASET_TYPE_NAME)]
 ConnId = Annotated[str, StringConstraints(pattern=CONN_ID)]
 
 SHARE_TOLERANCE = 1e-6
+#: Node limit for a pipeline YAML (aliases counted expanded); a campaign file keeps safe_yaml's default.
+PIPELINE_MAX_NODES = 200_000
+#: Largest byte count a size may be (1 PB): far above any dataset, far below an overflow.
+MAX_BYTES_ESTIMATE = 10**15
+#: No control character, no environment variable, no home directory: a path is used as written.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: In free text (titles, descriptions, echoed in logs and reports): no control, bidirectional or
+#: zero-width character that could make a line read as something else.
+_TEXT_TRICKS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def _plain_text(value: str) -> str:
+    m = _TEXT_TRICKS.search(value)
+    if m:
+        raise ValueError(f"character U+{ord(m.group()):04X} at position {m.start() + 1} is not allowed; expected "
+                         "plain text without control, bidirectional or zero-width characters")
+    return value
+
+
+def _plain_path(value: str) -> str:
+    """A path as written: no control character, no ``$`` (never expanded), no leading ``~``."""
+    if _CONTROL.search(value):
+        raise ValueError("expected a path without control characters")
+    if "$" in value:
+        raise ValueError("environment variables are not expanded; expected the path itself, without '$'")
+    if value.startswith("~"):
+        raise ValueError("'~' is not expanded; expected an absolute path or one relative to the campaign file")
+    return value
 
 
 class CampaignConfigError(InputError, ValueError):
@@ -94,7 +141,10 @@ class Sharding(str, enum.Enum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    # strict: no str/bool -> number, no number -> str, no str -> bool (enums opt out per field so
+    # their YAML strings parse); ints are accepted where floats are meant, bools never.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False, strict=True,
+                              allow_inf_nan=False)
 
 
 class SiteConnections(_Strict):
@@ -110,9 +160,9 @@ class SiteConfig(_Strict):
 
     name: SiteName
     title: str = Field(default="", max_length=80, description="Human name, e.g. 'FrDF (CC-IN2P3)'.")
-    role: SiteRole
+    role: SiteRole = Field(strict=False)
     butler_repo: str = Field(
-        min_length=1,
+        min_length=1, max_length=1024,
         description="Butler repository: a path (relative to the campaign's data_root) or a URI.",
     )
     rse: Annotated[str, StringConstraints(pattern=RSE_NAME)]
@@ -129,9 +179,13 @@ class SiteConfig(_Strict):
     @field_validator("butler_repo")
     @classmethod
     def _repo_is_plain(cls, value: str) -> str:
-        if any(c in value for c in "\n\r\t;|&$`<>\"'") or value.strip() != value:
+        if any(c in value for c in "\n\r\t;|&$`<>\"'") or value.strip() != value or _CONTROL.search(value):
             raise ValueError("expected a path or URI with no whitespace or shell characters")
+        if value.startswith("~"):
+            raise ValueError("'~' is not expanded; expected a path relative to data_root, an absolute path or a URI")
         return value
+
+    _title_plain = field_validator("title")(classmethod(lambda cls, v: _plain_text(v)))
 
 
 class StepConfig(_Strict):
@@ -139,15 +193,23 @@ class StepConfig(_Strict):
 
     name: StepName
     subset: Annotated[str, StringConstraints(pattern=STEP_NAME)]
-    sharding: Sharding
+    sharding: Sharding = Field(strict=False)
     description: str = Field(default="", max_length=200)
     requires: list[DatasetTypeName] = Field(
-        default_factory=list,
-        description="Dataset types that must be present at a site before the step runs there.",
+        default_factory=list, max_length=200,
+        description="Dataset types that must be present at a site before the step runs there. Every output "
+        "of a step returns to the hub (DESIGN decision 4).",
     )
-    returns: list[DatasetTypeName] = Field(
-        default_factory=list, description="Output dataset types replicated back to the hub."
-    )
+
+    _description_plain = field_validator("description")(classmethod(lambda cls, v: _plain_text(v)))
+
+    @field_validator("requires")
+    @classmethod
+    def _requires_unique(cls, value: list[str]) -> list[str]:
+        dupes = sorted({t for t in value if value.count(t) > 1})
+        if dupes:
+            raise ValueError(f"expected each dataset type once; repeated: {', '.join(dupes)}")
+        return value
 
     @property
     def is_global(self) -> bool:
@@ -157,8 +219,8 @@ class StepConfig(_Strict):
 class RateTarget(_Strict):
     """The processing rate the campaign must demonstrate (the seed's fifth milestone)."""
 
-    quanta_per_hour: float = Field(gt=0.0)
-    visits_per_hour: float | None = Field(default=None, gt=0.0)
+    quanta_per_hour: float = Field(gt=0.0, le=1e12)
+    visits_per_hour: float | None = Field(default=None, gt=0.0, le=1e12)
 
 
 class ReplicationSettings(_Strict):
@@ -198,23 +260,23 @@ DimensionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,31}$")
 class PlannerSettings(_Strict):
     """Knobs for campaign planning: partition method, size model, BPS group sizes."""
 
-    method: PartitionMethod = PartitionMethod.graph
-    dataset_bytes: dict[DatasetTypeName, int] = Field(
+    method: PartitionMethod = Field(default=PartitionMethod.graph, strict=False)
+    dataset_bytes: dict[DatasetTypeName, Annotated[int, Field(gt=0, le=MAX_BYTES_ESTIMATE)]] = Field(
         default_factory=dict,
         description="Estimated bytes per dataset of each type, for the transfer plan; "
         "types not listed use default_dataset_bytes.",
     )
-    default_dataset_bytes: int = Field(default=1_000_000, gt=0)
+    default_dataset_bytes: int = Field(default=1_000_000, gt=0, le=MAX_BYTES_ESTIMATE)
     max_group_size: int = Field(
-        default=50_000, gt=0, description="Largest number of data IDs in one BPS submission group."
+        default=50_000, gt=0, le=10_000_000, description="Largest number of data IDs in one BPS submission group."
     )
-    cluster_by: dict[Literal["visit", "tract"], list[DimensionName]] = Field(
+    cluster_by: dict[Literal["visit", "tract"], Annotated[list[DimensionName], Field(min_length=1, max_length=8)]] = Field(
         default_factory=lambda: {"visit": ["visit", "exposure"], "tract": ["tract"]},
         description="BPS clustering per sharding: a task's quanta become one job per value of the first of "
         "these dimensions the task has (visit steps: per visit, raw-level tasks per exposure). A test bed "
         "with millisecond quanta may cluster by instrument / skymap (one job per task).",
     )
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
     partition_trials: int = Field(
         default=48, ge=1, le=1000,
         description="METIS runs (seeds seed .. seed+N-1) the graph method refines and keeps the best of.",
@@ -228,6 +290,14 @@ class PlannerSettings(_Strict):
         description="Visits that overlap no tract: 'error' (fail naming them), 'nearest' (give each to "
         "the site owning the nearest tract; no coadd uses them) or 'drop' (leave them out of the plan).",
     )
+
+    @field_validator("cluster_by")
+    @classmethod
+    def _dims_unique(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for sharding, dims in value.items():
+            if len(set(dims)) != len(dims):
+                raise ValueError(f"{sharding}: expected each dimension once, got {dims}")
+        return value
 
 
 class TimeoutSettings(_Strict):
@@ -267,7 +337,8 @@ class CampaignConfig(_Strict):
 
     name: Annotated[str, StringConstraints(pattern=CAMPAIGN_NAME)]
     description: str = Field(default="", max_length=500)
-    pipeline: str = Field(min_length=1, description="Pipeline YAML, relative to the campaign file.")
+    pipeline: str = Field(min_length=1, max_length=4096,
+                          description="Pipeline YAML, relative to the campaign file; inside the allowed roots.")
     instrument: Annotated[str, StringConstraints(pattern=INSTRUMENT_NAME)]
     skymap: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
     input_collections: list[CollectionName] = Field(min_length=1)
@@ -276,13 +347,14 @@ class CampaignConfig(_Strict):
         description="Prefix of every output collection, e.g. 'MiniCam/runs/DRP'."
     )
     data_root: str = Field(
-        default=".",
-        description="Directory that relative butler_repo paths are under; relative to the campaign file. "
-        "Environment variables are expanded.",
+        default=".", min_length=1, max_length=4096,
+        description="Directory that relative butler_repo paths are under; relative to the campaign file; inside "
+        "the allowed roots. Used as written: no environment variable or '~' is expanded.",
     )
     work_dir: str = Field(
-        default="work",
-        description="Campaign work directory (plans, graphs, submit dirs, reports); relative to data_root.",
+        default="work", min_length=1, max_length=4096,
+        description="Campaign work directory (plans, graphs, submit dirs, reports); relative to data_root and "
+        "inside it.",
     )
     failed_quanta_threshold: float = Field(
         default=0.0,
@@ -304,9 +376,19 @@ class CampaignConfig(_Strict):
     @field_validator("data_query")
     @classmethod
     def _query_single_line(cls, value: str) -> str:
-        if "\n" in value or "\r" in value or ";" in value:
+        if "\n" in value or "\r" in value or ";" in value or _CONTROL.search(value):
             raise ValueError("expected a single-line butler query expression without ';'")
-        return value
+        try:
+            return check_balanced(value)  # the butler's parser runs in load_campaign(check_pipeline=True)
+        except QueryError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("pipeline", "data_root", "work_dir")
+    @classmethod
+    def _paths_plain(cls, value: str) -> str:
+        return _plain_path(value)
+
+    _description_plain = field_validator("description")(classmethod(lambda cls, v: _plain_text(v)))
 
     @model_validator(mode="after")
     def _check_sites_and_steps(self) -> CampaignConfig:
@@ -327,6 +409,11 @@ class CampaignConfig(_Strict):
         dupes = sorted({n for n in steps if steps.count(n) > 1})
         if dupes:
             raise ValueError(f"steps: step names must be unique; repeated: {', '.join(dupes)}")
+        subsets = [s.subset for s in self.steps]
+        for sub in dict.fromkeys(s for s in subsets if subsets.count(s) > 1):
+            twice = [f"steps[{i}] ({s.name})" for i, s in enumerate(self.steps) if s.subset == sub]
+            raise ValueError(f"steps: subset {sub!r} is planned twice ({', '.join(twice)}); expected each "
+                             "pipeline subset in one step")
         return self
 
     # -- derived views -------------------------------------------------------------------------
@@ -353,7 +440,7 @@ class CampaignConfig(_Strict):
 
     @property
     def data_root_path(self) -> Path:
-        root = Path(os.path.expandvars(self.data_root)).expanduser()
+        root = Path(self.data_root)
         return root if root.is_absolute() else (self.base_dir / root).resolve()
 
     @property
@@ -363,7 +450,7 @@ class CampaignConfig(_Strict):
 
     @property
     def work_path(self) -> Path:
-        p = Path(os.path.expandvars(self.work_dir)).expanduser()
+        p = Path(self.work_dir)
         return p if p.is_absolute() else self.data_root_path / p
 
     def repo_of(self, site: str | SiteConfig) -> str:
@@ -371,7 +458,7 @@ class CampaignConfig(_Strict):
         repo = (site if isinstance(site, SiteConfig) else self.site(site)).butler_repo
         if "://" in repo:
             return repo
-        p = Path(os.path.expandvars(repo)).expanduser()
+        p = Path(repo)
         return str(p if p.is_absolute() else self.data_root_path / p)
 
 
@@ -393,14 +480,32 @@ def _format_loc(loc: tuple[Any, ...], data: Any) -> str:
     return "".join(parts) or "<top level>"
 
 
-def _pipeline_subsets(path: Path) -> set[str] | None:
-    """Subset labels declared in a pipeline YAML, or None if it cannot be read cheaply."""
+def _error(path: Path, exc: Exception) -> CampaignConfigError:
+    """A loader or path error as a CampaignConfigError (its message already starts with the file)."""
+    return CampaignConfigError(str(exc))
+
+
+def _read_pipeline(config_path: Path, pipe: Path) -> Any:
+    """The pipeline YAML through the safe loader (anchors allowed, bounded, as lsst.pipe.base allows)."""
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    subsets = doc.get("subsets") if isinstance(doc, dict) else None
+        return load_yaml(pipe, what="pipeline", aliases=True, max_nodes=PIPELINE_MAX_NODES)
+    except YamlInputError as exc:
+        raise CampaignConfigError(f"{config_path}: pipeline: {exc}") from None
+
+
+def _pipeline_subsets(config_path: Path, pipe: Path, doc: Any) -> set[str]:
+    """Subset labels the pipeline declares; a document that is not a pipeline is refused, naming it."""
+    tasks = doc.get("tasks") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not (isinstance(tasks, dict) or "imports" in doc):
+        raise CampaignConfigError(
+            f"{config_path}: pipeline: {pipe} is not a pipeline (no 'tasks' mapping or 'imports'); expected a "
+            "pipeline YAML with description, tasks and subsets")
+    subsets = doc.get("subsets")
     return set(subsets) if isinstance(subsets, dict) else set()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _restrict_sites(path: Path, declared: Any, keep: list[str]) -> Any:
@@ -416,68 +521,136 @@ def _restrict_sites(path: Path, declared: Any, keep: list[str]) -> Any:
         raise CampaignConfigError(f"{path}: sites: the selection {sorted(keep)} leaves out the hub {hub!r}; "
                                   "every campaign runs its global steps and gathers its outputs there")
     kept = [dict(s) for s in declared if s.get("name") in keep]
-    total = math.fsum(float(s.get("share", 0) or 0) for s in kept)
-    if total > 0:
+    # Rescale only real numbers: anything else is left for validation to report (never coerced).
+    if all(_is_number(s.get("share")) and s["share"] > 0 for s in kept):
+        total = math.fsum(s["share"] for s in kept)
         for s in kept:
-            s["share"] = float(s.get("share", 0) or 0) / total
+            s["share"] = s["share"] / total
     return kept
 
 
+def _validation_message(path: Path, exc: ValidationError, data: Any) -> str:
+    lines = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = _format_loc(err["loc"], data)
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check its spelling)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        # Model-level checks carry no location; their message starts with the field name.
+        lines.append(f"{path}: {loc}: {msg}" if err["loc"] else f"{path}: {msg}")
+    return "\n".join(lines)
+
+
 def load_campaign(path: str | os.PathLike[str], *, data_root: str | os.PathLike[str] | None = None,
-                  check_pipeline: bool = True, sites: Sequence[str] | None = None) -> CampaignConfig:
-    """Read and validate a campaign file.
+                  check_pipeline: bool = True, sites: Sequence[str] | None = None,
+                  allowed_roots: AllowedRoots | Sequence[str | os.PathLike[str]] | None = None) -> CampaignConfig:
+    """Read and validate a campaign file; every problem is a :class:`CampaignConfigError`.
 
     ``data_root`` overrides the file's own ``data_root`` (tests and the demo put the
-    embedded sites in a scratch directory). With ``check_pipeline`` the pipeline file
-    must exist and declare every step's subset. ``sites`` (if not empty) keeps only those
+    embedded sites in a scratch directory). ``sites`` (if not empty) keeps only those
     sites, which must include the hub, and rescales their shares to sum to 1: the
     campaign is planned and run as if the others did not exist.
+
+    ``allowed_roots`` (what the deployment declares; the glue always passes them): the
+    campaign file (checked before it is read), the pipeline and every file it imports,
+    ``data_root`` and absolute butler repositories must lie inside them
+    (:mod:`.paths`). None skips that check (trusted callers: tests, scripts run by an
+    operator); ``work_dir`` and relative repos must stay inside ``data_root`` either way.
+
+    ``check_pipeline`` (full validation, what the DAG's ``validate_campaign`` runs): the
+    pipeline must be a pipeline declaring every step's subset; ``data_query`` must parse
+    with the butler's own parser; the steps must agree with the pipeline's dataflow
+    (every ``requires`` made by an earlier step or an input of the pipeline, no step
+    consuming what a later step makes, no type made by two steps; read with
+    ``lsst.pipe.base`` only after the root check); ``planner.cluster_by`` must name
+    dimensions of the universe. Without it nothing heavy is imported (the DAG's parse).
     """
     path = Path(path)
+    roots = _roots(path, allowed_roots)
+    if roots is not None:
+        try:
+            check_campaign_file(path, roots)
+        except PathError as exc:
+            raise _error(path, exc) from None
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CampaignConfigError(f"{path}: cannot read campaign file: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise CampaignConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        data = load_yaml(path, what="campaign file")
+    except YamlInputError as exc:
+        raise _error(path, exc) from None
     if not isinstance(data, dict):
         raise CampaignConfigError(f"{path}: expected a mapping of campaign fields at the top level, "
                                   f"got {type(data).__name__}")
     if data_root is not None:
-        data = {**data, "data_root": str(data_root)}
+        data = {**data, "data_root": os.fspath(data_root)}
     if sites:
         data = {**data, "sites": _restrict_sites(path, data.get("sites"), list(sites))}
     try:
         config = CampaignConfig.model_validate({**data, "source_path": path.resolve()})
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            loc = _format_loc(err["loc"], data)
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (check its spelling)"
-            elif err["type"] == "missing":
-                msg = "required field is missing"
-            # Model-level checks carry no location; their message starts with the field name.
-            lines.append(f"{path}: {loc}: {msg}" if err["loc"] else f"{path}: {msg}")
-        raise CampaignConfigError("\n".join(lines)) from None
+        raise CampaignConfigError(_validation_message(path, exc, data)) from None
+    try:
+        check_campaign_paths(config, path, roots)
+    except PathError as exc:
+        raise _error(path, exc) from None
 
+    pipe = config.pipeline_path
+    doc = None
+    if roots is not None and pipe.is_file():
+        # What lsst.pipe.base will open (imports, config files) must be inside the roots too.
+        doc = _read_pipeline(path, pipe)
+        try:
+            check_pipeline_files(pipe, doc, roots, str(path), lambda p: _read_pipeline(path, p))
+        except PathError as exc:
+            raise _error(path, exc) from None
     if check_pipeline:
-        pipe = config.pipeline_path
-        if not pipe.is_file():
-            raise CampaignConfigError(f"{path}: pipeline: file {pipe} does not exist")
-        subsets = _pipeline_subsets(pipe)
-        if subsets is None:
-            raise CampaignConfigError(f"{path}: pipeline: {pipe} is not a readable pipeline YAML")
-        for i, step in enumerate(config.steps):
-            if step.subset not in subsets:
-                raise CampaignConfigError(
-                    f"{path}: steps[{i}] ({step.name}).subset: expected one of the pipeline's subsets "
-                    f"{sorted(subsets)}, got {step.subset!r}"
-                )
+        _check_fully(path, config, pipe, doc)
     return config
 
+
+def _roots(path: Path, allowed_roots: Any) -> AllowedRoots | None:
+    try:
+        return roots_or_none(allowed_roots)
+    except PathError as exc:
+        raise CampaignConfigError(f"{path}: {exc}") from None
+
+
+def check_campaign_file(path: Path, roots: AllowedRoots) -> None:
+    """The campaign file itself lies inside the allowed roots (checked before it is read)."""
+    require_inside(path, roots, f"{path}: campaign file", str(path))
+
+
+def _check_fully(path: Path, config: CampaignConfig, pipe: Path, doc: Any) -> None:
+    """The ``check_pipeline`` checks of :func:`load_campaign` (pipeline, query, dataflow, dimensions)."""
+    if not pipe.is_file():
+        raise CampaignConfigError(f"{path}: pipeline: file {pipe} does not exist")
+    subsets = _pipeline_subsets(path, pipe, doc if doc is not None else _read_pipeline(path, pipe))
+    for i, step in enumerate(config.steps):
+        if step.subset not in subsets:
+            raise CampaignConfigError(
+                f"{path}: steps[{i}] ({step.name}).subset: expected one of the pipeline's subsets "
+                f"{sorted(subsets)}, got {step.subset!r}"
+            )
+    from .query import parse_query  # imports the butler
+
+    try:
+        parse_query(config.data_query)
+    except QueryError as exc:
+        raise CampaignConfigError(f"{path}: data_query: {exc}") from None
+    from .dataflow import DataflowError, check_dataflow, dataflow_from_pipeline
+
+    try:
+        flow = dataflow_from_pipeline(config)
+        problems = check_dataflow(config, flow)
+    except DataflowError as exc:
+        raise CampaignConfigError(str(exc)) from None
+    if problems:
+        raise CampaignConfigError("\n".join(f"{path}: {p}" for p in problems))
+    from lsst.daf.butler import DimensionUniverse
+
+    known = set(DimensionUniverse().getStaticDimensions().names)
+    for sharding, dims in config.planner.cluster_by.items():
+        unknown = [d for d in dims if d not in known]
+        if unknown:
+            raise CampaignConfigError(f"{path}: planner.cluster_by.{sharding}: {unknown} are not dimensions; "
+                                      f"expected some of {sorted(known)}")

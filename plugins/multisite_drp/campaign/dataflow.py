@@ -20,7 +20,8 @@ from multisite_drp.errors import InputError
 
 from .config import CampaignConfig
 
-__all__ = ["Dataflow", "DataflowError", "StepIO", "dataflow_from_mapping", "dataflow_from_pipeline", "key_of"]
+__all__ = ["Dataflow", "DataflowError", "StepIO", "check_dataflow", "dataflow_from_mapping", "dataflow_from_pipeline",
+           "key_of"]
 
 
 class DataflowError(InputError, ValueError):
@@ -101,13 +102,14 @@ def dataflow_from_pipeline(config: CampaignConfig) -> Dataflow:
     universe = DimensionUniverse()
     path = config.pipeline_path
     steps: list[StepIO] = []
-    for s in config.steps:
+    for i, s in enumerate(config.steps):
         uri = f"{path}#{s.subset}"
         try:
             graph = Pipeline.from_uri(uri).to_graph()
             graph.resolve(dimensions=universe)
-        except Exception as exc:  # the pipeline's own error, re-raised with the step named
-            raise DataflowError(f"{config.source_path}: steps ({s.name}): cannot read pipeline {uri}: {exc}") from exc
+        except Exception as exc:  # the pipeline's own error, re-raised with the file and the step named
+            raise DataflowError(f"{config.source_path}: pipeline: cannot read {uri} (subset of steps[{i}] ({s.name})): "
+                                f"{type(exc).__name__}: {exc}") from exc
         produces: dict[str, frozenset[str]] = {}
         consumes: dict[str, frozenset[str]] = {}
         for label in graph.tasks:
@@ -125,3 +127,49 @@ def dataflow_from_pipeline(config: CampaignConfig) -> Dataflow:
             if t not in produced:
                 inputs.setdefault(t, dims)
     return Dataflow(steps, inputs)
+
+
+def check_dataflow(config: CampaignConfig, flow: Dataflow) -> list[str]:
+    """What is wrong with the campaign's steps against the pipeline's dataflow (empty: nothing).
+
+    * every ``requires`` type is made by an earlier step or is an input of the pipeline;
+    * no step's subset consumes a type that only a later step makes (steps in pipeline order);
+    * no dataset type is made by two steps (their subsets overlap: a task would run twice).
+
+    Each message starts with the field (``steps[i] (name).requires[k]``), as the
+    campaign loader reports them after the file's name.
+    """
+    steps = config.steps
+    problems: list[str] = []
+    makers: dict[str, list[int]] = {}
+    for i, io in enumerate(flow.steps):
+        for t in io.produces:
+            makers.setdefault(t, []).append(i)
+    for t, idx in sorted(makers.items()):
+        if len(idx) > 1:
+            who = " and ".join(f"steps[{j}] ({steps[j].name})" for j in idx)
+            problems.append(f"steps: {t} is made by {who}; expected each dataset type made by one step "
+                            "(overlapping subsets would run a task twice)")
+    for i, (st, io) in enumerate(zip(steps, flow.steps, strict=True)):
+        for t in sorted(io.consumes):
+            idx = makers.get(t, [])
+            if idx and min(idx) > i:
+                j = min(idx)
+                problems.append(f"steps[{i}] ({st.name}).subset: {st.subset!r} consumes {t}, which steps[{j}] "
+                                f"({steps[j].name}) makes later; expected the steps in the pipeline's order")
+        for k, t in enumerate(st.requires):
+            idx = makers.get(t, [])
+            if any(j < i for j in idx):
+                continue
+            field = f"steps[{i}] ({st.name}).requires[{k}]"
+            if idx:
+                j = idx[0]
+                who = "this step itself" if j == i else f"steps[{j}] ({steps[j].name}), a later step"
+                problems.append(f"{field}: {t} is made by {who}; expected a type an earlier step makes or an "
+                                "input of the pipeline")
+            elif t not in flow.inputs:
+                known = sorted({u for j in range(i) for u in flow.steps[j].produces} | set(flow.inputs))
+                shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+                problems.append(f"{field}: {t} is neither made by an earlier step nor an input of the pipeline; "
+                                f"expected one of {shown}")
+    return problems

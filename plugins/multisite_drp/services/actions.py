@@ -375,10 +375,9 @@ def merge(ctx: CampaignContext, step: str, site: str) -> dict:
 
 
 def _returned_types(ctx: CampaignContext, step: str, site: str) -> list[str]:
+    """Every dataset type in the step's output RUN at the site: all of it returns to the hub."""
     run = names.output_run(ctx.config, step, site, ctx.generation)
-    present = ctx.butlers[site].dataset_types_in(run)
-    wanted = ctx.config.step(step).returns
-    return [t for t in present if not wanted or t in wanted]
+    return list(ctx.butlers[site].dataset_types_in(run))
 
 
 def register(ctx: CampaignContext, step: str, site: str) -> dict:
