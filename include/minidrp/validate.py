@@ -14,6 +14,12 @@ step entries; the ``*_metadata`` counts are recorded separately under
 ``_quanta`` because each successful quantum writes exactly one, so they are the
 per-task quantum counts.
 
+Golden digests (``golden_digests.json``): a sha256 per science output type over every
+dataset's content in data-ID order (:func:`content_digests`). Every run of the test
+bed must reproduce them, the single-site validation and the three-site campaign alike:
+that is what shows the outputs are deterministic and that splitting the work among
+sites changes nothing in them.
+
 Execution uses ``run-qbb -j 1`` by default: measured on this 2-core machine,
 ``-j 2`` (spawn or forkserver) starts a fresh Python per quantum and costs
 ~1.5-3.5 s each, while in-process execution costs ~0.06 s per quantum.
@@ -45,6 +51,7 @@ REPO_ROOT = INCLUDE_DIR.parent
 PLUGINS_DIR = REPO_ROOT / "plugins"
 PIPELINE_PATH = INCLUDE_DIR / "pipelines" / "minidrp.yaml"
 GOLDEN_PATH = PACKAGE_DIR / "golden_counts.json"
+GOLDEN_DIGESTS_PATH = PACKAGE_DIR / "golden_digests.json"
 VALIDATION_CHAIN = "MiniCam/runs/validate"
 BOOKKEEPING_SUFFIXES = ("_metadata", "_log", "_config")
 BOOKKEEPING_NAMES = ("packages",)
@@ -253,12 +260,20 @@ def validate(
         "quanta": quanta,
         "mismatches": [],
     }
+    science_types = sorted({dt for step_counts in counts.values() for dt in step_counts})
+    report["digests"] = content_digests(repo, output_chain, science_types)
+    digests_path = golden_path.with_name(GOLDEN_DIGESTS_PATH.name)
     if write_golden:
         golden = {**counts, "_quanta": quanta, "_about": _ABOUT}
         golden_path.write_text(json.dumps(golden, indent=2, sort_keys=True) + "\n")
-        print(f"[minidrp validate] wrote {golden_path}")
+        digests_path.write_text(json.dumps(report["digests"], indent=2, sort_keys=True) + "\n")
+        print(f"[minidrp validate] wrote {golden_path} and {digests_path}")
     else:
         report["mismatches"] = compare_with_golden(counts, quanta, golden_path)
+        if digests_path.exists():
+            golden_digests = json.loads(digests_path.read_text())
+            report["mismatches"] += [f"{dt}: content digest differs from {digests_path.name}"
+                                     for dt in science_types if golden_digests.get(dt) != report["digests"][dt]]
     (work / "report.json").parent.mkdir(parents=True, exist_ok=True)
     (work / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     print(f"[minidrp validate] total {total:.1f} s; mismatches: {report['mismatches'] or 'none'}")
@@ -268,7 +283,7 @@ def validate(
 _ABOUT = (
     "Dataset counts per step (the step's RUN collection) of science outputs only; *_metadata, *_log, "
     "*_config and packages are excluded. _quanta holds quanta per task (= *_metadata counts). "
-    "Written by `python -m minidrp validate --write-golden`."
+    "Written by `python -m minidrp validate --write-golden` (with golden_digests.json)."
 )
 
 
