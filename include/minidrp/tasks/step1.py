@@ -28,6 +28,7 @@ from lsst.pipe.base import connectionTypes as cT
 
 from ..instrument import LinearWcs
 from ._algorithms import box_flux, centroid, find_peaks, match_nearest, robust_stats
+from ._faults import raise_if_injected
 
 
 class IsrConnections(PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")):
@@ -68,6 +69,16 @@ class IsrTask(PipelineTask):
 
     ConfigClass = IsrConfig
     _DefaultName = "isr"
+
+    def runQuantum(
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
+    ) -> None:
+        """The base class's runQuantum, after the test bed's fault check (``MINIDRP_FAIL_QUANTA``)."""
+        raise_if_injected(self, butlerQC.quantum.dataId)
+        super().runQuantum(butlerQC, inputRefs, outputRefs)
 
     def run(self, raw: np.ndarray, bias: np.ndarray, flat: np.ndarray) -> Struct:
         """Return ``postIsr = (raw - bias) / flat`` as float32."""
@@ -137,9 +148,10 @@ class CalibrateTask(PipelineTask):
         outputRefs: OutputQuantizedConnection,
     ) -> None:
         """Read inputs, take the nominal pointing and band from the quantum's data ID, write outputs."""
-        inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId
         assert data_id is not None
+        raise_if_injected(self, data_id)
+        inputs = butlerQC.get(inputRefs)
         outputs = self.run(
             postIsr=inputs["postIsr"],
             refcat=inputs["refcat"],

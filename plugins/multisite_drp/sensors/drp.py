@@ -129,10 +129,9 @@ class WorkflowSensor(_SiteSensor):
             ctx.workflows[self.site].restart(ref)
             self._defer(hook, ref, context)
         raise AirflowException(
-            f"{ref.name} rejected by the partial-success policy: state {decision['state']}, "
-            f"{decision['quanta_failed']} failed and {decision['quanta_blocked']} blocked of "
-            f"{decision['quanta_total']} quanta (fraction {decision['failed_fraction']} > threshold "
-            f"{decision['threshold']}); {decision.get('message', '')}. Logs: {ref.submit_dir}/logs"
+            f"{ref.name} rejected by the partial-success policy after {decision.get('attempt', 1)} attempt(s): "
+            f"state {decision['state']}, {decision['reason']}; {decision.get('message', '')}. "
+            f"Logs: {ref.submit_dir}/logs"
         )
 
 

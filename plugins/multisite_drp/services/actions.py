@@ -37,9 +37,10 @@ from lsst.daf.butler import CollectionType
 
 from multisite_drp.campaign import names
 from multisite_drp.campaign.config import CampaignConfig, SiteRole
+from multisite_drp.crashpoints import crashpoint
 from multisite_drp.errors import InputError
 from multisite_drp.services import middleware
-from multisite_drp.services.butler import SiteButler
+from multisite_drp.services.butler import SiteButler, site_write_lock
 from multisite_drp.services.fileio import atomic_write_json, read_json, sha256_of
 from multisite_drp.services.qgraph import read_graph
 from multisite_drp.services.replica.base import ReplicaService, RuleRef
@@ -85,13 +86,14 @@ def make_plan(cfg: CampaignConfig, generation: int = 0) -> dict:
     The plan is what every later task reads. Replanning the same generation with another
     outcome (sites added or removed, new visits in the hub butler) would silently move
     visits between sites under work already done, so it is refused: bump the
-    generation for a fresh run in new collections.
+    generation for a fresh run in new collections. A plan directory without its
+    ``COMPLETE`` marker (a writer stopped midway) is no plan: it is built again.
     """
-    from multisite_drp.campaign.plan import CampaignPlan
+    from multisite_drp.campaign.plan import CampaignPlan, plan_complete
     from multisite_drp.campaign.planner import load_inputs, plan_campaign, plan_to_directory
 
     out = names.plan_dir(cfg, generation)
-    if (out / "plan.json").exists():
+    if plan_complete(out):
         old = CampaignPlan.load(out)
         new = plan_campaign(cfg, load_inputs(cfg))  # in memory: only the assignment is compared
         before = {s.name: (s.visits, s.tracts) for s in old.sites}
@@ -105,6 +107,8 @@ def make_plan(cfg: CampaignConfig, generation: int = 0) -> dict:
             )
         plan = old
     else:
+        if out.exists():
+            log.warning("%s is an incomplete plan directory (no COMPLETE marker): building it again", out)
         plan = plan_to_directory(cfg, out, generation=generation)
     return {"plan_dir": str(out), "method": plan.method,
             "sites": {s.name: {"visits": len(s.visits), "tracts": len(s.tracts),
@@ -223,7 +227,7 @@ def generate_qg(ctx: CampaignContext, step: str, site: str) -> dict:
             subset=cfg.step(step).subset,
             data_query=data_query(ctx, step, site),
         )
-        middleware.run_command(argv, path.with_suffix(".log"))
+        middleware.run_command(argv, path.with_suffix(".log"), timeout=cfg.timeouts.command_seconds)
         tmp.rename(path)
     contents = read_graph(path)
     summary = {"qgraph": str(path), "quanta": contents.n_quanta, "quanta_by_task": contents.quanta_by_task,
@@ -310,7 +314,12 @@ def workflow_spec(ctx: CampaignContext, step: str, site: str, processes: int | N
 def bps_config_path(ctx: CampaignContext, step: str, site: str) -> str | None:
     """The planner's BPS submit YAML of this step at ``site``, when it is a single group
     (the DAG submits one workflow per step and site; several groups: None)."""
-    d = names.plan_dir(ctx.config, ctx.generation) / "bps" / step / site
+    from multisite_drp.campaign.plan import IncompletePlanError, plan_complete
+
+    root = names.plan_dir(ctx.config, ctx.generation)
+    if root.exists() and not plan_complete(root):
+        raise IncompletePlanError(f"{root}: incomplete plan directory (no COMPLETE marker); run the plan task again")
+    d = root / "bps" / step / site
     files = sorted(d.glob("group*.yaml"))
     return str(files[0]) if len(files) == 1 else None
 
@@ -339,14 +348,30 @@ def submit(ctx: CampaignContext, step: str, site: str, *, processes: int | None 
 
 
 def accept(ctx: CampaignContext, ref: WorkflowRef) -> dict:
-    """Apply the partial-success policy to a finished workflow; raise if rejected."""
+    """Apply the partial-success policy to a finished workflow and record it in
+    ``decision.json``: ``outcome`` is ``success``, ``partial_success`` (FAILED, merged, its
+    failed+blocked fraction within ``failed_quanta_threshold``) or ``rejected``, and
+    ``reason`` says why in words (what a failed wait reports)."""
     st = ctx.workflows[ref.site].report(ref)
     threshold = ctx.config.failed_quanta_threshold
-    accepted = st.state is WmsStates.SUCCEEDED or (
-        st.state is WmsStates.FAILED and st.merged and st.failed_fraction <= threshold and st.quanta_total > 0
-    )
-    decision = {"workflow": ref.name, "state": st.state.name, "accepted": accepted,
-                "failed_fraction": round(st.failed_fraction, 6), "threshold": threshold, **st.to_dict()}
+    fraction = round(st.failed_fraction, 6)
+    counted = (f"{st.quanta_failed} failed and {st.quanta_blocked} blocked of {st.quanta_total} quanta "
+               f"(fraction {fraction}, threshold {threshold})")
+    if st.state is WmsStates.SUCCEEDED:
+        outcome, reason = "success", f"all {st.quanta_total} quanta succeeded"
+    elif st.state is not WmsStates.FAILED:
+        outcome, reason = "rejected", f"state {st.state.name}"
+    elif st.quanta_total == 0:
+        outcome, reason = "rejected", "no quantum counts were reported"
+    elif not st.merged:
+        outcome, reason = "rejected", f"{counted}, but the final job did not merge the outputs"
+    elif st.failed_fraction > threshold:
+        outcome, reason = "rejected", f"{counted}: fraction {fraction} > threshold {threshold}"
+    else:
+        outcome, reason = "partial_success", f"{counted}: fraction {fraction} <= threshold {threshold}, merged"
+    accepted = outcome != "rejected"
+    decision = {"workflow": ref.name, "state": st.state.name, "accepted": accepted, "outcome": outcome,
+                "reason": reason, "failed_fraction": fraction, "threshold": threshold, **st.to_dict()}
     log.info("partial-success policy for %s: %s", ref.name, decision)
     atomic_write_json(Path(ref.submit_dir) / "decision.json", decision)
     return decision
@@ -365,9 +390,11 @@ def merge(ctx: CampaignContext, step: str, site: str) -> dict:
         merged = ref is not None and ctx.workflows[site].report(ref).merged
         if not merged:
             log.info("%s/%s: the workflow's final job did not merge; running the merge", step, site)
-            with local.write_lock():
+            with site_write_lock(spec.butler_repo, cfg.timeouts.lock_seconds):
                 middleware.run_command(middleware.merge_argv(spec.butler_repo, spec.qgraph),
-                                       Path(spec.submit_dir) / "logs" / "merge.task.log")
+                                       Path(spec.submit_dir) / "logs" / "merge.task.log",
+                                       timeout=cfg.timeouts.command_seconds)
+            crashpoint("merge.after_command")
             local.refresh()
             counts = local.count(contents.predicted_outputs, spec.output_run)
     local.ensure_chain(names.output_chain(cfg, step, site), [spec.output_run])

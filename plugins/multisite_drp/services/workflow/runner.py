@@ -33,14 +33,20 @@ def _short(exc: CommandError) -> str:
 
 
 def summarise(summary_path: Path, total: int) -> dict[str, int]:
-    """Quantum counts from run-qbb's ``--summary`` report (lsst.pipe.base Report)."""
+    """Quantum counts from run-qbb's ``--summary`` report (lsst.pipe.base Report).
+
+    lsst.pipe.base reports a quantum that ran (or was skipped because its outputs exist,
+    on a restart) as ``success``, one that raised or timed out as ``failure``/``timeout``,
+    and one not run because an upstream quantum failed as ``skipped``: that one is
+    blocked, as is any quantum the report does not list.
+    """
     report = read_json(summary_path) or {}
     succeeded = failed = 0
     for q in report.get("quantaReports", []):
         status = q.get("status", "success")
-        if status in ("success", "skipped"):
+        if status == "success":
             succeeded += 1
-        else:
+        elif status in ("failure", "timeout"):
             failed += 1
     summary = report.get("qgraphSummary") or {}
     total = total or int(summary.get("numQuanta", 0) or 0)
