@@ -17,6 +17,10 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PANDA_BEHIND_REAL_LB ?= 1
 export PANDA_URL ?= http://127.0.0.1:25080/server/panda
 export PANDA_URL_SSL ?= http://127.0.0.1:25080/server/panda
+# Where the DAG's Params may point (campaign files, pipelines, data roots): the deployment's
+# allowed roots, absolute directories separated by ':'. `make up` and `make airflow-settings`
+# use $(DATA), which must lie inside one; scripts/run_campaign.py adds its own data root.
+export MULTISITE_DRP_ALLOWED_ROOTS ?= $(ROOT)/include/campaigns:$(ROOT)/include/pipelines:$(ROOT)/var
 
 .PHONY: down venv rucio-venv test test-fast demo sites single-site up airflow-settings bench lint clean
 

@@ -9,7 +9,10 @@ workflow and every transfer is OK. Global steps (3, 9) run at the hub only; thei
 outputs fan out to the remote sites.
 
 **Params** (validated at trigger time, then again against the campaign file before
-any external action): `campaign_file`, `data_root`, `steps` (empty: all), `sites`
+any external action): `campaign_file` and `data_root` (paths used as written, never
+`$VAR`- or `~`-expanded, that must lie inside the deployment's allowed roots:
+`$MULTISITE_DRP_ALLOWED_ROOTS`, by default the repository's `include/campaigns`,
+`include/pipelines` and `var`), `steps` (empty: all), `sites`
 (empty: all; the hub is required; shares are rescaled), `generation` (bump it for a
 fresh run in new collections; the same generation always finds its earlier work),
 `dry_run` (plan and report, no external action).
@@ -64,10 +67,15 @@ with DAG(
         "on_failure_callback": CampaignAlertNotifier(),
     },
     params={
-        "campaign_file": Param(DEFAULT_CAMPAIGN, type="string", minLength=1,
-                               description="Campaign YAML (validated before anything runs)."),
-        "data_root": Param(None, type=["null", "string"],
-                           description="Override the campaign's data_root (where the embedded sites live)."),
+        "campaign_file": Param(DEFAULT_CAMPAIGN, type="string", minLength=1, maxLength=4096,
+                               description="Campaign YAML, validated before anything runs: an absolute path inside "
+                                           "the deployment's allowed roots ($MULTISITE_DRP_ALLOWED_ROOTS; default: "
+                                           "include/campaigns, include/pipelines and var of the repository), as "
+                                           "is: no $VAR or ~ is expanded. Its pipeline must lie inside them too."),
+        "data_root": Param(None, type=["null", "string"], maxLength=4096,
+                           description="Override the campaign's data_root (where the embedded sites live): a "
+                                       "directory inside the allowed roots, as is (no $VAR or ~). The work_dir "
+                                       "stays inside it."),
         "steps": Param([], type="array", items={"type": "string", "enum": STEPS}, uniqueItems=True,
                        description="Steps to run; empty means all."),
         "sites": Param([], type="array", items={"type": "string", "enum": SITES}, uniqueItems=True,

@@ -126,8 +126,23 @@ def _conf(args: argparse.Namespace) -> dict:
     return conf
 
 
+def _allowed_roots(args: argparse.Namespace) -> None:
+    """Declare, as a deployment would, the roots the DAG's Params may name: the ones already
+    declared in $MULTISITE_DRP_ALLOWED_ROOTS (or the hook's defaults), plus this run's data
+    root and its campaign file's directory (a campaign copy may live in a scratch folder)."""
+    from multisite_drp.campaign.paths import ALLOWED_ROOTS_ENV
+    from multisite_drp.hooks.campaign import DEFAULT_ROOTS
+
+    roots = [r for r in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if r] or [str(r) for r in DEFAULT_ROOTS]
+    roots.append(str(Path(args.data_root).resolve()))
+    if args.campaign:
+        roots.append(str(Path(args.campaign).resolve().parent))
+    os.environ[ALLOWED_ROOTS_ENV] = os.pathsep.join(dict.fromkeys(roots))
+
+
 def run(args: argparse.Namespace) -> int:
     _environment(args)
+    _allowed_roots(args)
     data_root = Path(args.data_root).resolve()
     conf = _conf(args)
     if not (data_root / "usdf" / "butler.yaml").exists():

@@ -39,6 +39,20 @@ for _p in _paths:
         _sys.path.insert(0, _p)
 
 
+# --- the deployment's allowed roots (hooks.campaign.deployment_roots) -----------------------
+# Campaign files, pipelines and data roots that the DAG's Params name must lie inside them.
+# The tests build sites and campaign copies under pytest's tmp folders and under var/, so
+# they are declared here as a deployment would (child processes, e.g. run_campaign.py, inherit it).
+@pytest.fixture(scope="session", autouse=True)
+def allowed_roots(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from multisite_drp.campaign.paths import ALLOWED_ROOTS_ENV
+
+    roots = [ROOT / "include" / "campaigns", ROOT / "include" / "pipelines", ROOT / "var",
+             tmp_path_factory.getbasetemp().resolve()]
+    os.environ[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(r) for r in roots)
+    return roots
+
+
 @pytest.fixture(scope="session")
 def minidrp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A root holding freshly built usdf/, frdf/ and ukdf/ MiniCam repositories (default seed)."""

@@ -568,6 +568,10 @@ def load_campaign(path: str | os.PathLike[str], *, data_root: str | os.PathLike[
     dimensions of the universe. Without it nothing heavy is imported (the DAG's parse).
     """
     path = Path(path)
+    try:
+        _plain_path(os.fspath(path))
+    except ValueError as exc:
+        raise CampaignConfigError(f"{path}: campaign file: {exc}") from None
     roots = _roots(path, allowed_roots)
     if roots is not None:
         try:

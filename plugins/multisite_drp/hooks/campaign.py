@@ -12,23 +12,47 @@ them, the passwords.
 Triggers never carry settings or secrets: they carry the DAG run's Params and the
 connection ids, and rebuild the hook in the triggerer with :meth:`CampaignHook.afrom_params`,
 which reads the connections with ``aget_connection`` (as the provider triggers do).
+
+Whoever triggers the DAG chooses ``campaign_file`` and ``data_root``, so every load here
+passes the deployment's **allowed roots** (:func:`deployment_roots`) to ``load_campaign``:
+the campaign file, its pipeline (and what the pipeline imports), ``data_root`` and
+absolute butler repos must lie inside them, ``work_dir`` inside ``data_root``. They come
+from ``$MULTISITE_DRP_ALLOWED_ROOTS`` (absolute directories separated by ``os.pathsep``);
+unset or empty, they are the repository's ``include/campaigns``, ``include/pipelines`` and
+``var`` (the DAG's default campaign, its pipeline and the demo's data). When it is set, it
+replaces that default entirely.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook
 
 from multisite_drp.campaign.config import CampaignConfig, load_campaign
+from multisite_drp.campaign.paths import ALLOWED_ROOTS_ENV, AllowedRoots
 from multisite_drp.errors import InputError
 from multisite_drp.services import factory
 from multisite_drp.services.factory import ConnectionInfo
 
-__all__ = ["PARAM_KEYS", "CampaignHook", "ConnectionMissingError"]
+__all__ = ["DEFAULT_ROOTS", "PARAM_KEYS", "CampaignHook", "ConnectionMissingError", "deployment_roots"]
+
+_REPO = Path(__file__).resolve().parents[3]  # plugins/multisite_drp/hooks/campaign.py -> the repository
+#: Allowed roots when $MULTISITE_DRP_ALLOWED_ROOTS is unset: the DAG's default campaign, its pipeline, the demo's data.
+DEFAULT_ROOTS = (_REPO / "include" / "campaigns", _REPO / "include" / "pipelines", _REPO / "var")
+
+
+def deployment_roots() -> AllowedRoots:
+    """The allowed roots this deployment declares (``$MULTISITE_DRP_ALLOWED_ROOTS``, else :data:`DEFAULT_ROOTS`)."""
+    value = os.environ.get(ALLOWED_ROOTS_ENV, "")
+    if not value.strip():
+        return AllowedRoots.of(DEFAULT_ROOTS, source=f"default allowed roots ({ALLOWED_ROOTS_ENV} unset)")
+    return AllowedRoots.parse(value, source=ALLOWED_ROOTS_ENV)
 
 #: The DAG run Params a hook is built from (what a trigger carries; none is a secret).
 PARAM_KEYS = ("campaign_file", "data_root", "sites", "generation")
@@ -53,7 +77,8 @@ class CampaignHook(BaseHook):
         self.sites = list(sites or [])
         self.generation = int(generation)
         self.config: CampaignConfig = config or load_campaign(campaign_file, data_root=data_root, sites=self.sites,
-                                                              check_pipeline=check_pipeline)
+                                                              check_pipeline=check_pipeline,
+                                                              allowed_roots=deployment_roots())
         self._connections = dict(connections) if connections is not None else None
 
     @classmethod
@@ -71,7 +96,8 @@ class CampaignHook(BaseHook):
         """The hook in the triggerer: the campaign loaded off the event loop, each named
         connection read with ``aget_connection``. ``conn_ids`` must be among the campaign's."""
         config = await asyncio.to_thread(load_campaign, params["campaign_file"], data_root=params.get("data_root"),
-                                         sites=params.get("sites") or [], check_pipeline=False)
+                                         sites=params.get("sites") or [], check_pipeline=False,
+                                         allowed_roots=deployment_roots())
         named = {getattr(s.connections, what) for s in config.sites for what in ("butler", "replica", "workflow")}
         stray = sorted(set(conn_ids) - named)
         if stray:

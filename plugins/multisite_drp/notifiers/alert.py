@@ -60,7 +60,11 @@ class CampaignAlertNotifier(BaseNotifier):
         try:
             from multisite_drp.campaign.config import load_campaign
 
-            cfg = load_campaign(params["campaign_file"], data_root=params.get("data_root"), check_pipeline=False)
+            from multisite_drp.hooks.campaign import deployment_roots
+
+            # The Params name the file we append to: held inside the deployment's allowed roots.
+            cfg = load_campaign(params["campaign_file"], data_root=params.get("data_root"), check_pipeline=False,
+                                allowed_roots=deployment_roots())
             path = cfg.work_path / "alerts.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a") as fh:
