@@ -70,14 +70,19 @@ def start_monitor(lr: LocalRucio, cfg: CampaignConfig, interval: float = 0.5) ->
     """The Replica Monitor for the campaign's scope, serving every RSE with a butler_repo.
 
     It runs in this (the project's) interpreter, as root on the local server, and keeps
-    its state under the deployment's root.
+    its state under the deployment's root. A daemon outlives the task or script that
+    starts it: its environment is ``services.procs.child_env`` (no ``AIRFLOW_CONN_*`` or
+    other credential of this process) plus its Rucio client settings, whose password
+    stays in the 0600 client config ``RUCIO_CONFIG`` names.
     """
-    env = {**os.environ, **lr.client_env()}
+    from multisite_drp.services.procs import child_env
+
     paths = [str(ROOT / "plugins"), str(ROOT / "include"), str(ROOT)]
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    pythonpath = os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = child_env({**lr.client_env(), "PYTHONPATH": pythonpath})
     argv = [sys.executable, "-m", "multisite_drp.services.replica.monitor", "--scope", cfg.replication.scope,
             "--discover", "--interval", str(interval), "--state-dir", str(lr.root / "monitor")]
-    lr.start_process(MONITOR, argv, env=env, log=lr.root / "logs" / f"{MONITOR}.log")
+    lr.start_process(MONITOR, argv, env=env, log=lr.root / "logs" / f"{MONITOR}.log", inherit=False)
 
 
 def fill_local_connections(conns: dict[str, dict[str, Any]], cfg: CampaignConfig, rucio_root: Path,

@@ -322,10 +322,11 @@ class LocalRucio:
             return creds
 
     def start_process(self, name: str, argv: Sequence[str | Path], env: Mapping[str, str] | None = None,
-                      log: Path | str | None = None) -> int:
+                      log: Path | str | None = None, *, inherit: bool = True) -> int:
         """Start a supervised extra process (stopped by ``down()``); returns its pid.
 
-        ``env`` is added to this process's environment. Output goes to ``log`` (default
+        ``env`` is added to this process's environment, or with ``inherit=False`` is the
+        whole environment of the process. Output goes to ``log`` (default
         ``<root>/logs/<name>.log``). If a process of that name still runs with the same
         argv it is kept (its pid returned); with another argv it is replaced.
         """
@@ -340,7 +341,7 @@ class LocalRucio:
             if _procs.alive(rec) and rec["argv"] == argv:
                 return int(rec["pid"])
             _procs.terminate(rec)
-            full_env = dict(os.environ)
+            full_env = dict(os.environ) if inherit else {}
             full_env.update(env or {})
             log_path = Path(log) if log else self.logs / f"{name}.log"
             extra[name] = _procs.spawn(argv, env=full_env, log=log_path, cwd=self.root)

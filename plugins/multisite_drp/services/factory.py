@@ -244,11 +244,23 @@ def replica_service(settings: Mapping[str, Any], secrets: Mapping[str, str] | No
     )
 
 
+BUTLER_EXTRAS = ("adapter",)
+
+
 def butler_settings(config: CampaignConfig, site: str, extra: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A site's butler settings. Its repository is the campaign file's ``sites (<site>).butler_repo``
+    (``CampaignConfig.repo_of``), the one place the planner, the workflows, the Replica Monitor's
+    RSE and the report read it from; a connection cannot name another one."""
     name = extra.get("adapter", "embedded")
     if name not in BUTLER_ADAPTERS:
         raise AdapterError(f"{where}: extra field 'adapter' is {name!r}; expected one of {list(BUTLER_ADAPTERS)}")
-    return {"adapter": name, "site": site, "repo": extra.get("repo") or config.repo_of(site)}
+    if "repo" in extra:
+        raise AdapterError(f"{where}: extra field 'repo' is {extra['repo']!r}, but a site's butler repository is "
+                           f"the campaign file's sites ({site}).butler_repo ({config.repo_of(site)!r}), which every "
+                           "task and the Replica Monitor read; remove 'repo' from the connection and set "
+                           "butler_repo in the campaign file")
+    _known(extra, BUTLER_EXTRAS, where, "a butler connection (the repository is the campaign's butler_repo)")
+    return {"adapter": name, "site": site, "repo": config.repo_of(site)}
 
 
 def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, Any]],

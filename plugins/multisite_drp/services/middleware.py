@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from multisite_drp.campaign.config import COLLECTION_NAME
+from multisite_drp.services.procs import child_env
 from multisite_drp.errors import DRPError
 
 __all__ = [
@@ -289,18 +290,17 @@ def run_command(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` (no shell), stdout+stderr appended to ``log_path``; raise on non-zero exit.
 
-    ``env`` entries are added to (not substituted for) the current environment,
-    so PATH and the virtualenv stay visible. Raises `MiddlewareCommandError`
-    with the log's last lines on failure.
+    The child sees the allow-listed part of this process's environment
+    (:func:`multisite_drp.services.procs.child_env`: PATH, the virtualenv, the stack's
+    and PanDA's variables, never a credential such as ``AIRFLOW_CONN_*``) with ``env``
+    on top. Raises `MiddlewareCommandError` with the log's last lines on failure.
     """
     if isinstance(argv, str) or not argv:
         raise TypeError("argv must be a non-empty sequence of strings, not a shell string")
     argv = [str(a) for a in argv]
     log = Path(log_path)
     log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
+    full_env = child_env(env)
     with log.open("a") as fh:
         fh.write(f"$ {' '.join(argv)}\n")
         fh.flush()

@@ -1,4 +1,17 @@
-"""Detached process groups: how the embedded adapters tell whether their worker still runs.
+"""Child processes: the environment they inherit, and whether a detached one still runs.
+
+:func:`child_env` is the one place that decides what a child process of ours sees of
+this process's environment: an allow-list (the system's basics, Python and the
+virtualenv, the LSST stack's and PanDA's variables), plus the caller's explicit extras.
+Whatever names a credential never passes (:func:`is_secret_name`: ``AIRFLOW_CONN_*``,
+``AIRFLOW_VAR_*``, ``_AIRFLOW_*``, ``*PASSWORD*``, ``*TOKEN*``, ``*SECRET*``...), nor
+does a value carrying a password in a URL (``scheme://user:pass@host``). A worker's
+environment holds connection passwords (``AIRFLOW_CONN_*``), the metadata database's
+URL and the Fernet key; a detached runner would keep them long after the task ended.
+A deployment adds variable names with ``$MULTISITE_DRP_CHILD_ENV`` (comma-separated;
+the credential rules still apply: S3 credentials reach the stack through
+``AWS_SHARED_CREDENTIALS_FILE`` / ``AWS_PROFILE``, a database's through ``LSST_DB_AUTH``
+or ``PGPASSFILE``, files rather than values).
 
 Embedded workflow runners are started with ``start_new_session=True``, so
 each is the leader of its own process group and its pid is the group id.
@@ -7,9 +20,84 @@ each is the leader of its own process group and its pid is the group id.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["group_alive"]
+__all__ = ["CHILD_ENV_NAMES", "CHILD_ENV_PREFIXES", "CHILD_ENV_SUFFIXES", "child_env", "group_alive",
+           "is_secret_name", "is_secret_value"]
+
+#: Variables a child process inherits by exact name.
+CHILD_ENV_NAMES = frozenset({
+    # the system
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ", "LANG", "LANGUAGE", "TMPDIR", "TMP", "TEMP",
+    "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    # Python and the virtualenv
+    "PYTHONPATH", "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE",
+    "PYTHONWARNINGS", "VIRTUAL_ENV",
+    # threads of the numerical libraries a quantum uses
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_MAX_THREADS", "NUMEXPR_NUM_THREADS",
+    # the butler's datastore and registry credentials, as files (never the keys themselves)
+    "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "S3_ENDPOINT_URL", "PGPASSFILE",
+    # grid identity, as a file
+    "X509_USER_PROXY", "X509_CERT_DIR",
+    # services.middleware's overrides of the stack commands
+    "MULTISITE_PIPETASK", "MULTISITE_BUTLER",
+})
+#: ... and by prefix: locales, the butler's and the stack's settings (``DAF_BUTLER_*``,
+#: ``LSST_DB_AUTH``, ``LSST_RUN_TEMP_SPACE``...), EUPS and conda, PanDA and iDDS.
+CHILD_ENV_PREFIXES = ("LC_", "DAF_BUTLER_", "LSST_", "EUPS_", "SETUP_", "CONDA_", "PANDA_", "PANDACACHE_",
+                      "IDDS_", "BPS_")
+#: ... and by suffix: an EUPS stack's product directories (``CTRL_MPEXEC_DIR``, ``OBS_LSST_DIR``...),
+#: which pipelines and BPS commands name.
+CHILD_ENV_SUFFIXES = ("_DIR",)
+#: A deployment's additional names (comma-separated); the credential rules still apply.
+CHILD_ENV_VAR = "MULTISITE_DRP_CHILD_ENV"
+
+_SECRET_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_", "_AIRFLOW_")
+_SECRET_PARTS = ("PASSWORD", "PASSWD", "TOKEN", "SECRET", "FERNET", "SQL_ALCHEMY_CONN", "PRIVATE_KEY",
+                 "API_KEY", "ACCESS_KEY")
+#: ``scheme://user:password@host``: a password inside a URL.
+_URL_CREDENTIALS = re.compile(r"://[^/@\s:]*:[^/@\s]+@")
+
+
+def is_secret_name(name: str) -> bool:
+    """True for an environment variable that may hold a credential: Airflow's connections
+    and variables (``AIRFLOW_CONN_*``, ``AIRFLOW_VAR_*``, ``_AIRFLOW_*``), and any name
+    containing PASSWORD, TOKEN, SECRET, FERNET, SQL_ALCHEMY_CONN, ... (case-insensitive)."""
+    upper = name.upper()
+    return upper.startswith(_SECRET_PREFIXES) or any(part in upper for part in _SECRET_PARTS)
+
+
+def is_secret_value(value: str) -> bool:
+    """True for a value that carries a password in a URL (``postgresql://u:p@host``,
+    ``redis://:p@host``, a proxy's ``http://u:p@proxy``)."""
+    return bool(_URL_CREDENTIALS.search(value))
+
+
+def _allowed(name: str, deployment: frozenset[str]) -> bool:
+    return (name in CHILD_ENV_NAMES or name in deployment or name.startswith(CHILD_ENV_PREFIXES)
+            or name.endswith(CHILD_ENV_SUFFIXES))
+
+
+def child_env(extra: Mapping[str, str] | None = None, *, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process: the allow-listed part of ``base`` (default
+    ``os.environ``) with no credential in it, then ``extra`` on top.
+
+    ``extra`` is the caller's explicit decision, but a credential's name or a password in a
+    URL is refused there too (``ValueError`` naming the variable): a child gets a file that
+    holds a secret (``RUCIO_CONFIG``, ``AWS_SHARED_CREDENTIALS_FILE``), never the secret.
+    """
+    base = os.environ if base is None else base
+    deployment = frozenset(n.strip() for n in base.get(CHILD_ENV_VAR, "").split(",") if n.strip())
+    env = {k: v for k, v in base.items()
+           if _allowed(k, deployment) and not is_secret_name(k) and not is_secret_value(v)}
+    for k, v in (extra or {}).items():
+        if is_secret_name(k) or is_secret_value(str(v)):
+            raise ValueError(f"child_env: extra variable {k!r} names or carries a credential; expected "
+                             "a setting or a path (pass secrets to a child in a 0600 file, never in its environment)")
+        env[k] = str(v)
+    return env
 
 
 def group_alive(pgid: int | None) -> bool:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from multisite_drp.services.fileio import atomic_write_json, read_json
-from multisite_drp.services.procs import group_alive
+from multisite_drp.services.procs import child_env, group_alive
 from multisite_drp.services.workflow.base import (
     WmsStates,
     WorkflowError,
@@ -67,7 +67,7 @@ class EmbeddedWorkflowService(WorkflowService):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: cancel kills the whole tree
                 close_fds=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=child_env({"PYTHONUNBUFFERED": "1"}),  # no credential outlives the task in the runner
             )
         finally:
             log.close()

@@ -61,6 +61,7 @@ import yaml
 from multisite_drp.errors import InputError, TransientError
 from multisite_drp.services import middleware
 from multisite_drp.services.fileio import atomic_write_json, read_json
+from multisite_drp.services.procs import is_secret_name, is_secret_value
 from multisite_drp.services.workflow.base import (
     TERMINAL_STATES,
     WmsStates,
@@ -170,7 +171,10 @@ class PanDAWorkflowService(WorkflowService):
     def _client_env(self, with_token: bool = True) -> Iterator[None]:
         """panda-client's environment for one call. ``with_token`` False for BPS's prepare
         stages: ``init_submission`` dumps the whole environment into the submit directory
-        (``<name>.env.info.yaml``), so the token must not be in it then."""
+        (``<name>.env.info.yaml``) and the update-graph-run command inherits it, so neither
+        the token nor any other credential of this process (``AIRFLOW_CONN_*``, a
+        ``*PASSWORD*`` or ``*SECRET*`` variable, a password in a URL: ``services.procs``'
+        rules) is in ``os.environ`` then; they are put back after."""
         s = self.settings
         with _ENV_LOCK:
             saved = {k: os.environ.get(k) for k in _ENV_KEYS}
@@ -186,6 +190,9 @@ class PanDAWorkflowService(WorkflowService):
             try:
                 for k in ("PANDA_AUTH", "PANDA_AUTH_VO", "PANDA_AUTH_ID_TOKEN", "PANDA_CONFIG_ROOT"):
                     os.environ.pop(k, None)
+                if not with_token:
+                    for k in [k for k, v in os.environ.items() if is_secret_name(k) or is_secret_value(v)]:
+                        saved.setdefault(k, os.environ.pop(k))
                 if self._token and with_token:
                     os.environ.update(PANDA_AUTH="oidc", PANDA_AUTH_VO=s.vo or "", PANDA_AUTH_ID_TOKEN=self._token)
                 if s.config_root:

@@ -1,0 +1,58 @@
+"""A site's butler repository has one source: the campaign file's ``sites (<site>).butler_repo``.
+
+The butler connection used to take a ``repo`` extra that only ``SiteButler`` honoured,
+while the planner, the graphs, the BPS configs, the Replica Monitor's RSE and the report
+read the campaign file: two repositories for one site. The extra is gone; a connection
+naming one is refused with the place to set it instead.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from multisite_drp.campaign.config import load_campaign
+from multisite_drp.hooks.campaign import CampaignHook
+from multisite_drp.services.factory import AdapterError
+
+from scripts.load_airflow_settings import connection_env
+from tests.conftest import CAMPAIGN, ROOT
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = connection_env(yaml.safe_load((ROOT / "airflow_settings.yaml").read_text()))
+    for site in ("usdf", "frdf", "ukdf"):  # production-shaped replica connections: nothing is contacted
+        env[f"AIRFLOW_CONN_DRP_{site.upper()}_REPLICA"] = json.dumps(
+            {"conn_type": "generic", "host": "https://rucio.example.org:443", "login": f"drp_{site}",
+             "password": f"secret-{site}-pw", "extra": {"adapter": "rucio", "account": f"drp_{site}"}})
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_every_reader_of_a_sites_repository_gets_the_campaign_files(connections) -> None:
+    cfg = load_campaign(CAMPAIGN, check_pipeline=False)
+    hook = CampaignHook(str(CAMPAIGN))
+    ctx = hook.get_conn()
+    for s in cfg.sites:
+        repo = cfg.repo_of(s)
+        assert hook.settings["butlers"][s.name]["repo"] == repo
+        assert ctx.butlers[s.name].repo == repo  # what the actions and the merge use
+        assert hook.replica_settings["sites"][s.name]["repo"] == repo  # what ingest checks use
+
+
+def test_a_butler_connection_naming_a_repository_is_refused(connections, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_BUTLER", json.dumps(
+        {"conn_type": "generic", "extra": {"adapter": "embedded", "repo": "/elsewhere/frdf"}}))
+    with pytest.raises(AdapterError, match=r"connection 'drp_frdf_butler': extra field 'repo' is '/elsewhere/frdf', "
+                                           r"but a site's butler repository is the campaign file's "
+                                           r"sites \(frdf\)\.butler_repo"):
+        CampaignHook(str(CAMPAIGN)).settings  # noqa: B018 - validates every connection
+
+
+def test_a_butler_connection_with_an_unknown_extra_is_refused(connections, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_UKDF_BUTLER", json.dumps(
+        {"conn_type": "generic", "extra": {"adapter": "embedded", "root": "/x"}}))
+    with pytest.raises(AdapterError, match=r"connection 'drp_ukdf_butler': unknown extra fields \['root'\]"):
+        CampaignHook(str(CAMPAIGN)).settings  # noqa: B018
