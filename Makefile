@@ -52,6 +52,7 @@ $(RUCIO_STAMP): requirements-rucio.txt constraints-rucio.txt
 # other (tests/conftest.py fixes the split); each has its own local Rucio and Airflow home.
 TEST_WORKERS ?= 2
 test: venv rucio-venv
+	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: venv
@@ -110,8 +111,10 @@ bench: venv rucio-venv
 	$(BIN)/python bench/orchestration_overhead.py
 	$(BIN)/python bench/workflow_overhead.py
 
+# ruff, then the import contract of pyproject.toml ([tool.importlinter]: the one-way layers).
 lint: venv
 	$(BIN)/ruff check plugins include dags tests bench
+	$(BIN)/lint-imports --no-cache --no-logo
 
 clean:
 	rm -rf var .pytest_cache

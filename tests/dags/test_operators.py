@@ -1,22 +1,33 @@
 """The Airflow glue on its own: validation before any external action, skip decisions,
-adapter selection from Connections, site selection and the plan's stability guard.
+adapter selection from Connections, site selection, the plan's stability guard, and how
+the project's errors end a task (a bad input fails at once; a transient error is retried).
 
-These call the operators' ``execute`` with a minimal context (no DAG run), against real
-campaign files and, where a butler is needed, freshly built embedded sites.
+Most call the operators' ``execute`` with a minimal context (no DAG run), against real
+campaign files and, where a butler is needed, freshly built embedded sites; the retry
+test runs a small DAG through ``dag.test()`` (Airflow's own scheduling and retry logic).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+from airflow.sdk.exceptions import AirflowFailException
 from multisite_drp.campaign.config import CampaignConfigError, load_campaign
+from multisite_drp.errors import InputError, TransientError
 from multisite_drp.hooks.campaign import CampaignHook, ConnectionMissingError
-from multisite_drp.operators.drp import ValidateCampaignOperator, skip_reason
+from multisite_drp.hooks.mixin import RETRY_DEFAULTS, CampaignTaskMixin, skip_reason
+from multisite_drp.operators.drp import BarrierOperator, ValidateCampaignOperator
+from multisite_drp.sensors.drp import ReplicationSensor
 from multisite_drp.services.factory import AdapterError
+from multisite_drp.services.workflow.panda import PanDAUnavailableError
 
 from scripts.load_airflow_settings import connection_env
 
@@ -81,8 +92,10 @@ def test_validate_names_file_and_field_of_a_bad_campaign(connections, tmp_path) 
     data["pipeline"] = str(CAMPAIGN.parent / data["pipeline"])
     data["sites"][1]["share"] = 0.9
     bad.write_text(yaml.safe_dump(data))
-    with pytest.raises(CampaignConfigError, match=rf"{bad}: sites: shares must sum to 1.0"):
+    # A bad campaign file is an InputError: the task fails at once, the message kept.
+    with pytest.raises(AirflowFailException, match=rf"{bad}: sites: shares must sum to 1.0") as err:
         _validate(_params(campaign_file=str(bad)))
+    assert isinstance(err.value.__cause__, CampaignConfigError)
 
 
 def test_sites_param_must_keep_the_hub_and_rescales_shares(tmp_path) -> None:
@@ -194,3 +207,119 @@ def test_plan_is_kept_per_generation_and_guarded_against_change(connections, sit
     # A new generation plans afresh.
     fewer6 = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), generation=6, sites=["usdf", "frdf"])
     assert set(actions.make_plan(fewer6.config, fewer6.generation)["sites"]) == {"usdf", "frdf"}
+
+
+# --- how the project's errors end a task (hooks.mixin.CampaignTaskMixin) ------------------
+
+_SLURM = {"conn_type": "generic", "extra": {"adapter": "slurm"}}
+
+
+@pytest.mark.parametrize("make", [
+    lambda: BarrierOperator(task_id="barrier", step="step1"),
+    lambda: ReplicationSensor(task_id="wait_ingested", site="frdf", kind="distribution"),
+], ids=["operator", "sensor"])
+def test_a_bad_connection_extra_fails_the_task_without_retry(monkeypatch, connections, make) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_WORKFLOW", json.dumps(_SLURM))
+    task = make()
+    with pytest.raises(AirflowFailException, match=r"connection 'drp_frdf_workflow'.*extra field 'adapter' is "
+                                                   r"'slurm'; expected one of") as err:
+        task.execute({"params": _params()})
+    assert isinstance(err.value.__cause__, AdapterError) and isinstance(err.value.__cause__, InputError)
+
+
+def test_a_missing_connection_fails_the_task_without_retry(monkeypatch, connections) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_DRP_UKDF_REPLICA")
+    with pytest.raises(AirflowFailException, match=r"sites \(ukdf\)\.connections\.replica = connection "
+                                                   r"'drp_ukdf_replica' is not defined") as err:
+        BarrierOperator(task_id="barrier", step="step1").execute({"params": _params()})
+    assert isinstance(err.value.__cause__, ConnectionMissingError)
+
+
+def test_a_transient_error_is_left_to_airflow_with_backoff(connections) -> None:
+    from airflow.sdk import BaseOperator
+
+    class RelayDownOperator(CampaignTaskMixin, BaseOperator):
+        """Test double: a campaign task whose PanDA relay never answers."""
+
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**self.with_retry_defaults(kwargs))
+
+        def execute(self, context):
+            raise PanDAUnavailableError("the PanDA relay at http://127.0.0.1:9 did not answer (test double)")
+
+    task = RelayDownOperator(task_id="relay_down")
+    with pytest.raises(PanDAUnavailableError) as err:  # raised as is, not turned into a failure
+        task.execute({"params": _params()})
+    assert isinstance(err.value, TransientError)
+    assert (task.retry_exponential_backoff, task.max_retry_delay) == (
+        RETRY_DEFAULTS["retry_exponential_backoff"], RETRY_DEFAULTS["max_retry_delay"])
+    # The task's own settings and the DAG's default_args win over the mixin's defaults.
+    assert RelayDownOperator(task_id="own", retry_exponential_backoff=0).retry_exponential_backoff == 0
+    assert BarrierOperator(task_id="dag_default", step="step1",
+                           default_args={"retry_exponential_backoff": 3.0}).retry_exponential_backoff == 3.0
+
+
+ERRORS_DAG = textwrap.dedent('''
+    from datetime import timedelta
+
+    from airflow.sdk import DAG, BaseOperator
+    from multisite_drp.hooks.mixin import CampaignTaskMixin
+    from multisite_drp.operators.drp import BarrierOperator
+    from multisite_drp.services.workflow.panda import PanDAUnavailableError
+
+
+    class RelayDownOperator(CampaignTaskMixin, BaseOperator):
+        """Test double: a campaign task whose PanDA relay never answers (a TransientError)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**self.with_retry_defaults(kwargs))
+
+        def execute(self, context):
+            raise PanDAUnavailableError("the PanDA relay at http://127.0.0.1:9 did not answer (test double)")
+
+
+    with DAG("drp_errors_test", schedule=None, catchup=False,
+             default_args={"retries": 2, "retry_delay": timedelta(seconds=0)},
+             params={"campaign_file": "", "data_root": None, "steps": [], "sites": [], "generation": 0,
+                     "dry_run": False}):
+        BarrierOperator(task_id="bad_extra", step="step1")
+        RelayDownOperator(task_id="relay_down")
+''')
+
+DRIVER = textwrap.dedent('''
+    import json, sys
+    from scripts.run_campaign import _migrate
+
+    _migrate()
+    from airflow import settings
+    from airflow.dag_processing.dagbag import DagBag
+
+    settings.configure_orm()
+    bag = DagBag(dag_folder=sys.argv[1])
+    assert not bag.import_errors, bag.import_errors
+    dr = bag.dags["drp_errors_test"].test(run_conf=json.loads(sys.argv[2]))
+    print("RESULT " + json.dumps({"state": str(dr.state), "tasks": {
+        ti.task_id: [str(ti.state), ti.try_number] for ti in dr.get_task_instances()}}))
+''')
+
+
+def test_through_airflow_a_bad_extra_is_tried_once_a_transient_error_is_retried(connections, tmp_path) -> None:
+    """Both tasks allow 2 retries: the bad extra fails on its first try, the relay that is
+    down is tried 3 times (Airflow's retries, with the mixin's exponential backoff)."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "errors_dag.py").write_text(ERRORS_DAG)
+    env = {**os.environ, **connections, "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+           "AIRFLOW_CONN_DRP_FRDF_WORKFLOW": json.dumps(_SLURM)}
+    log = tmp_path / "dag_test.log"
+    with open(log, "w") as fh:
+        subprocess.run([sys.executable, "-c", DRIVER, str(dags), json.dumps(_params())], cwd=ROOT, env=env,
+                       stdout=fh, stderr=subprocess.STDOUT, timeout=600, check=False)
+    text = log.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+    assert lines, f"dag.test printed no result; see {log}:\n{text[-3000:]}"
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["state"] == "failed"
+    assert result["tasks"]["bad_extra"] == ["failed", 1]
+    assert result["tasks"]["relay_down"] == ["failed", 3]
+    assert "extra field 'adapter' is 'slurm'" in text and "AirflowFailException" in text

@@ -2,7 +2,8 @@
 
 Every operator reads the DAG run's Params (campaign file, data root, sites, steps,
 generation, dry_run), builds the ports through ``CampaignHook`` and decides first
-whether it has anything to do:
+whether it has anything to do (``hooks.mixin.CampaignTaskMixin.prepare``, shared with the
+sensors):
 
 * ``dry_run``: nothing external happens; the task is skipped and says so;
 * a step the Params leave out, a site the Params leave out, or a site the plan gives
@@ -10,6 +11,10 @@ whether it has anything to do:
 
 Skips propagate down a site's chain; each step's barrier and first tasks use
 ``none_failed`` so the campaign goes on past skipped work but never past a failure.
+
+A bad input (``multisite_drp.errors.InputError``: campaign file, Param, connection,
+credentials) fails the task at once, without retry; a ``TransientError`` is retried by
+Airflow with exponential backoff (``CampaignTaskMixin``).
 """
 
 from __future__ import annotations
@@ -20,9 +25,8 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, BaseOperatorLink, SkipMixin
-from airflow.sdk.exceptions import AirflowSkipException
 
-from multisite_drp.hooks.campaign import CampaignHook
+from multisite_drp.hooks.mixin import CampaignTaskMixin
 
 __all__ = [
     "BarrierOperator",
@@ -40,26 +44,9 @@ __all__ = [
     "SubmitWorkflowOperator",
     "ValidateCampaignOperator",
     "WorkflowMonitorLink",
-    "skip_reason",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def skip_reason(params: dict[str, Any], hook: CampaignHook | None, step: str | None, site: str | None) -> str | None:
-    """Why a (step, site) task has nothing to do under these Params, or None if it has."""
-    if params.get("dry_run"):
-        return "dry_run: planning only, no external action"
-    if step and params.get("steps") and step not in params["steps"]:
-        return f"{step} is not among the selected steps {params['steps']}"
-    if hook is not None and site:
-        if site not in {s.name for s in hook.config.sites}:
-            return f"site {site} is not among the selected sites {params.get('sites')}"
-        if step:
-            plan = hook.plan()
-            if site not in plan.sites_for(step):
-                return f"the plan gives {site} no work in {step} (it runs at {plan.sites_for(step)})"
-    return None
 
 
 class WorkflowMonitorLink(BaseOperatorLink):
@@ -75,27 +62,20 @@ class WorkflowMonitorLink(BaseOperatorLink):
         return str(value.get("monitor_url") or "") if isinstance(value, dict) else ""
 
 
-class CampaignActionOperator(BaseOperator):
+class CampaignActionOperator(CampaignTaskMixin, BaseOperator):
     """Base: build the hook from the Params, skip if there is nothing to do, run ``act``."""
 
     template_fields: Sequence[str] = ()
     ui_color = "#e8f1fb"
 
     def __init__(self, *, step: str | None = None, site: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**self.with_retry_defaults(kwargs))
         self.step = step
         self.site = site
 
-    def hook(self, context) -> CampaignHook:
-        return CampaignHook.from_params(context["params"])
-
     def execute(self, context) -> Any:
-        params = context["params"]
-        hook = None if params.get("dry_run") else self.hook(context)
-        reason = skip_reason(params, hook, self.step, self.site)
-        if reason:
-            raise AirflowSkipException(reason)
-        result = self.act(hook.get_conn(), context)
+        _, ctx = self.prepare(context)
+        result = self.act(ctx, context)
         self.log.info("%s: %s", self.task_id, json.dumps(result, default=str)[:4000])
         return result
 
@@ -196,7 +176,7 @@ class BarrierOperator(CampaignActionOperator):
         return actions.barrier(ctx, self.step)
 
 
-class ValidateCampaignOperator(BaseOperator):
+class ValidateCampaignOperator(CampaignTaskMixin, BaseOperator):
     """Check everything before any external action: the campaign file (with its pipeline),
     the Params against it and against the DAG's shape, the connections, the butler repos."""
 
@@ -211,7 +191,7 @@ class ValidateCampaignOperator(BaseOperator):
         from pathlib import Path
 
         params = context["params"]
-        hook = CampaignHook.from_params(params, check_pipeline=True)
+        hook = self.campaign_hook(context, check_pipeline=True)
         cfg, source = hook.config, params["campaign_file"]
         sites, steps = [s.name for s in cfg.sites], [s.name for s in cfg.steps]
         extra_sites = sorted(set(sites) - set(self.dag_sites))
@@ -255,7 +235,7 @@ class PlanCampaignOperator(CampaignActionOperator, SkipMixin):
     def execute(self, context) -> Any:
         from multisite_drp.services import actions
 
-        hook = self.hook(context)
+        hook = self.campaign_hook(context)
         result = actions.make_plan(hook.config, hook.generation)
         self.log.info("plan: %s", json.dumps(result))
         if context["params"].get("dry_run"):
@@ -292,7 +272,7 @@ class CampaignReportOperator(CampaignActionOperator):
         from multisite_drp.campaign import names
         from multisite_drp.services.report import render_markdown, write_report
 
-        hook = self.hook(context)
+        hook = self.campaign_hook(context)
         if context["params"].get("dry_run"):
             plan_md = names.plan_dir(hook.config, hook.generation) / "plan.md"
             self.log.info("dry run: the plan\n%s", plan_md.read_text() if plan_md.exists() else "(no plan.md)")

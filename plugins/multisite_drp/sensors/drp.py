@@ -6,6 +6,10 @@ once if the wait is already over (a rerun of a finished campaign takes seconds);
 otherwise it defers to a trigger in ``multisite_drp.triggers`` with a ``timeout``.
 
 ``deferrable=False`` falls back to Airflow's classic poke loop (``poke`` below).
+
+The preamble (build the hook, decide the skip, get the context) and the ending of the
+project's errors (an ``InputError`` fails at once, a ``TransientError`` is retried with
+backoff) are ``hooks.mixin.CampaignTaskMixin``'s, shared with the operators.
 """
 
 from __future__ import annotations
@@ -14,32 +18,24 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException
 
 from multisite_drp.hooks.campaign import CampaignHook
-from multisite_drp.operators.drp import skip_reason
+from multisite_drp.hooks.mixin import CampaignTaskMixin
 from multisite_drp.triggers.site import ReplicationTrigger, WorkflowTrigger
 
 __all__ = ["ReplicationSensor", "WorkflowSensor"]
 
 
-class _SiteSensor(BaseSensorOperator):
+class _SiteSensor(CampaignTaskMixin, BaseSensorOperator):
     ui_color = "#ead1dc"
 
     def __init__(self, *, site: str, step: str | None = None, deferrable: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", timedelta(days=7))
-        super().__init__(**kwargs)
+        super().__init__(**self.with_retry_defaults(kwargs))
         self.step = step
         self.site = site
         self.deferrable = deferrable
-
-    def _setup(self, context) -> tuple[CampaignHook, Any]:
-        params = context["params"]
-        hook = None if params.get("dry_run") else CampaignHook.from_params(params)
-        reason = skip_reason(params, hook, self.step, self.site)
-        if reason:
-            raise AirflowSkipException(reason)
-        return hook, hook.get_conn()
 
     @property
     def _timeout(self) -> timedelta:
@@ -71,14 +67,14 @@ class WorkflowSensor(_SiteSensor):
 
     def poke(self, context) -> bool:
         self._kill_params = dict(context["params"])
-        _, ctx = self._setup(context)
+        _, ctx = self.prepare(context)
         ref = self._ref(ctx)
         return ctx.workflows[self.site].status([ref])[ref.run_id].terminal and self._finish(ctx, ref, context)
 
     def execute(self, context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        hook, ctx = self._setup(context)
+        hook, ctx = self.prepare(context)
         ref = self._ref(ctx)
         if ctx.workflows[self.site].status([ref])[ref.run_id].terminal:
             return self._finish(ctx, ref, context, hook)
@@ -100,7 +96,7 @@ class WorkflowSensor(_SiteSensor):
         if event.get("status") != "done":
             raise AirflowException(f"{self.step}/{self.site}: waiting on the workflow failed: "
                                    f"{event.get('message') or event}")
-        hook, ctx = self._setup(context)
+        hook, ctx = self.prepare(context)
         return self._finish(ctx, self._ref(ctx), context, hook)
 
     def on_kill(self) -> None:
@@ -170,7 +166,7 @@ class ReplicationSensor(_SiteSensor):
         return replication_progress(ctx.replica, [RuleRef.from_dict(r) for r in rules]).state
 
     def poke(self, context) -> bool:
-        _, ctx = self._setup(context)
+        _, ctx = self.prepare(context)
         rules = self._rules(ctx)
         state = self._state(ctx, rules) if rules else "ok"
         if state == "stuck":
@@ -180,7 +176,7 @@ class ReplicationSensor(_SiteSensor):
     def execute(self, context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        hook, ctx = self._setup(context)
+        hook, ctx = self.prepare(context)
         rules = self._rules(ctx)
         if not rules:
             self.log.info("%s: no transfer was needed", self.task_id)
@@ -209,7 +205,7 @@ class ReplicationSensor(_SiteSensor):
         if event.get("status") == "stuck":
             raise AirflowException(f"{self.task_id}: replication STUCK: {event.get('stuck')}; the task's "
                                    "retry re-evaluates the rule")
-        _, ctx = self._setup(context)
+        _, ctx = self.prepare(context)
         return self._finish(ctx, self._rules(ctx))
 
     def _finish(self, ctx, rules: list[dict]) -> list[dict]:

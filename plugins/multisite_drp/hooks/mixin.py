@@ -1,0 +1,132 @@
+"""CampaignTaskMixin: how every campaign operator and sensor begins, and how its errors end.
+
+As the Amazon provider's ``AwsBaseHookMixin`` gives its operators and sensors one way to
+their hook, this mixin gives the campaign's operators (``operators/drp.py``) and sensors
+(``sensors/drp.py``) one preamble, :meth:`CampaignTaskMixin.prepare`:
+
+1. build the hook from the DAG run's Params (:meth:`~CampaignTaskMixin.campaign_hook`;
+   none in a dry run, which acts on nothing),
+2. decide the skip (:func:`skip_reason`: ``dry_run``, a step or site the Params leave out,
+   a site the plan gives no work in the step) and raise ``AirflowSkipException`` with it,
+3. get the ``CampaignContext`` the actions take (``CampaignHook.get_conn``).
+
+It also decides how the project's errors (``multisite_drp.errors``) end the task. Every
+``execute``, ``execute_complete`` and ``poke`` a subclass defines is wrapped (at class
+creation, so no task can forget) by :func:`drp_errors`:
+
+* an ``InputError`` (bad campaign file, Param, connection or extra, refused credentials,
+  missing connection) becomes ``AirflowFailException`` with the same message: the task
+  fails at once, without retry, since retrying cannot help;
+* a ``TransientError`` (a service out of reach) is raised as is: Airflow retries the task.
+  These tasks retry with exponential backoff (``retry_exponential_backoff`` 2.0, delays
+  capped by ``max_retry_delay`` 1 h) unless the task or the DAG's ``default_args`` say
+  otherwise;
+* anything else is raised as is, and retried as the task's ``retries`` say.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from multisite_drp.errors import InputError, TransientError
+from multisite_drp.hooks.campaign import CampaignHook
+
+if TYPE_CHECKING:
+    from multisite_drp.services.actions import CampaignContext
+
+__all__ = ["RETRY_DEFAULTS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "skip_reason"]
+
+#: The retry settings a campaign task gets unless the task or the DAG's default_args set them.
+RETRY_DEFAULTS: dict[str, Any] = {"retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(hours=1)}
+
+#: The methods whose errors :func:`drp_errors` translates, in every subclass that defines them.
+WRAPPED_METHODS = ("execute", "execute_complete", "poke")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def skip_reason(params: dict[str, Any], hook: CampaignHook | None, step: str | None, site: str | None) -> str | None:
+    """Why a (step, site) task has nothing to do under these Params, or None if it has."""
+    if params.get("dry_run"):
+        return "dry_run: planning only, no external action"
+    if step and params.get("steps") and step not in params["steps"]:
+        return f"{step} is not among the selected steps {params['steps']}"
+    if hook is not None and site:
+        if site not in {s.name for s in hook.config.sites}:
+            return f"site {site} is not among the selected sites {params.get('sites')}"
+        if step:
+            plan = hook.plan()
+            if site not in plan.sites_for(step):
+                return f"the plan gives {site} no work in {step} (it runs at {plan.sites_for(step)})"
+    return None
+
+
+def drp_errors(method: F) -> F:
+    """Wrap a task method: an ``InputError`` fails the task without retry
+    (``AirflowFailException``, same message, the error chained); a ``TransientError`` is
+    logged as such and raised for Airflow to retry."""
+    if getattr(method, "_drp_errors", False):
+        return method
+
+    @functools.wraps(method)
+    def wrapper(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except InputError as exc:
+            raise AirflowFailException(f"{exc} [{type(exc).__name__}: bad input, retrying cannot help]") from exc
+        except TransientError as exc:
+            self.log.warning("%s: %s (%s: transient; Airflow retries the task with backoff)", self.task_id, exc,
+                             type(exc).__name__)
+            raise
+
+    wrapper._drp_errors = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+class CampaignTaskMixin:
+    """Mixin for the campaign's operators and sensors: the hook, the skip, the context, the
+    retry defaults and the ending of the project's errors. Put it before the Airflow base:
+    ``class X(CampaignTaskMixin, BaseOperator)``."""
+
+    #: The hook class built from the Params (a subclass may swap it, as in AwsBaseHookMixin).
+    campaign_hook_class: type[CampaignHook] = CampaignHook
+
+    #: The step and site of the task (None: not tied to one); set by the operator's ``__init__``.
+    step: str | None = None
+    site: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in WRAPPED_METHODS:
+            method = cls.__dict__.get(name)
+            if callable(method):
+                setattr(cls, name, drp_errors(method))
+
+    @staticmethod
+    def with_retry_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with :data:`RETRY_DEFAULTS` filled in where neither the task nor the
+        DAG's ``default_args`` set them. An operator's ``__init__`` passes its kwargs through
+        this to ``BaseOperator.__init__`` (the mixin has no ``__init__`` of its own: Airflow's
+        operator metaclass applies default_args only to ``__init__`` methods of operator classes)."""
+        dag_defaults = kwargs.get("default_args") or {}
+        return {**{k: v for k, v in RETRY_DEFAULTS.items() if k not in dag_defaults}, **kwargs}
+
+    def campaign_hook(self, context, **kwargs: Any) -> CampaignHook:
+        """The hook for this DAG run's Params (campaign file, data root, sites, generation)."""
+        return self.campaign_hook_class.from_params(context["params"], **kwargs)
+
+    def prepare(self, context) -> tuple[CampaignHook, CampaignContext]:
+        """Build the hook, decide the skip (``AirflowSkipException`` with the reason), get the
+        context. In a dry run no hook is built: the task is skipped first."""
+        params = context["params"]
+        hook = None if params.get("dry_run") else self.campaign_hook(context)
+        reason = skip_reason(params, hook, self.step, self.site)
+        if reason:
+            raise AirflowSkipException(reason)
+        assert hook is not None  # skip_reason skips every dry run
+        return hook, hook.get_conn()
