@@ -200,9 +200,15 @@ def test_validate_logs_in_as_every_site_and_names_a_wrong_password(env, monkeypa
     bad = json.loads(env.connection_env()["AIRFLOW_CONN_DRP_UKDF_REPLICA"])
     bad["password"] = "wrong-password-4567"
     monkeypatch.setenv("AIRFLOW_CONN_DRP_UKDF_REPLICA", json.dumps(bad))
-    with pytest.raises(ReplicaError, match=r"ukdf \(connection drp_ukdf_replica, account drp_ukdf .*refused the "
-                                           r"login 'drp_ukdf': check the connection's login and password") as err:
+    # A refused login is bad input (ReplicaAuthError): the task fails at once, without retry.
+    from airflow.sdk.exceptions import AirflowFailException
+    from multisite_drp.services.replica.base import ReplicaAuthError
+
+    with pytest.raises(AirflowFailException, match=r"ukdf \(connection drp_ukdf_replica, account drp_ukdf .*refused "
+                                                   r"the login 'drp_ukdf': check the connection's login and "
+                                                   r"password") as err:
         op.execute({"params": params})
+    assert isinstance(err.value.__cause__, ReplicaAuthError)
     assert "wrong-password-4567" not in str(err.value) and env.secrets["ukdf"] not in str(err.value)
 
 
