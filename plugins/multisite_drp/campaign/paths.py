@@ -95,7 +95,7 @@ def require_inside(path: Path, roots: AllowedRoots, where: str, shown: str) -> N
     """``path`` (symlinks resolved) lies inside ``roots``; :class:`PathError` naming ``where`` otherwise."""
     resolved = path.resolve()
     if not roots.contains(resolved):
-        via = "" if resolved == path else f" (resolves to {resolved})"
+        via = "" if resolved == Path(os.path.normpath(path.absolute())) else f" (resolves to {resolved})"
         raise PathError(f"{where}: {shown}{via} is outside the {roots.describe()}; expected a path inside one "
                         f"of them (the deployment declares them in {ALLOWED_ROOTS_ENV})")
 
@@ -116,8 +116,9 @@ def check_campaign_paths(config: CampaignConfig, campaign_file: Path, roots: All
     where = str(campaign_file)
     if roots is not None:
         require_inside(Path(campaign_file), roots, f"{where}: campaign file", str(campaign_file))
-        require_inside(config.pipeline_path, roots, f"{where}: pipeline", repr(config.pipeline))
-        require_inside(config.data_root_path, roots, f"{where}: data_root", repr(config.data_root))
+        # As written (relative to the campaign file), so a symbolic link on the way is shown resolved.
+        for field, value in (("pipeline", config.pipeline), ("data_root", config.data_root)):
+            require_inside(config.base_dir / value, roots, f"{where}: {field}", repr(value))
     data_root = config.data_root_path
     _within_data_root(config.work_dir, config.work_path, data_root, f"{where}: work_dir")
     for i, s in enumerate(config.sites):

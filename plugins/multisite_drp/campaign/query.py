@@ -101,6 +101,6 @@ def parse_query(query: str) -> str:
     boolean = (isinstance(root, BinaryOp) and root.op.upper() in _BOOLEAN_OPS) or isinstance(root, IsIn) or (
         isinstance(root, UnaryOp) and root.op.upper() == "NOT")
     if not boolean and type(root).__name__ not in ("GlobNode", "FunctionCall"):
-        raise QueryError(f"{query!r} is a {type(root).__name__}, not a condition; expected a boolean "
-                         "expression such as \"instrument = 'LSSTCam' AND band IN ('g', 'r')\"")
+        raise QueryError(f"{query!r} is an expression of type {type(root).__name__}, not a condition; expected a "
+                         "boolean expression such as \"instrument = 'LSSTCam' AND band IN ('g', 'r')\"")
     return query

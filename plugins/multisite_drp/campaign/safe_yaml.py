@@ -172,19 +172,22 @@ def load_yaml(path: str | os.PathLike[str], *, what: str = "file", aliases: bool
               max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> Any:
     """Read and parse one YAML document within the limits above; :class:`YamlInputError` otherwise."""
     text = read_capped(path, what=what, max_bytes=max_bytes)
-    loader = _Loader(text, aliases=aliases, max_depth=max_depth, max_nodes=max_nodes)
+    loader = None
     try:
+        loader = _Loader(text, aliases=aliases, max_depth=max_depth, max_nodes=max_nodes)
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = "; ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         raise YamlInputError(f"{path}: not valid YAML{where}: {problem}") from None
     except yaml.YAMLError as exc:  # a reader error (a control character) from libyaml
-        raise YamlInputError(f"{path}: not valid YAML: {exc}") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise YamlInputError(f"{path}: not valid YAML: {first}") from None
     except (ValueError, OverflowError) as exc:  # an integer of more than 4300 digits, a bad date
         raise YamlInputError(f"{path}: not valid YAML: a value cannot be read ({exc})") from None
     except RecursionError:  # pragma: no cover - MAX_DEPTH stops nesting long before
         raise YamlInputError(f"{path}: not valid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
