@@ -539,7 +539,7 @@ def test_bad_input_is_refused_cleanly(case: Case, tmp_path: Path) -> None:
 
     path, kwargs = materialise(case, tmp_path)
     before = _tree(tmp_path)
-    with pytest.raises(Exception) as info:  # noqa: PT011 - the type is asserted below, with the message
+    with pytest.raises(Exception) as info:  # any type: (a) below asserts it is exactly CampaignConfigError
         load_campaign(path, check_pipeline=True, allowed_roots=[tmp_path / "root"], **kwargs)
     message = str(info.value)
     # (a) the one error type, never a traceback of another kind
