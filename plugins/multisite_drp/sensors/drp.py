@@ -100,14 +100,20 @@ class WorkflowSensor(_SiteSensor):
         return self._finish(ctx, self._ref(ctx), context, hook)
 
     def on_kill(self) -> None:
-        """Killed while poking (``deferrable=False``): stop the workflow's jobs. A deferred
-        wait is stopped by ``WorkflowTrigger.on_kill`` instead."""
+        """Killed while poking (``deferrable=False``): stop the workflow's jobs, unless the
+        campaign's ``on_kill.workflows`` is ``leave``. A deferred wait is stopped by
+        ``WorkflowTrigger.on_kill`` instead."""
         from multisite_drp.services import actions
 
         params = self._kill_params
         if not params or params.get("dry_run"):
             return
-        ctx = CampaignHook.from_params(params).get_conn()
+        hook = CampaignHook.from_params(params)
+        if hook.config.on_kill.workflows == "leave":
+            self.log.warning("%s/%s: task killed; the workflow runs on (on_kill.workflows: leave)", self.step,
+                             self.site)
+            return
+        ctx = hook.get_conn()
         ref = actions.workflow_ref(ctx, self.step, self.site)
         if ref is not None:
             self.log.warning("%s/%s: task killed; cancelling workflow %s", self.step, self.site, ref.name)
@@ -165,7 +171,29 @@ class ReplicationSensor(_SiteSensor):
 
         return replication_progress(ctx.replica, [RuleRef.from_dict(r) for r in rules]).state
 
+    _kill_params: dict[str, Any] | None = None
+
+    def on_kill(self) -> None:
+        """Killed while poking (``deferrable=False``): the campaign's ``on_kill.replication``
+        says whether the rules stay (``leave``, the default: Rucio goes on and a cleared
+        wait finds them) or are deleted (``cancel``). A deferred wait: ``ReplicationTrigger.on_kill``."""
+        from multisite_drp.services.replica.base import RuleRef
+
+        params = self._kill_params
+        if not params or params.get("dry_run"):
+            return
+        hook = CampaignHook.from_params(params)
+        if hook.config.on_kill.replication != "cancel":
+            self.log.warning("%s: task killed; its rules stay (on_kill.replication: leave)", self.task_id)
+            return
+        ctx = hook.get_conn()
+        for r in self._rules(ctx):
+            self.log.warning("%s: task killed; deleting rule %s (on_kill.replication: cancel)", self.task_id,
+                             r["rule_id"])
+            ctx.replica.delete_rule(RuleRef.from_dict(r))
+
     def poke(self, context) -> bool:
+        self._kill_params = dict(context["params"])
         _, ctx = self.prepare(context)
         rules = self._rules(ctx)
         state = self._state(ctx, rules) if rules else "ok"

@@ -20,19 +20,22 @@ transfer-from-graph`` (the older finalJob) is kept as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from multisite_drp.campaign.config import COLLECTION_NAME
-from multisite_drp.services.procs import child_env
 from multisite_drp.errors import DRPError
+from multisite_drp.services.procs import child_env
 
 __all__ = [
     "MiddlewareCommandError",
+    "MiddlewareTimeoutError",
     "aggregate_graph_argv",
     "butler_executable",
     "collection_chain_argv",
@@ -64,6 +67,41 @@ class MiddlewareCommandError(DRPError, RuntimeError):
             f"command failed with exit code {returncode}: {' '.join(self.argv)}\n"
             f"log: {log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{tail}"
         )
+
+
+class MiddlewareTimeoutError(MiddlewareCommandError):
+    """A middleware command ran past its limit and was killed with its child processes."""
+
+    def __init__(self, argv: Sequence[str], timeout: float, log_path: Path, tail: str) -> None:
+        super().__init__(argv, -signal.SIGKILL, log_path, tail)
+        self.timeout = timeout
+        self.args = ((
+            f"command timed out after {timeout:g} s (limit: the campaign's timeouts.command_seconds) and was "
+            f"killed with its child processes: {' '.join(self.argv)}\n"
+            f"log: {log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{tail}"
+        ),)
+
+
+#: Seconds a timed-out command's processes get between SIGTERM and SIGKILL.
+KILL_GRACE_SECONDS = 10.0
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGTERM ``proc`` and its descendants (run-qbb -j N's workers), SIGKILL what remains."""
+    import psutil  # an Airflow dependency, present wherever the services run
+
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=KILL_GRACE_SECONDS)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait()
 
 
 def _bin(name: str) -> str:
@@ -294,6 +332,8 @@ def run_command(
     (:func:`multisite_drp.services.procs.child_env`: PATH, the virtualenv, the stack's
     and PanDA's variables, never a credential such as ``AIRFLOW_CONN_*``) with ``env``
     on top. Raises `MiddlewareCommandError` with the log's last lines on failure.
+    ``timeout`` (seconds; None: no limit): past it the command and every process it
+    started are killed and `MiddlewareTimeoutError` names the command and the limit.
     """
     if isinstance(argv, str) or not argv:
         raise TypeError("argv must be a non-empty sequence of strings, not a shell string")
@@ -304,16 +344,17 @@ def run_command(
     with log.open("a") as fh:
         fh.write(f"$ {' '.join(argv)}\n")
         fh.flush()
-        proc = subprocess.run(
-            argv,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=cwd,
-            timeout=timeout,
-            text=True,
-            check=False,
-        )
-    if proc.returncode != 0:
-        raise MiddlewareCommandError(argv, proc.returncode, log, _tail(log))
-    return proc
+        child = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, text=True)
+        try:
+            returncode = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_tree(child)
+            fh.write(f"\n*** killed after {timeout:g} s (timeouts.command_seconds) ***\n")
+            fh.flush()
+            raise MiddlewareTimeoutError(argv, float(timeout), log, _tail(log)) from None
+        except BaseException:  # interrupted (the task killed): take the command down with us
+            _kill_tree(child)
+            raise
+    if returncode != 0:
+        raise MiddlewareCommandError(argv, returncode, log, _tail(log))
+    return subprocess.CompletedProcess(argv, returncode)

@@ -14,18 +14,29 @@ the credential rules still apply: S3 credentials reach the stack through
 or ``PGPASSFILE``, files rather than values).
 
 Embedded workflow runners are started with ``start_new_session=True``, so
-each is the leader of its own process group and its pid is the group id.
+each is the leader of its own process group and its pid is the group id. A runner is
+recorded by :func:`identity` as (host, pid, kernel start time), and
+:func:`runner_liveness` reads such a record: a pid that now belongs to another process
+(another start time) is dead, a record written on another host is ``other_host`` (this
+host cannot see that process, so it is neither alive nor dead here), and a runner whose
+leader died while its children run on (a ``run-qbb`` left behind) is still alive. The
+kernel keeps a pid allocated while any process uses it as a process-group id, so a
+recorded group id is never another process's group.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import re
+import signal
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["CHILD_ENV_NAMES", "CHILD_ENV_PREFIXES", "CHILD_ENV_SUFFIXES", "child_env", "group_alive",
-           "is_secret_name", "is_secret_value"]
+__all__ = ["CHILD_ENV_NAMES", "CHILD_ENV_PREFIXES", "CHILD_ENV_SUFFIXES", "Liveness", "child_env", "group_alive",
+           "identity", "is_secret_name", "is_secret_value", "kill_runner", "process_start", "runner_liveness",
+           "this_host"]
 
 #: Variables a child process inherits by exact name.
 CHILD_ENV_NAMES = frozenset({
@@ -115,3 +126,94 @@ def group_alive(pgid: int | None) -> bool:
         return Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+# -- liveness of a recorded runner ------------------------------------------------------------
+
+
+class Liveness(str, enum.Enum):
+    """What this host can say of a recorded runner."""
+
+    alive = "alive"
+    dead = "dead"
+    other_host = "other_host"  # recorded on another host: this host cannot tell
+
+
+def this_host() -> str:
+    """The name a runner record carries for the host it runs on."""
+    return socket.gethostname()
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat from the state on (field 3 first), or None if no such process."""
+    try:
+        raw = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel start time of a live (non-zombie) process (field 22 of /proc/<pid>/stat,
+    clock ticks since boot), or None: with the pid it names one process for good."""
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def identity(pid: int) -> dict[str, object]:
+    """The record of a runner: host, pid (its process-group id) and kernel start time."""
+    return {"pgid": int(pid), "host": this_host(), "start": process_start(pid)}
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields and fields[0] not in ("Z", "X") and fields[2] == str(pgid):
+                return True
+    return False
+
+
+def runner_liveness(record: Mapping[str, object] | None) -> Liveness:
+    """Whether the runner a record names (``pgid``, ``host``, ``start``) still runs.
+
+    * recorded on another host: ``other_host``;
+    * its pid now belongs to another process (another start time): ``dead``;
+    * its leader is gone (or a zombie) but a process of its group runs on: ``alive``;
+    * a record without a start time (written before they were recorded): the group is asked.
+    """
+    if not record or not record.get("pgid"):
+        return Liveness.dead
+    pgid = int(record["pgid"])  # type: ignore[arg-type]
+    host = record.get("host")
+    if host and host != this_host():
+        return Liveness.other_host
+    start = record.get("start")
+    if start is None:
+        return Liveness.alive if group_alive(pgid) else Liveness.dead
+    fields = _stat(pgid)
+    if fields is not None and fields[0] not in ("Z", "X"):
+        # The pid is in use: ours if it started when we recorded, else reused (and then our
+        # group is gone: the kernel does not reuse a pid that still names a group).
+        return Liveness.alive if fields[19] == str(start) else Liveness.dead
+    return Liveness.alive if _group_has_live_member(pgid) else Liveness.dead
+
+
+def kill_runner(record: Mapping[str, object] | None, sig: int = signal.SIGTERM) -> bool:
+    """Signal the recorded runner's whole process group if it is alive on this host (never
+    a process that merely reuses its pid). True if a signal was sent."""
+    if runner_liveness(record) is not Liveness.alive:
+        return False
+    try:
+        os.killpg(int(record["pgid"]), sig)  # type: ignore[index, arg-type]
+    except ProcessLookupError:
+        return False
+    return True

@@ -8,21 +8,52 @@ quanta, as BPS's finalJob does).
 
 All state lives in the submit directory (``spec.json``, ``state.json``, logs), never
 in this process, so a worker, triggerer or scheduler restart loses nothing: the next
-``status`` call reads the file and checks the process group is still alive.
+``status`` call reads the file and checks the runner is still alive.
+
+Crash safety (a worker may die at any line):
+
+* ``submit`` writes the complete record (name, spec, ``phase: starting``) atomically
+  *before* it starts the runner, then the runner's identity (host, pid, kernel start
+  time). A record still ``starting`` whose runner is not alive is resumed by the next
+  ``submit`` or ``restart`` (same attempt): no manual clean-up, no KeyError.
+* ``submit``, ``restart`` and ``cancel`` of one workflow take the submit directory's
+  lock (``submit.lock``, waited for at most ``timeouts.submit_lock_seconds``).
+* The runner holds ``runner.lock`` for its whole life: the submitter takes it and the
+  runner inherits it, so there is no moment when a started runner does not hold it, and
+  a second runner in the same directory refuses to run. The kernel releases it when the
+  runner dies, however it dies.
+* Liveness is the runner lock, then the recorded identity
+  (:func:`multisite_drp.services.procs.runner_liveness`): a pid now used by another
+  process is dead. A runner recorded on **another host** sharing the file system is
+  neither: ``status`` reports UNKNOWN (not terminal, so a wait goes on, and it sees the
+  runner's end in the state file when it finishes there), and ``submit``/``restart``/
+  ``cancel`` raise a ``WorkflowError`` naming that host rather than assume it dead and
+  start a second runner.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from multisite_drp.services.fileio import atomic_write_json, read_json
-from multisite_drp.services.procs import child_env, group_alive
+from multisite_drp.campaign.config import TimeoutSettings
+from multisite_drp.crashpoints import crashpoint
+from multisite_drp.services.fileio import atomic_write_json, file_lock, read_json
+from multisite_drp.services.procs import (
+    Liveness,
+    child_env,
+    identity,
+    kill_runner,
+    runner_liveness,
+    this_host,
+)
 from multisite_drp.services.workflow.base import (
     WmsStates,
     WorkflowError,
@@ -36,15 +67,43 @@ __all__ = ["EmbeddedWorkflowService"]
 
 SPEC_FILE = "spec.json"
 STATE_FILE = "state.json"
+SUBMIT_LOCK = "submit.lock"
+RUNNER_LOCK = "runner.lock"
+#: Phases of a record whose runner has not (yet) confirmed it runs.
+STARTING_PHASES = ("starting", "restarting")
+#: The limits a runner gets when the service is given none (the campaign's defaults).
+DEFAULT_TIMEOUTS = TimeoutSettings().model_dump()
+#: Seconds a cancelled runner gets to stop after SIGTERM before SIGKILL.
+CANCEL_GRACE_SECONDS = 5.0
+
+
+def runner_busy(submit_dir: str | os.PathLike[str]) -> bool:
+    """True while a runner holds the directory's runner lock."""
+    path = Path(submit_dir) / RUNNER_LOCK
+    if not path.exists():
+        return False
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
 
 
 class EmbeddedWorkflowService(WorkflowService):
-    """Runs workflows as local detached process groups, state in the submit directory."""
+    """Runs workflows as local detached process groups, state in the submit directory.
 
-    def __init__(self, site: str, processes: int = 1, python: str | None = None) -> None:
+    ``timeouts``: the campaign's ``timeouts`` (``command_seconds``, ``lock_seconds``,
+    ``submit_lock_seconds``); missing keys take the defaults.
+    """
+
+    def __init__(self, site: str, processes: int = 1, python: str | None = None,
+                 timeouts: Mapping[str, float] | None = None) -> None:
         self.site = site
         self.processes = processes
         self.python = python or sys.executable
+        self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -57,34 +116,70 @@ class EmbeddedWorkflowService(WorkflowService):
             submit_dir=spec_or_state["submit_dir"],
         )
 
+    @contextlib.contextmanager
+    def _submit_lock(self, submit_dir: Path, name: str) -> Iterator[None]:
+        submit_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(submit_dir / SUBMIT_LOCK, self.timeouts["submit_lock_seconds"],
+                       f"the submit lock of workflow {name} (limit: the campaign's timeouts.submit_lock_seconds)"):
+            yield
+
+    @staticmethod
+    def _liveness(state: Mapping, submit_dir: Path) -> Liveness:
+        if runner_busy(submit_dir):
+            return Liveness.alive
+        return runner_liveness(state)
+
+    @staticmethod
+    def _elsewhere(state: Mapping, what: str) -> WorkflowError:
+        return WorkflowError(
+            f"{state.get('name')}: cannot {what}: its runner was recorded on host {state.get('host')!r} and this is "
+            f"{this_host()!r}, which cannot tell whether it still runs; {what} it on {state.get('host')!r}, or, if "
+            f"that host is gone for good, remove {Path(state['submit_dir']) / STATE_FILE}'s 'host' and try again"
+        )
+
     def _launch(self, submit_dir: Path) -> int:
-        log = open(submit_dir / "runner.log", "ab")  # noqa: SIM115 - handed to the child
+        """Start the runner holding the directory's runner lock; return its pid (= its pgid)."""
+        fd = os.open(submit_dir / RUNNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            proc = subprocess.Popen(
-                [self.python, "-m", "multisite_drp.services.workflow.runner", str(submit_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: cancel kills the whole tree
-                close_fds=True,
-                env=child_env({"PYTHONUNBUFFERED": "1"}),  # no credential outlives the task in the runner
-            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WorkflowError(f"{submit_dir}: a runner already holds {RUNNER_LOCK}; not starting another") \
+                    from None
+            log = open(submit_dir / "runner.log", "ab")  # noqa: SIM115 - handed to the child
+            try:
+                proc = subprocess.Popen(
+                    [self.python, "-m", "multisite_drp.services.workflow.runner", str(submit_dir),
+                     "--lock-fd", str(fd)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: cancel kills the whole tree
+                    close_fds=True,
+                    pass_fds=(fd,),  # the runner inherits the held runner lock
+                    env=child_env({"PYTHONUNBUFFERED": "1"}),  # no credential outlives the task in the runner
+                )
+            finally:
+                log.close()
         finally:
-            log.close()
+            os.close(fd)  # the lock stays held by the runner's copy of the descriptor
         return proc.pid
+
+    def _start(self, submit_dir: Path) -> None:
+        """Launch the runner, then record who it is (the runner records itself too)."""
+        pid = self._launch(submit_dir)
+        crashpoint("submit.after_launch")
+        atomic_write_json(submit_dir / STATE_FILE, identity(pid), merge=True)
 
     # -- port ----------------------------------------------------------------------------------
 
     def find(self, spec: WorkflowSpec) -> WorkflowRef | None:
         state = read_json(Path(spec.submit_dir) / STATE_FILE)
-        return self._ref(state) if state else None
+        # A record without a name was cut short by an older version's crash: no submission.
+        return self._ref(state) if state and state.get("name") else None
 
     def submit(self, spec: WorkflowSpec) -> WorkflowRef:
-        existing = self.find(spec)
-        if existing is not None:
-            return existing
         submit_dir = Path(spec.submit_dir)
-        submit_dir.mkdir(parents=True, exist_ok=True)
         if not Path(spec.qgraph).is_file():
             raise WorkflowError(f"{spec.name}: quantum graph {spec.qgraph} does not exist")
         spec_dict = {
@@ -96,28 +191,50 @@ class EmbeddedWorkflowService(WorkflowService):
             "submit_dir": str(submit_dir),
             "bps_config": spec.bps_config,
             "processes": spec.processes or self.processes,
+            "timeouts": {k: self.timeouts[k] for k in ("command_seconds", "lock_seconds")},
         }
-        atomic_write_json(submit_dir / SPEC_FILE, spec_dict)
-        pgid = self._launch(submit_dir)
-        # state.json is the submission record; writing it last makes submit all-or-nothing
-        # for find(): a crash before this line leaves no record and a retry submits again.
-        atomic_write_json(
-            submit_dir / STATE_FILE,
-            {**spec_dict, "pgid": pgid, "state": WmsStates.PENDING.name, "attempt": 1,
-             "submitted": time.time(), "phase": "submitted"},
-            merge=True,
-        )
+        state_path = submit_dir / STATE_FILE
+        with self._submit_lock(submit_dir, spec.name):
+            state = read_json(state_path) or {}
+            if state.get("name"):
+                if state.get("phase") not in STARTING_PHASES:
+                    return self._ref(state)  # submitted by an earlier try
+                live = self._liveness(state, submit_dir)
+                if live is Liveness.other_host:
+                    raise self._elsewhere(state, "submit")
+                if live is Liveness.alive:
+                    return self._ref(state)
+                # An earlier try recorded the submission but its runner never ran: resume it.
+            else:
+                atomic_write_json(submit_dir / SPEC_FILE, spec_dict)
+                # The complete record, before anything is started (replacing a nameless one).
+                atomic_write_json(state_path, {**spec_dict, "state": WmsStates.PENDING.name, "attempt": 1,
+                                               "submitted": time.time(), "phase": "starting"})
+                crashpoint("submit.after_record")
+            self._start(submit_dir)
         return self._ref(spec_dict)
 
     def _status_one(self, ref: WorkflowRef) -> WorkflowStatus:
-        state = read_json(Path(ref.submit_dir) / STATE_FILE)
-        if not state:
-            return WorkflowStatus(run_id=ref.run_id, state=WmsStates.UNKNOWN, message="no state file")
+        sdir = Path(ref.submit_dir)
+        state = read_json(sdir / STATE_FILE)
+        if not state or not state.get("name"):
+            return WorkflowStatus(run_id=ref.run_id, state=WmsStates.UNKNOWN, message="no submission record")
         st = WmsStates[state.get("state", "UNKNOWN")]
         message = state.get("message", "")
-        if st not in (WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED) and not group_alive(state.get("pgid")):
-            # The runner died without recording an end (killed, machine restart).
-            st, message = WmsStates.FAILED, f"runner process {state.get('pgid')} is gone (phase {state.get('phase')})"
+        if st not in (WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED):
+            live = self._liveness(state, sdir)
+            if live is Liveness.other_host:
+                st, message = WmsStates.UNKNOWN, (
+                    f"runner recorded on host {state.get('host')!r}; this is {this_host()!r}, which cannot see it "
+                    f"(phase {state.get('phase')}): its end shows here when it finishes there")
+            elif live is Liveness.dead and state.get("phase") in STARTING_PHASES:
+                st, message = WmsStates.FAILED, (
+                    f"the submission stopped before its runner ran (phase {state.get('phase')}); "
+                    "submit or restart starts it")
+            elif live is Liveness.dead:
+                # The runner died without recording an end (killed, machine restart).
+                st, message = WmsStates.FAILED, (f"runner process {state.get('pgid')} is gone "
+                                                 f"(phase {state.get('phase')})")
         counts = state.get("counts", {})
         return WorkflowStatus(
             run_id=ref.run_id,
@@ -137,37 +254,49 @@ class EmbeddedWorkflowService(WorkflowService):
         return {ref.run_id: self._status_one(ref) for ref in refs}
 
     def cancel(self, ref: WorkflowRef) -> None:
-        path = Path(ref.submit_dir) / STATE_FILE
-        state = read_json(path)
-        if not state:
-            return
-        pgid = state.get("pgid")
-        if group_alive(pgid):
-            os.killpg(pgid, signal.SIGTERM)
-            for _ in range(50):
-                if not group_alive(pgid):
-                    break
-                time.sleep(0.1)
-            else:
-                os.killpg(pgid, signal.SIGKILL)
-        if state.get("state") not in (WmsStates.SUCCEEDED.name, WmsStates.FAILED.name):
-            atomic_write_json(path, {"state": WmsStates.DELETED.name, "message": "cancelled",
-                                     "finished": time.time()}, merge=True)
+        sdir = Path(ref.submit_dir)
+        path = sdir / STATE_FILE
+        with self._submit_lock(sdir, ref.name):
+            state = read_json(path)
+            if not state:
+                return
+            live = self._liveness(state, sdir)
+            if live is Liveness.other_host:
+                raise self._elsewhere(state, "cancel")
+            if live is Liveness.alive:
+                deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+                while not state.get("pgid") and time.monotonic() < deadline:  # started, not yet recorded
+                    time.sleep(0.1)
+                    state = read_json(path) or state
+                kill_runner(state, signal.SIGTERM)
+                while self._liveness(state, sdir) is Liveness.alive and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if self._liveness(state, sdir) is Liveness.alive:
+                    kill_runner(state, signal.SIGKILL)
+            if state.get("state") not in (WmsStates.SUCCEEDED.name, WmsStates.FAILED.name):
+                atomic_write_json(path, {"state": WmsStates.DELETED.name, "message": "cancelled",
+                                         "finished": time.time()}, merge=True)
 
     def restart(self, ref: WorkflowRef) -> WorkflowRef:
         """Rerun the same graph: run-qbb skips quanta whose outputs exist, so only the
-        unfinished ones run again; the merge then runs over everything."""
-        path = Path(ref.submit_dir) / STATE_FILE
-        state = read_json(path)
-        if not state:
-            raise WorkflowError(f"{ref.name}: nothing to restart, no submission in {ref.submit_dir}")
-        if group_alive(state.get("pgid")):
-            return ref  # still running: restarting would duplicate it
-        if state.get("state") == WmsStates.SUCCEEDED.name:
-            return ref
-        attempt = int(state.get("attempt", 1)) + 1
-        atomic_write_json(path, {"state": WmsStates.PENDING.name, "attempt": attempt, "message": "",
-                                 "phase": "restarted", "finished": None, "merged": False}, merge=True)
-        pgid = self._launch(Path(ref.submit_dir))
-        atomic_write_json(path, {"pgid": pgid}, merge=True)
+        unfinished ones run again; the merge then runs over everything. A submission whose
+        runner never ran (still ``starting``) is started as the same attempt."""
+        sdir = Path(ref.submit_dir)
+        path = sdir / STATE_FILE
+        with self._submit_lock(sdir, ref.name):
+            state = read_json(path)
+            if not state or not state.get("name"):
+                raise WorkflowError(f"{ref.name}: nothing to restart, no submission in {ref.submit_dir}")
+            live = self._liveness(state, sdir)
+            if live is Liveness.other_host:
+                raise self._elsewhere(state, "restart")
+            if live is Liveness.alive:
+                return ref  # still running: restarting would duplicate it
+            if state.get("state") == WmsStates.SUCCEEDED.name:
+                return ref
+            if state.get("phase") not in STARTING_PHASES:
+                attempt = int(state.get("attempt", 1)) + 1
+                atomic_write_json(path, {"state": WmsStates.PENDING.name, "attempt": attempt, "message": "",
+                                         "phase": "restarting", "finished": None, "merged": False}, merge=True)
+            self._start(sdir)
         return ref
