@@ -48,7 +48,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.posts.append({"path": self.path, "body": body.decode()})
                 outer.started.set()
@@ -73,7 +73,7 @@ class Receiver:
                     self.send_response(204)
                     self.end_headers()
 
-            def do_GET(self) -> None:  # noqa: N802 - what a followed 302/303 would arrive as
+            def do_GET(self) -> None:
                 outer.gets.append(self.path)
                 self.send_response(204)
                 self.end_headers()

@@ -163,7 +163,7 @@ def check_url(url: str, hosts: frozenset[str]) -> None:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Refuses every redirect: an alert goes where it was configured to, or nowhere."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         raise urllib.error.HTTPError(req.full_url, code, f"redirect ({code}) refused", headers, fp)
 
 
@@ -201,11 +201,11 @@ class _Connections:
 
 def _opener(conns: _Connections) -> urllib.request.OpenerDirector:
     class Http(urllib.request.HTTPHandler):
-        def http_open(self, req):  # noqa: ANN001, ANN201
+        def http_open(self, req):
             return self.do_open(conns.factory(http.client.HTTPConnection), req)
 
     class Https(urllib.request.HTTPSHandler):
-        def https_open(self, req):  # noqa: ANN001, ANN201
+        def https_open(self, req):
             return self.do_open(conns.factory(http.client.HTTPSConnection), req, context=self._context,
                                 check_hostname=self._check_hostname)
 
@@ -260,7 +260,6 @@ class CampaignAlertNotifier(BaseNotifier):
         params = context.get("params") or {}
         try:
             from multisite_drp.campaign.config import load_campaign
-
             from multisite_drp.hooks.campaign import deployment_roots
 
             # The Params name the file we append to: held inside the deployment's allowed roots.
