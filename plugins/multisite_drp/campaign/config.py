@@ -87,7 +87,7 @@ ConnId = Annotated[str, StringConstraints(pattern=CONN_ID)]
 
 SHARE_TOLERANCE = 1e-6
 #: Node limit for a pipeline YAML (aliases counted expanded); a campaign file keeps safe_yaml's default.
-PIPELINE_MAX_NODES = 200_000
+PIPELINE_MAX_NODES = 50_000
 #: Largest byte count a size may be (1 PB): far above any dataset, far below an overflow.
 MAX_BYTES_ESTIMATE = 10**15
 #: No control character, no environment variable, no home directory: a path is used as written.
