@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from multisite_drp.errors import InputError
+
 if TYPE_CHECKING:
     from .config import CampaignConfig
 
@@ -46,7 +48,7 @@ MAX_PIPELINE_FILES = 32
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-class PathError(ValueError):
+class PathError(InputError, ValueError):
     """A path leaves the allowed roots (or its data_root); the message names the field."""
 
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import functools
 
+from multisite_drp.errors import InputError
+
 __all__ = ["QueryError", "check_balanced", "parse_query"]
 
 
-class QueryError(ValueError):
+class QueryError(InputError, ValueError):
     """A data query is not one complete butler expression; the message says why."""
 
 

@@ -36,6 +36,8 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode
 from yaml.resolver import Resolver
 
+from multisite_drp.errors import InputError
+
 try:  # libyaml's event parser (PyYAML wheels ship it)
     from yaml._yaml import CParser as _Parser
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
@@ -58,7 +60,7 @@ MAX_NODES = 20_000  # a campaign file has a few hundred; a pipeline file a few t
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class YamlInputError(ValueError):
+class YamlInputError(InputError, ValueError):
     """A YAML file is too large, not UTF-8, not valid YAML or beyond the loader's limits."""
 
 
