@@ -85,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     service = RucioReplicaService(scope=scope, sites=sites, campaign="bench", activity="Production Output",
                                   credentials={k: RucioCredentials(v["password"]) for k, v in creds.items()},
                                   hub="benchsrc")
-    env = {**os.environ, **lr.client_env()}
+    from multisite_drp.services.procs import child_env
+
+    env = child_env({**lr.client_env(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     lr.start_process("bench-replica-monitor",
                      [sys.executable, "-m", "multisite_drp.services.replica.monitor", "--scope", scope, "--discover",
-                      "--interval", "0.5", "--state-dir", str(Path(args.root) / "monitor")], env=env)
+                      "--interval", "0.5", "--state-dir", str(Path(args.root) / "monitor")], env=env, inherit=False)
     lines = []
     try:
         for n in [int(x) for x in args.files.split(",")]:

@@ -103,7 +103,9 @@ class LocalPanDA:
             state["config"] = config
             self._save_state(state)
             _procs.write_json(self.config_file, config, private=True)
-            env = dict(os.environ)
+            from multisite_drp.services.procs import child_env
+
+            env = child_env()  # no Airflow connection or other credential reaches the relay or its jobs
             env["PYTHONPATH"] = os.pathsep.join([str(INCLUDE), *[p for p in env.get("PYTHONPATH", "").split(
                 os.pathsep) if p and p != str(INCLUDE)]])
             argv = [sys.executable, "-m", "localpanda", "serve", "--root", str(self.root),

@@ -820,7 +820,9 @@ class Engine:
                         running += 1
 
     def _job_env(self, req: Request, task: Mapping[str, Any], job: Mapping[str, Any], workdir: Path) -> dict[str, str]:
-        env = dict(os.environ)
+        from multisite_drp.services.procs import child_env
+
+        env = child_env()  # the allow-listed environment: a batch node has no Airflow credential
         # The pilot's "container": the Python environment the relay runs in, and
         # panda-client importable without resolving the PanDA cache host (the edge-node
         # decoder imports lsst.ctrl.bps.panda.utils, hence pandaclient).

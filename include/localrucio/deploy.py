@@ -750,7 +750,11 @@ request_retries = 3
         return digest.hexdigest()[:16]
 
     def _server_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RUCIO_") and k != "PYTHONPATH"}
+        from multisite_drp.services.procs import child_env
+
+        # The allow-listed environment (no Airflow connection or other credential), without
+        # the project's Rucio client settings and Python path: the server has its own venv.
+        env = {k: v for k, v in child_env().items() if not k.startswith("RUCIO_") and k != "PYTHONPATH"}
         env["RUCIO_CONFIG"] = str(self.server_config)
         env.pop("VIRTUAL_ENV", None)
         return env
