@@ -75,12 +75,27 @@ def test_workflow_trigger_fires_once_every_workflow_is_terminal(tmp_path: Path,
     assert wf["lost"]["state"] == "FAILED" and "gone" in wf["lost"]["message"]
 
 
-def test_trigger_refuses_connections_the_campaign_does_not_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["workflow", "replication"])
+def test_trigger_refuses_connections_the_campaign_does_not_name(tmp_path: Path, kind: str) -> None:
+    """Bad input in the triggerer is an input-error event (no waiting, no crash), and the
+    sensor fails the task on it without retry."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from multisite_drp.sensors.drp import ReplicationSensor, WorkflowSensor
+
     params = {"campaign_file": str(CAMPAIGN), "data_root": str(tmp_path), "sites": [], "generation": 0}
-    trigger = WorkflowTrigger(params=params, conn_ids=["someone_elses_conn"], site="frdf", refs=[],
-                              poll_interval=0.1, label="t")
-    with pytest.raises(LookupError, match="does not name"):
-        _first_event(trigger)
+    if kind == "workflow":
+        trigger = WorkflowTrigger(params=params, conn_ids=["someone_elses_conn"], site="frdf", refs=[],
+                                  poll_interval=0.1, label="t")
+        sensor = WorkflowSensor(task_id="wait_workflow", step="step1", site="frdf")
+    else:
+        trigger = ReplicationTrigger(params=params, conn_ids=["someone_elses_conn"], rules=[], poll_interval=0.1,
+                                     label="t")
+        sensor = ReplicationSensor(task_id="wait_inputs", site="frdf", kind="inputs", step="step1")
+    event = _first_event(_rebuilt(trigger), timeout=60)
+    assert event.payload["status"] == "error" and event.payload["input_error"] is True
+    assert "ConnectionMissingError" in event.payload["message"] and "does not name" in event.payload["message"]
+    with pytest.raises(AirflowFailException, match="does not name.*not retried"):
+        sensor.execute_complete({"params": params}, event.payload)
 
 
 @pytest.mark.server

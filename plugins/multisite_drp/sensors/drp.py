@@ -18,13 +18,20 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from multisite_drp.hooks.campaign import CampaignHook
 from multisite_drp.hooks.mixin import CampaignTaskMixin
 from multisite_drp.triggers.site import ReplicationTrigger, WorkflowTrigger
 
 __all__ = ["ReplicationSensor", "WorkflowSensor"]
+
+
+
+def _fail_on_input_error(task_id: str, event: dict[str, Any]) -> None:
+    """A trigger's input-error event fails the task at once: no retry can mend it."""
+    if event.get("input_error"):
+        raise AirflowFailException(f"{task_id}: {event.get('message')} (bad input: not retried)")
 
 
 class _SiteSensor(CampaignTaskMixin, BaseSensorOperator):
@@ -93,6 +100,7 @@ class WorkflowSensor(_SiteSensor):
 
     def execute_complete(self, context, event: dict[str, Any] | None = None) -> Any:
         event = event or {}
+        _fail_on_input_error(self.task_id, event)
         if event.get("status") != "done":
             raise AirflowException(f"{self.step}/{self.site}: waiting on the workflow failed: "
                                    f"{event.get('message') or event}")
@@ -230,6 +238,9 @@ class ReplicationSensor(_SiteSensor):
 
     def execute_complete(self, context, event: dict[str, Any] | None = None) -> Any:
         event = event or {}
+        _fail_on_input_error(self.task_id, event)
+        if event.get("status") == "error":
+            raise AirflowException(f"{self.task_id}: waiting on the rules failed: {event.get('message') or event}")
         if event.get("status") == "stuck":
             raise AirflowException(f"{self.task_id}: replication STUCK: {event.get('stuck')}; the task's "
                                    "retry re-evaluates the rule")

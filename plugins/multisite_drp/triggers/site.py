@@ -22,10 +22,18 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from multisite_drp.errors import InputError
 from multisite_drp.hooks.campaign import CampaignHook
 from multisite_drp.services.replica.base import RuleRef, replication_progress
 
 __all__ = ["ReplicationTrigger", "WorkflowTrigger"]
+
+
+
+def input_error_event(exc: InputError) -> TriggerEvent:
+    """The event for an error no wait can mend (bad connection, refused credentials, a
+    request the workflow system no longer has): the sensor fails the task without retry."""
+    return TriggerEvent({"status": "error", "input_error": True, "message": f"{type(exc).__name__}: {exc}"})
 
 
 class _CampaignTrigger(BaseTrigger):
@@ -70,15 +78,17 @@ class WorkflowTrigger(_CampaignTrigger):
         return await asyncio.to_thread(build)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from multisite_drp.services.workflow.panda import PanDAAuthError, PanDARequestMissingError
-
-        service, refs = await self._service()
+        try:
+            service, refs = await self._service()
+        except InputError as exc:  # a bad connection or campaign: waiting cannot mend it
+            yield input_error_event(exc)
+            return
         last = None
         while True:
             try:
                 statuses = await asyncio.to_thread(service.status, refs)
-            except (PanDAAuthError, PanDARequestMissingError) as exc:  # an operator's job: fail now, say why
-                yield TriggerEvent({"status": "error", "message": str(exc)})
+            except InputError as exc:  # refused token, request gone: an operator's job, fail now, say why
+                yield input_error_event(exc)
                 return
             except Exception as exc:  # noqa: BLE001 - the workflow system briefly unreachable: keep waiting
                 self.log.warning("%s: status call failed (%s: %s); trying again in %.0f s", self.label,
@@ -145,14 +155,21 @@ class ReplicationTrigger(_CampaignTrigger):
             await asyncio.to_thread(service.delete_rule, RuleRef.from_dict(r))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = await self._hook()
-        service = await asyncio.to_thread(hook.replica_service)
+        try:
+            hook = await self._hook()
+            service = await asyncio.to_thread(hook.replica_service)
+        except InputError as exc:  # a bad connection or campaign: waiting cannot mend it
+            yield input_error_event(exc)
+            return
         refs = [RuleRef.from_dict(r) for r in self.rules]
         last = None
         grace_until = asyncio.get_running_loop().time() + self.stuck_grace
         while True:
             try:
                 progress = await asyncio.to_thread(replication_progress, service, refs)
+            except InputError as exc:  # a refused login or token: retrying cannot help
+                yield input_error_event(exc)
+                return
             except Exception as exc:  # noqa: BLE001 - Rucio briefly unreachable: keep waiting, say so
                 self.log.warning("%s: status call failed (%s: %s); trying again in %.0f s", self.label,
                                  type(exc).__name__, exc, self.poll_interval)
