@@ -138,9 +138,10 @@ class RucioCampaign:
 
 @pytest.fixture(scope="session")
 def rucio_campaign_factory(local_rucio, tmp_path_factory: pytest.TempPathFactory):
-    """make(label, monitor=True) -> RucioCampaign: sites built under a new scope, RSEs and
-    per-site accounts made, the service built from Connection-shaped settings, and (with
-    ``monitor``) the Replica Monitor daemon serving the scope."""
+    """make(label, monitor=True, holds_all_raws=()) -> RucioCampaign: sites built under a new
+    scope, RSEs and per-site accounts made, the service built from Connection-shaped settings,
+    and (with ``monitor``) the Replica Monitor daemon serving the scope. The remote sites in
+    ``holds_all_raws`` are built holding every raw and say so in the campaign copy."""
     from localrucio.campaign import (
         campaign_copy,
         connection_infos,
@@ -153,12 +154,19 @@ def rucio_campaign_factory(local_rucio, tmp_path_factory: pytest.TempPathFactory
     from multisite_drp.services import factory
     from rucio.client import Client
 
-    def make(label: str, monitor: bool = True) -> RucioCampaign:
+    def make(label: str, monitor: bool = True, holds_all_raws: tuple[str, ...] = ()) -> RucioCampaign:
         scope = f"t{label[:10]}_{_uuid.uuid4().hex[:8]}"
         base = tmp_path_factory.mktemp(label)
         data_root = base / "sites"
-        build_sites(data_root, scope=scope)
+        build_sites(data_root, scope=scope, holds_all_raws=holds_all_raws)
         campaign_file = campaign_copy(base, scope)
+        if holds_all_raws:
+            import yaml
+
+            doc = yaml.safe_load(campaign_file.read_text())
+            for s in doc["sites"]:
+                s["holds_all_raws"] = s["name"] in holds_all_raws
+            campaign_file.write_text(yaml.safe_dump(doc, sort_keys=False))
         cfg = load_campaign(campaign_file, data_root=data_root)
         creds = prepare(local_rucio, cfg)
         conns = replica_connections(local_rucio, cfg, creds, poll_interval=0.5)

@@ -46,11 +46,12 @@ __all__ = [
 ]
 
 
-def build_sites(root, seed: int = DEFAULT_SEED):  # type: ignore[no-untyped-def]
-    """Build the usdf, frdf and ukdf repositories under ``root``; see `minidrp.build.build_sites`."""
+def build_sites(root, seed: int = DEFAULT_SEED, **kwargs):  # type: ignore[no-untyped-def]
+    """Build the usdf, frdf and ukdf repositories under ``root`` (``scope``, ``holds_all_raws``
+    as keywords); see `minidrp.build.build_sites`."""
     from .build import build_sites as _build
 
-    return _build(root, seed)
+    return _build(root, seed, **kwargs)
 
 
 def copy_visit_records(source, dest, visits):  # type: ignore[no-untyped-def]

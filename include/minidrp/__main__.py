@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build the usdf, frdf and ukdf butler repositories under --root")
     b.add_argument("--root", required=True, help="directory that will hold usdf/, frdf/, ukdf/")
     b.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    b.add_argument("--holds-all-raws", action="append", default=[], metavar="SITE",
+                   help="a remote site that holds every raw too (a campaign's sites[].holds_all_raws); repeatable")
     v = sub.add_parser("validate", help="run all nine steps at usdf and check the golden counts")
     v.add_argument("--root", required=True, help="a root made by `build`")
     v.add_argument("--write-golden", action="store_true", help="record the counts as the new golden values")
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         from .build import BuildError, build_sites
 
         try:
-            build_sites(args.root, seed=args.seed)
+            build_sites(args.root, seed=args.seed, holds_all_raws=args.holds_all_raws)
         except BuildError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

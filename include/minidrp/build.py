@@ -7,7 +7,11 @@ calibrations, the reference catalogue and the ``skyMap`` dataset, chained as
 before a campaign: the instrument, the skymap records and the ``skyMap``
 dataset; everything else reaches them by replication. They also get the input
 RUN collections (empty), the ``MiniCam/defaults`` chain and the input dataset
-types registered, so arriving files can be ingested without setup.
+types registered, so arriving files can be ingested without setup. A remote site
+named in ``holds_all_raws`` (a campaign's ``sites[].holds_all_raws``; DMTN-213's
+FrDF keeps a copy of every raw) also gets every raw, with the hub's dataset IDs and
+exposure records (``Butler.transfer_from``), as a Data Facility holding replicas of
+USDF's raws has them: the campaign then replicates no raw to it.
 
 Each repository keeps its files under ``<repo>/minidrp/`` (the datastore root, ``DATASTORE_DIR``),
 following lsst-rucio-register's convention that a site's butler datastore lies at
@@ -28,6 +32,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +154,13 @@ def _fill_hub(butler: Butler, seed: int) -> dict[str, int]:
     return {"visits": len(visits), "raw": n_raw, "calib": n_calib, "refcat": len(refcat)}
 
 
+def _copy_raws(hub: Butler, site: Butler) -> int:
+    """Give ``site`` every raw of ``hub``: same dataset IDs, same RUN, the exposure records with them."""
+    refs = hub.query_datasets(RAW, collections=RAW_RUN, limit=None, explain=False)
+    site.transfer_from(hub, refs, transfer="copy", transfer_dimensions=True)
+    return len(refs)
+
+
 def _marker(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads((path / MARKER).read_text())
@@ -161,48 +173,66 @@ def site_paths(root: Path) -> dict[str, Path]:
     return {site: Path(root) / site for site in SITES}
 
 
-def is_complete(root: Path, seed: int = DEFAULT_SEED, scope: str = DATASTORE_DIR) -> bool:
-    """True if ``root`` holds a complete build made with ``seed`` (and datastore ``scope``) by this version."""
+def is_complete(root: Path, seed: int = DEFAULT_SEED, scope: str = DATASTORE_DIR,
+                holds_all_raws: Iterable[str] = ()) -> bool:
+    """True if ``root`` holds a complete build made with ``seed`` (and datastore ``scope``, and
+    the same ``holds_all_raws`` sites) by this version."""
     for path in site_paths(root).values():
         marker = _marker(path)
         if marker is None or marker.get("seed") != seed or marker.get("version") != BUILD_VERSION \
-                or marker.get("scope", DATASTORE_DIR) != scope:
+                or marker.get("scope", DATASTORE_DIR) != scope \
+                or marker.get("holds_all_raws", []) != sorted(set(holds_all_raws)):
             return False
     return True
 
 
-def build_sites(root: str | os.PathLike[str], seed: int = DEFAULT_SEED, scope: str = DATASTORE_DIR) -> dict[str, Path]:
+def build_sites(root: str | os.PathLike[str], seed: int = DEFAULT_SEED, scope: str = DATASTORE_DIR,
+                holds_all_raws: Iterable[str] = ()) -> dict[str, Path]:
     """Build (or find already built) the usdf, frdf and ukdf repositories under ``root``.
 
     Each keeps its files under ``<repo>/<scope>``: ``scope`` must be the campaign's Rucio
-    scope (``replication.scope``).
+    scope (``replication.scope``). The remote sites in ``holds_all_raws`` (the campaign's
+    sites with ``holds_all_raws: true``) get every raw, as the hub has them.
 
     Returns site name -> repository path. Raises `BuildError` if any site path
-    exists but is not part of a complete build with the same seed.
+    exists but is not part of a complete build with the same seed (and raw holders), or if
+    ``holds_all_raws`` names the hub or a site the test bed does not have.
     """
+    full = sorted(set(holds_all_raws))
+    wrong = [s for s in full if s not in SITES or s == HUB_SITE]
+    if wrong:
+        raise BuildError(f"holds_all_raws: {wrong} are not remote sites of the test bed; expected some of "
+                         f"{[s for s in SITES if s != HUB_SITE]} (the hub {HUB_SITE} always holds every raw)")
     root = Path(root).absolute()
     paths = site_paths(root)
-    if is_complete(root, seed, scope):
+    if is_complete(root, seed, scope, full):
         _log(f"{root}: complete build found (seed {seed}); nothing to do")
         return paths
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing:
         raise BuildError(
-            f"{root} already holds {existing} but not a complete MiniCam build with seed {seed} "
-            f"(marker {MARKER} missing or different); remove them or choose another root"
+            f"{root} already holds {existing} but not a complete MiniCam build with seed {seed}, scope {scope} "
+            f"and holds_all_raws {full} (marker {MARKER} missing or different); remove them or choose another root"
         )
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=".minidrp-build-", dir=root))
     try:
         summary: dict[str, Any] = {}
+        assert SITES[0] == HUB_SITE  # the hub is built first: raw holders copy from it
+        hub = None
         for site in SITES:
             t0 = time.perf_counter()
             butler = _init_site(tmp / site, scope)
             if site == HUB_SITE:
                 summary = _fill_hub(butler, seed)
-            butler.close()
+                hub = butler
+            else:
+                if site in full:
+                    _log(f"{site}: {_copy_raws(hub, butler)} raws copied from {HUB_SITE} (holds_all_raws)")
+                butler.close()
             _log(f"{site}: built in {time.perf_counter() - t0:.1f} s")
+        hub.close()
         for site in SITES:
             marker = {
                 "version": BUILD_VERSION,
@@ -210,6 +240,7 @@ def build_sites(root: str | os.PathLike[str], seed: int = DEFAULT_SEED, scope: s
                 "scope": scope,
                 "site": site,
                 "hub": site == HUB_SITE,
+                "holds_all_raws": full,
                 **summary,
             }
             (tmp / site / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))

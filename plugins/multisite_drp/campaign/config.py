@@ -172,7 +172,9 @@ class SiteConfig(_Strict):
     share: float = Field(gt=0.0, le=1.0, description="Fraction of the survey's work this site processes.")
     holds_all_raws: bool = Field(
         default=False,
-        description="The site already holds every raw (DMTN-213: USDF and FrDF). The hub always does.",
+        description="The site already holds every raw, with the hub's dataset IDs (DMTN-213: USDF and FrDF). "
+        "No raw is replicated to it; the distribution checks its butler has those of its visits. "
+        "The hub always does.",
     )
     connections: SiteConnections
 

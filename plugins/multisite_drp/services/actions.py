@@ -147,8 +147,19 @@ def distribute_bootstrap(ctx: CampaignContext, site: str) -> dict | None:
     return rule.to_dict()
 
 
+class SiteRawsMissingError(InputError, RuntimeError):
+    """A site the campaign says holds every raw lacks raws its plan needs."""
+
+
 def distribute_raws(ctx: CampaignContext, site: str) -> dict | None:
-    """The raws of the visits the plan assigns to ``site`` (none to move for the hub)."""
+    """The raws of the visits the plan assigns to ``site``, as one Rucio dataset with a rule
+    to the site (none to move for the hub).
+
+    A site whose campaign entry sets ``holds_all_raws`` (DMTN-213: FrDF keeps a copy of
+    every raw) gets no rule: its butler is checked to hold each of those raws under the
+    hub's dataset ID, in the hub's RUN, and `SiteRawsMissingError` names the site and the
+    count of missing ones if it does not.
+    """
     if site == ctx.hub:
         return None
     plan = ctx.plan()
@@ -156,13 +167,38 @@ def distribute_raws(ctx: CampaignContext, site: str) -> dict | None:
     if not visits:
         return None
     hub = ctx.butlers[ctx.hub]
-    refs = hub.refs(RAW, ctx.config.input_collections, where=f"instrument = '{ctx.config.instrument}' AND exposure IN ({', '.join(map(str, visits))})")
+    where = f"instrument = '{ctx.config.instrument}' AND exposure IN ({', '.join(map(str, visits))})"
+    refs = hub.refs(RAW, ctx.config.input_collections, where=where)
+    if ctx.config.site(site).holds_all_raws:
+        return _check_held_raws(ctx, site, refs, len(visits), where)
     dataset = names.rucio_dataset(ctx.config, "raws", site, "raw", ctx.generation)
     reg = ctx.replica.register(ctx.hub, dataset, refs)
     rule = ctx.replica.add_rule(dataset, site)
     log.info("raws for %s: %d visits, %d files (%d bytes) -> rule %s",
              site, len(visits), reg.files, reg.bytes, rule.rule_id)
     return rule.to_dict()
+
+
+def _check_held_raws(ctx: CampaignContext, site: str, refs: list, n_visits: int, where: str) -> dict:
+    """Raise unless ``site``'s butler holds every ref of ``refs`` (same dataset ID, same RUN)."""
+    cfg, local = ctx.config, ctx.butlers[site]
+    local.refresh()
+    runs = sorted({r.run for r in refs})
+    held = local.refs(RAW, runs, where=where)
+    held_ids = {r.id for r in held}
+    missing = [r for r in refs if r.id not in held_ids]
+    if missing:
+        elsewhere = len({r.dataId.required_values for r in missing} & {r.dataId.required_values for r in held})
+        other_ids = f"; {elsewhere} of them are there under other dataset IDs" if elsewhere else ""
+        raise SiteRawsMissingError(
+            f"{cfg.source_path}: sites ({site}).holds_all_raws is true, but {site}'s butler ({cfg.repo_of(site)}) "
+            f"lacks {len(missing)} of the {len(refs)} raws of the {n_visits} visits the plan assigns it "
+            f"(first: {dict(missing[0].dataId.required)}){other_ids}; expected each in RUN {', '.join(runs)} with "
+            "the hub's dataset ID. Ingest them there as replicas of the hub's, or set holds_all_raws: false "
+            "so the campaign replicates them")
+    log.info("raws for %s: it holds all %d raws of its %d visits (holds_all_raws): nothing to replicate",
+             site, len(refs), n_visits)
+    return {"site": site, "holds_all_raws": True, "visits": n_visits, "raws": len(refs)}
 
 
 def distribution_rules(ctx: CampaignContext, site: str) -> list[dict]:
