@@ -318,14 +318,20 @@ def test_replication_on_kill_leaves_or_deletes_the_rules_by_policy(ctx, env, mon
     rule = replica.add_rule("Dataset/crash/onkill", "ukdf")
     for key, value in env.connection_env().items():
         monkeypatch.setenv(key, value)
-    for policy, rules_left in (("leave", [rule.rule_id]), ("cancel", [])):
+    for policy, deleted in (("leave", False), ("cancel", True)):
         campaign = _campaign_copy(env.base / f"onkill-{policy}" / "campaign.yaml", env.campaign_file,
                                   on_kill={"replication": policy})
         params = {"campaign_file": str(campaign), "data_root": str(env.data_root), "sites": [], "generation": 0}
         trigger = ReplicationTrigger(params=params, conn_ids=[s.connections.replica for s in env.cfg.sites],
                                      rules=[rule.to_dict()], poll_interval=0.5, label="t")
         asyncio.run(_rebuilt(trigger).on_kill())
-        assert [r["id"] for r in env.root_client.list_did_rules(scope, "Dataset/crash/onkill")] == rules_left, policy
+        # Rucio deletes softly: the rule expires within the hour, then the judge-cleaner removes it.
+        (info,) = env.root_client.list_did_rules(scope, "Dataset/crash/onkill")
+        assert (info["id"], info["expires_at"] is not None) == (rule.rule_id, deleted), policy
+    # The replicate task run again keeps that rule (no second rule, no expiry).
+    assert replica.add_rule("Dataset/crash/onkill", "ukdf") == rule
+    (info,) = env.root_client.list_did_rules(scope, "Dataset/crash/onkill")
+    assert (info["id"], info["expires_at"]) == (rule.rule_id, None)
 
 
 # -- liveness, limits and the workflow on_kill policy (no Rucio) -----------------------------

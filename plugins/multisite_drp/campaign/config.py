@@ -327,8 +327,9 @@ class OnKillSettings(_Strict):
     """What a wait that is killed (its task marked failed or cleared) does to the work it
     waits on. ``workflows``: ``cancel`` stops the workflow's jobs (embedded runner or PanDA
     request), ``leave`` lets them run on. ``replication``: ``leave`` keeps the rules (Rucio
-    goes on; a cleared wait finds them again), ``cancel`` deletes them: the replicate task
-    upstream of the wait must then run again to add them anew."""
+    goes on; a cleared wait finds them again), ``cancel`` deletes them as Rucio's API does
+    (softly: each expires within the hour, then Rucio removes it); the replicate task run
+    again before that keeps the same rule (its lifetime restored), after it adds a new one."""
 
     workflows: Literal["cancel", "leave"] = "cancel"
     replication: Literal["cancel", "leave"] = "leave"

@@ -339,11 +339,15 @@ class RucioReplicaService(ReplicaService):
         return self._rule_ref(rules[0])
 
     def add_rule(self, dataset: str, site: str) -> RuleRef:
-        """The rule for (dataset, site's RSE): found if it exists, else added by the site's account."""
+        """The rule for (dataset, site's RSE): found if it exists, else added by the site's account.
+
+        A found rule that is being deleted (:meth:`delete_rule`: Rucio expires it within the
+        hour) is kept instead: its lifetime is set back to the campaign's."""
         from rucio.common.exception import DataIdentifierNotFound, DuplicateRule
 
         found = self.find_rule(dataset, site)
         if found is not None:
+            self._revive(found)
             return found
         rse = self.sites[site].rse
         try:
@@ -402,9 +406,22 @@ class RucioReplicaService(ReplicaService):
             self.client(rule.site).update_replication_rule(rule.rule_id, {"boost_rule": True})
         return rule
 
+    def _revive(self, rule: RuleRef) -> None:
+        """Give a rule that is being deleted its campaign lifetime back (one call if it is not)."""
+        info = self._get_rule(rule.site, rule.rule_id)
+        expires, created = _epoch((info or {}).get("expires_at")), _epoch((info or {}).get("created_at"))
+        if expires is None or (self.lifetime is not None and created is not None
+                               and expires >= created + self.lifetime - 60):
+            return
+        log.info("rule %s (%s to %s) was being deleted: kept, lifetime %s", rule.rule_id, rule.dataset, rule.rse,
+                 self.lifetime)
+        self.client(rule.site).update_replication_rule(rule.rule_id, {"lifetime": self.lifetime})
+
     def delete_rule(self, rule: RuleRef) -> None:
-        """Delete the rule (by the destination site's account); its replicas are left to
-        Rucio's deletion daemon (``purge_replicas`` False). A rule already gone is no error."""
+        """Delete the rule (by the destination site's account), as Rucio's API does: a soft
+        deletion, the rule expires within the hour and the judge-cleaner removes it; its
+        replicas are left to Rucio's deletion daemon (``purge_replicas`` False). A rule
+        already gone is no error; ``add_rule`` keeps a rule that is being deleted."""
         from rucio.common.exception import RuleNotFound
 
         try:
