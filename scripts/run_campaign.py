@@ -149,9 +149,10 @@ def run(args: argparse.Namespace) -> int:
         from minidrp.build import build_sites
         from multisite_drp.campaign.config import load_campaign
 
-        scope = load_campaign(conf.get("campaign_file", CAMPAIGN), check_pipeline=False).replication.scope
+        shape = load_campaign(conf.get("campaign_file", CAMPAIGN), check_pipeline=False)
         print(f"building the embedded sites under {data_root}", flush=True)
-        build_sites(data_root, scope=scope)
+        build_sites(data_root, scope=shape.replication.scope,
+                    holds_all_raws=[s.name for s in shape.sites if s.holds_all_raws])
     _local_rucio(args, conf, data_root)
     _local_panda(args, conf, data_root)
     _migrate()

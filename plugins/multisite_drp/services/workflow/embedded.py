@@ -75,6 +75,9 @@ STARTING_PHASES = ("starting", "restarting")
 DEFAULT_TIMEOUTS = TimeoutSettings().model_dump()
 #: Seconds a cancelled runner gets to stop after SIGTERM before SIGKILL.
 CANCEL_GRACE_SECONDS = 5.0
+#: Seconds a runner that has recorded its end (FAILED, DELETED) gets to exit before a restart
+#: gives up on it: status already reads terminal while its Python is still shutting down.
+EXIT_GRACE_SECONDS = 60.0
 
 
 def runner_busy(submit_dir: str | os.PathLike[str]) -> bool:
@@ -290,6 +293,17 @@ class EmbeddedWorkflowService(WorkflowService):
             live = self._liveness(state, sdir)
             if live is Liveness.other_host:
                 raise self._elsewhere(state, "restart")
+            if live is Liveness.alive and state.get("state") in (WmsStates.FAILED.name, WmsStates.DELETED.name):
+                # Its end is recorded (what status reports) but the process is still exiting: a
+                # restart asked now must wait for it, not be dropped as "still running".
+                deadline = time.monotonic() + EXIT_GRACE_SECONDS
+                while live is Liveness.alive and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    live = self._liveness(state, sdir)
+                if live is Liveness.alive:
+                    raise WorkflowError(
+                        f"{ref.name}: its runner recorded state {state['state']} but has not exited after "
+                        f"{EXIT_GRACE_SECONDS:.0f} s (pgid {state.get('pgid')}); restart it once it has")
             if live is Liveness.alive:
                 return ref  # still running: restarting would duplicate it
             if state.get("state") == WmsStates.SUCCEEDED.name:
