@@ -52,8 +52,9 @@ CHILD_ENV_NAMES = frozenset({
     "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "S3_ENDPOINT_URL", "PGPASSFILE",
     # grid identity, as a file
     "X509_USER_PROXY", "X509_CERT_DIR",
-    # services.middleware's overrides of the stack commands
-    "MULTISITE_PIPETASK", "MULTISITE_BUTLER",
+    # services.middleware's overrides of the stack commands; the deployment's additional
+    # names (CHILD_ENV_VAR), so that a grandchild (the runner's pipetask) gets them too
+    "MULTISITE_PIPETASK", "MULTISITE_BUTLER", "MULTISITE_DRP_CHILD_ENV",
 })
 #: ... and by prefix: locales, the butler's and the stack's settings (``DAF_BUTLER_*``,
 #: ``LSST_DB_AUTH``, ``LSST_RUN_TEMP_SPACE``...), EUPS and conda, PanDA and iDDS.

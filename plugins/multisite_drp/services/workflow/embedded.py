@@ -73,6 +73,8 @@ RUNNER_LOCK = "runner.lock"
 STARTING_PHASES = ("starting", "restarting")
 #: The limits a runner gets when the service is given none (the campaign's defaults).
 DEFAULT_TIMEOUTS = TimeoutSettings().model_dump()
+#: Seconds a launch waits for the runner lock, which a status probe may hold for an instant.
+PROBE_GRACE_SECONDS = 2.0
 #: Seconds a cancelled runner gets to stop after SIGTERM before SIGKILL.
 CANCEL_GRACE_SECONDS = 5.0
 #: Seconds a runner that has recorded its end (FAILED, DELETED) gets to exit before a restart
@@ -144,11 +146,18 @@ class EmbeddedWorkflowService(WorkflowService):
         """Start the runner holding the directory's runner lock; return its pid (= its pgid)."""
         fd = os.open(submit_dir / RUNNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise WorkflowError(f"{submit_dir}: a runner already holds {RUNNER_LOCK}; not starting another") \
-                    from None
+            # A status probe (runner_busy) holds the lock for an instant; a runner holds it for
+            # its life. So a lock still held after PROBE_GRACE_SECONDS is a runner.
+            deadline = time.monotonic() + PROBE_GRACE_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise WorkflowError(f"{submit_dir}: a runner already holds {RUNNER_LOCK}; "
+                                            "not starting another") from None
+                    time.sleep(0.05)
             log = open(submit_dir / "runner.log", "ab")  # noqa: SIM115 - handed to the child
             try:
                 proc = subprocess.Popen(
