@@ -76,7 +76,14 @@ def _set(doc: dict, dotted: str, value) -> None:
         node[last] = value
 
 
-_DELETE = object()
+class _Delete:
+    """Marks a field to delete (a stable repr: pytest-xdist workers must agree on test ids)."""
+
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+_DELETE = _Delete()
 
 # (mutation field path, new value, substring that the error must contain)
 BAD_CASES = [
