@@ -48,12 +48,11 @@ $(RUCIO_STAMP): requirements-rucio.txt constraints-rucio.txt
 	$(RUCIO_VENV)/bin/pip install -q -r requirements-rucio.txt -c constraints-rucio.txt
 	touch $(RUCIO_STAMP)
 
-# Two pytest-xdist workers: the end-to-end campaign in one, the rest of the suite in the
-# other (tests/conftest.py fixes the split); each has its own local Rucio and Airflow home.
-TEST_WORKERS ?= 2
+# Two pytest sessions side by side (scripts/run_tests.py): the end-to-end campaign module in
+# one, the rest of the suite in the other, each with its own local Rucio and Airflow home.
 test: venv rucio-venv
 	$(BIN)/lint-imports --no-cache --no-logo
-	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python scripts/run_tests.py $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)

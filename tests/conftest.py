@@ -19,12 +19,9 @@ os.environ.setdefault("PANDA_BEHIND_REAL_LB", "1")
 os.environ.setdefault("PANDA_URL", "http://127.0.0.1:25080/server/panda")
 os.environ.setdefault("PANDA_URL_SSL", "http://127.0.0.1:25080/server/panda")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-# ``make test`` runs two pytest-xdist workers (see pytest_collection_modifyitems); each has
-# its own Airflow home and its own local Rucio, so neither stops or locks the other's.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-_SUFFIX = f"-{_WORKER}" if _WORKER else ""
-# Tests never touch a developer's Airflow home.
-os.environ.setdefault("AIRFLOW_HOME", str(ROOT / "var" / f"airflow-test{_SUFFIX}"))
+# Tests never touch a developer's Airflow home. ``make test`` runs two pytest sessions side by
+# side (scripts/run_tests.py), each with its own Airflow home and local Rucio root.
+os.environ.setdefault("AIRFLOW_HOME", str(ROOT / "var" / "airflow-test"))
 
 
 # --- MiniCam embedded test bed (include/minidrp) -------------------------------------
@@ -100,7 +97,7 @@ def wait_until(predicate, timeout: float = 300.0, interval: float = 0.5):
 
 # A session of its own may be pointed elsewhere (two pytest sessions sharing one
 # deployment would stop it under each other at the end).
-RUCIO_TEST_ROOT = Path(os.environ.get("MULTISITE_DRP_RUCIO_TEST_ROOT") or ROOT / "var" / f"rucio-test{_SUFFIX}")
+RUCIO_TEST_ROOT = Path(os.environ.get("MULTISITE_DRP_RUCIO_TEST_ROOT") or ROOT / "var" / "rucio-test")
 
 
 @pytest.fixture(scope="session")
@@ -185,16 +182,3 @@ def rucio_campaign_factory(local_rucio, tmp_path_factory: pytest.TempPathFactory
 
     return make
 
-
-# --- two workers: the end-to-end campaign beside everything else ------------------------------
-# The campaign's DAG run (tests/dags/test_campaign_e2e.py) is one long chain of waits on
-# subprocesses; the rest of the suite fits beside it. Under ``pytest -n 2 --dist loadgroup``
-# each group goes whole to one worker, so the split is fixed, not left to chance.
-E2E_GROUP_MODULES = ("tests/dags/test_campaign_e2e.py",)
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        path = Path(str(item.fspath)).relative_to(ROOT).as_posix()
-        group = "campaign" if path in E2E_GROUP_MODULES else "rest"
-        item.add_marker(pytest.mark.xdist_group(group))
