@@ -3,7 +3,8 @@
 The end-to-end campaign module (``tests/dags/test_campaign_e2e.py``) is one long chain of
 waits on subprocesses (the DAG run, the reruns); the rest of the suite fits beside it on
 a two-core machine. Each session gets its own local Rucio root, Airflow home and pytest
-base temp, so neither stops, locks or cleans up the other's. Their output is prefixed
+base temp (outside var/, which is an allowed root by default and tests place data outside
+the roots on purpose), so neither stops, locks or cleans up the other's. Their output is prefixed
 (``[campaign]``, ``[rest]``) and kept in ``var/test-logs/``; the exit status is non-zero
 if either session fails. Arguments are passed to both sessions.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,7 +47,7 @@ def main(argv: list[str]) -> int:
                "MULTISITE_DRP_RUCIO_TEST_ROOT": str(ROOT / "var" / f"rucio-test-{name}"),
                "AIRFLOW_HOME": str(ROOT / "var" / f"airflow-test-{name}")}
         argv_ = [sys.executable, "-m", "pytest", "-q", "--durations=15",
-                 f"--basetemp={ROOT / 'var' / f'pytest-{name}'}", *selection, *argv]
+                 f"--basetemp={Path(tempfile.gettempdir()) / f'multisite-drp-pytest-{name}'}", *selection, *argv]
         procs[name] = subprocess.Popen(argv_, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, bufsize=1)
         pump = threading.Thread(target=_pump, args=(name, procs[name], logs / f"{name}.log", lock), daemon=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -227,7 +228,12 @@ def test_cancel_from_the_triggers_on_kill(relay, bed, monkeypatch) -> None:
     async def _service_of_trigger():
         return service, [ref]
 
+    async def _hook_of_trigger():  # the campaign's on_kill policy: workflows cancel (the default)
+        return types.SimpleNamespace(config=ctx.config)
+
+    assert ctx.config.on_kill.workflows == "cancel"
     monkeypatch.setattr(trigger, "_service", _service_of_trigger)
+    monkeypatch.setattr(trigger, "_hook", _hook_of_trigger)
     asyncio.run(trigger.on_kill())
     status = _terminal(service, ref)
     assert status.state is WmsStates.DELETED, status

@@ -257,7 +257,7 @@ def generate_qg(ctx: CampaignContext, step: str, site: str) -> dict:
             cfg.repo_of(ctx.hub),
             cfg.pipeline_path,
             [*_earlier_output_runs(ctx, step), *cfg.input_collections],
-            names.output_chain(cfg, step, site),
+            None,  # no -o: the step's chain holds only its RUNs; a new generation reads exactly these inputs
             names.output_run(cfg, step, site, ctx.generation),
             tmp,
             subset=cfg.step(step).subset,

@@ -145,7 +145,7 @@ def qgraph_argv(
     repo: str | os.PathLike[str],
     pipeline: str | os.PathLike[str],
     inputs: Iterable[str],
-    output_chain: str,
+    output_chain: str | None,
     output_run: str,
     qgraph_path: str | os.PathLike[str],
     *,
@@ -161,6 +161,11 @@ def qgraph_argv(
 
     ``--qgraph-datastore-records`` is on by default: quantum-backed execution
     needs the inputs' datastore records inside the graph.
+
+    ``output_chain`` (``-o``) makes pipetask search that CHAINED collection and require the
+    inputs inside it. ``None`` leaves it out: the graph then reads exactly ``inputs`` and
+    writes ``output_run``, whatever chain the caller keeps (the campaign's per-step chains
+    hold only their RUNs, so a new generation would otherwise be refused).
     """
     input_list = [_check_collection(c, "input collection") for c in inputs]
     if not input_list:
@@ -175,8 +180,7 @@ def qgraph_argv(
         pipeline_uri,
         "-i",
         ",".join(input_list),
-        "-o",
-        _check_collection(output_chain, "output chain"),
+        *(["-o", _check_collection(output_chain, "output chain")] if output_chain is not None else []),
         "--output-run",
         _check_collection(output_run, "output run"),
         "--save-qgraph",
