@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from multisite_drp.services.factory import AdapterError
 from multisite_drp.services.workflow.panda import PanDAUnavailableError
 
 from scripts.load_airflow_settings import connection_env
+from tests.dags._dagtest import run_dag_test
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGN = ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"
@@ -286,21 +285,6 @@ ERRORS_DAG = textwrap.dedent('''
         RelayDownOperator(task_id="relay_down")
 ''')
 
-DRIVER = textwrap.dedent('''
-    import json, sys
-    from scripts.run_campaign import _migrate
-
-    _migrate()
-    from airflow import settings
-    from airflow.dag_processing.dagbag import DagBag
-
-    settings.configure_orm()
-    bag = DagBag(dag_folder=sys.argv[1])
-    assert not bag.import_errors, bag.import_errors
-    dr = bag.dags["drp_errors_test"].test(run_conf=json.loads(sys.argv[2]))
-    print("RESULT " + json.dumps({"state": str(dr.state), "tasks": {
-        ti.task_id: [str(ti.state), ti.try_number] for ti in dr.get_task_instances()}}))
-''')
 
 
 def test_through_airflow_a_bad_extra_is_tried_once_a_transient_error_is_retried(connections, tmp_path) -> None:
@@ -311,14 +295,7 @@ def test_through_airflow_a_bad_extra_is_tried_once_a_transient_error_is_retried(
     (dags / "errors_dag.py").write_text(ERRORS_DAG)
     env = {**os.environ, **connections, "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
            "AIRFLOW_CONN_DRP_FRDF_WORKFLOW": json.dumps(_SLURM)}
-    log = tmp_path / "dag_test.log"
-    with open(log, "w") as fh:
-        subprocess.run([sys.executable, "-c", DRIVER, str(dags), json.dumps(_params())], cwd=ROOT, env=env,
-                       stdout=fh, stderr=subprocess.STDOUT, timeout=600, check=False)
-    text = log.read_text()
-    lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
-    assert lines, f"dag.test printed no result; see {log}:\n{text[-3000:]}"
-    result = json.loads(lines[-1][len("RESULT "):])
+    result, text = run_dag_test(dags, "drp_errors_test", _params(), env, tmp_path / "dag_test.log")
     assert result["state"] == "failed"
     assert result["tasks"]["bad_extra"] == ["failed", 1]
     assert result["tasks"]["relay_down"] == ["failed", 3]

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -27,6 +25,7 @@ from multisite_drp.services.butler import SiteButler
 
 from scripts.load_airflow_settings import connection_env
 from tests.conftest import CAMPAIGN, ROOT
+from tests.dags._dagtest import run_dag_test
 
 pytestmark = pytest.mark.e2e
 
@@ -53,21 +52,6 @@ DAG_FILE = textwrap.dedent('''
             submit >> wait
 ''').replace("__AUTO_RESTARTS__", str(AUTO_RESTARTS))
 
-DRIVER = textwrap.dedent('''
-    import json, sys
-    from scripts.run_campaign import _migrate
-
-    _migrate()
-    from airflow import settings
-    from airflow.dag_processing.dagbag import DagBag
-
-    settings.configure_orm()
-    bag = DagBag(dag_folder=sys.argv[1])
-    assert not bag.import_errors, bag.import_errors
-    dr = bag.dags["drp_restarts_test"].test(run_conf=json.loads(sys.argv[2]))
-    print("RESULT " + json.dumps({"state": str(dr.state), "tasks": {
-        ti.task_id: [str(ti.state), ti.try_number] for ti in dr.get_task_instances()}}))
-''')
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +92,8 @@ def run(tmp_path_factory) -> dict:
     env[FAULT_ENV] = f"isr:exposure={visit},detector=2"
     env["MULTISITE_DRP_CHILD_ENV"] = f"MULTISITE_DRP_CHILD_ENV,{FAULT_ENV}"
     conf = {"campaign_file": str(campaign), "data_root": str(data_root), "sites": [SITE], "generation": 0}
-    log = base / "dag_test.log"
-    with open(log, "w") as fh:
-        subprocess.run([sys.executable, "-c", DRIVER, str(dags), json.dumps(conf)], cwd=ROOT, env=env,
-                       stdout=fh, stderr=subprocess.STDOUT, timeout=600, check=False)
-    text = log.read_text()
-    lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
-    assert lines, f"dag.test printed no result; see {log}:\n{text[-3000:]}"
-    return {"cfg": cfg, "visit": visit, "log": text, **json.loads(lines[-1][len("RESULT "):])}
+    result, text = run_dag_test(dags, "drp_restarts_test", conf, env, base / "dag_test.log")
+    return {"cfg": cfg, "visit": visit, "log": text, **result}
 
 
 def test_the_wait_restarts_exactly_n_times_then_fails(run) -> None:
