@@ -112,21 +112,24 @@ def child_env(extra: Mapping[str, str] | None = None, *, base: Mapping[str, str]
     return env
 
 
-def group_alive(pgid: int | None) -> bool:
-    """True while the process group ``pgid`` has a live (non-zombie) leader."""
-    if not pgid:
-        return False
+def _group_exists(pgid: int) -> bool:
+    """True while the kernel knows process group ``pgid`` (signal 0; zombies answer too)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def group_alive(pgid: int | None) -> bool:
+    """True while the process group ``pgid`` has a live (non-zombie) leader."""
+    if not pgid or not _group_exists(pgid):
+        return False
     # A zombie leader still answers signal 0; look at its state in /proc.
-    try:
-        return Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    fields = _stat(pgid)
+    return fields is None or fields[0] != "Z"
 
 
 # -- liveness of a recorded runner ------------------------------------------------------------
@@ -169,12 +172,8 @@ def identity(pid: int) -> dict[str, object]:
 
 
 def _group_has_live_member(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+    if not _group_exists(pgid):
         return False
-    except PermissionError:
-        return True
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = _stat(int(entry.name))
