@@ -73,22 +73,19 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv[1:])
     path = Path(args.settings)
     connections, pools, variables = convert(yaml.safe_load(path.read_text()))
-    if args.local_rucio:
-        from localrucio.campaign import fill_local_connections
+    local = [(root, fill) for root, fill in ((args.local_rucio, "localrucio"), (args.local_panda, "localpanda")) if root]
+    if local:
+        import importlib
+
         from multisite_drp.campaign.config import load_campaign
 
         cfg = load_campaign(args.campaign, data_root=args.data_root, check_pipeline=False)
-        plain = {cid: {**c, "extra": json.loads(c["extra"])} if "extra" in c else c for cid, c in connections.items()}
-        for cid, conn in fill_local_connections(plain, cfg, Path(args.local_rucio)).items():
-            connections[cid] = {**conn, "extra": json.dumps(conn["extra"], sort_keys=True)}
-    if args.local_panda:
-        from localpanda.campaign import fill_local_connections as fill_panda
-        from multisite_drp.campaign.config import load_campaign
-
-        cfg = load_campaign(args.campaign, data_root=args.data_root, check_pipeline=False)
-        plain = {cid: {**c, "extra": json.loads(c["extra"])} if "extra" in c else c for cid, c in connections.items()}
-        for cid, conn in fill_panda(plain, cfg, Path(args.local_panda)).items():
-            connections[cid] = {**conn, "extra": json.dumps(conn["extra"], sort_keys=True)}
+        for root, module in local:
+            fill = importlib.import_module(f"{module}.campaign").fill_local_connections
+            plain = {cid: {**c, "extra": json.loads(c["extra"])} if "extra" in c else c
+                     for cid, c in connections.items()}
+            for cid, conn in fill(plain, cfg, Path(root)).items():
+                connections[cid] = {**conn, "extra": json.dumps(conn["extra"], sort_keys=True)}
     airflow = str(Path(sys.executable).with_name("airflow"))
     with tempfile.TemporaryDirectory() as tmp:
         for name, payload, cmd in (

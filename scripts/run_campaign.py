@@ -66,40 +66,26 @@ def _environment(args: argparse.Namespace) -> dict:
     return env
 
 
-def _local_rucio(args: argparse.Namespace, conf: dict, data_root: Path) -> None:
-    """Point replica connections on host ``local-rucio`` at the local Rucio (started if needed)."""
-    from localrucio.campaign import fill_local_connections
-    from multisite_drp.campaign.config import load_campaign
+def _local_services(args: argparse.Namespace, cfg) -> None:
+    """Point replica connections on host ``local-rucio`` at the local Rucio, and workflow
+    connections on host ``local-panda`` at the local PanDA relay (the stand-in for PanDA and
+    iDDS, whose pilots run the jobs on this machine); each is started if needed."""
+    from localpanda.campaign import fill_local_connections as fill_panda
+    from localrucio.campaign import fill_local_connections as fill_rucio
 
-    cfg = load_campaign(conf.get("campaign_file", CAMPAIGN), data_root=data_root, check_pipeline=False,
-                        sites=conf.get("sites") or [])
-    conns = {s.connections.replica: json.loads(os.environ.get(f"AIRFLOW_CONN_{s.connections.replica.upper()}", "{}"))
-             for s in cfg.sites}
-    t0 = time.monotonic()
-    filled = fill_local_connections(conns, cfg, Path(args.rucio_root), args.poll)
-    for cid, conn in filled.items():
-        os.environ[f"AIRFLOW_CONN_{cid.upper()}"] = json.dumps(conn, sort_keys=True)
-    if filled:
-        print(f"local Rucio at {next(iter(filled.values()))['host']} ready in {time.monotonic() - t0:.1f} s "
-              f"(scope {cfg.replication.scope}, root {args.rucio_root})", flush=True)
-
-
-def _local_panda(args: argparse.Namespace, conf: dict, data_root: Path) -> None:
-    """Point workflow connections on host ``local-panda`` at the local PanDA relay (started if
-    needed): the stand-in for PanDA and iDDS, whose pilots run the jobs on this machine."""
-    from localpanda.campaign import fill_local_connections
-    from multisite_drp.campaign.config import load_campaign
-
-    cfg = load_campaign(conf.get("campaign_file", CAMPAIGN), data_root=data_root, check_pipeline=False,
-                        sites=conf.get("sites") or [])
-    conns = {s.connections.workflow: json.loads(os.environ.get(f"AIRFLOW_CONN_{s.connections.workflow.upper()}",
-                                                               "{}")) for s in cfg.sites}
-    filled = fill_local_connections(conns, cfg, Path(args.panda_root))
-    for cid, conn in filled.items():
-        os.environ[f"AIRFLOW_CONN_{cid.upper()}"] = json.dumps(conn, sort_keys=True)
-    if filled:
-        print(f"local PanDA relay at {next(iter(filled.values()))['host']} for {sorted(filled)} "
-              f"(root {args.panda_root})", flush=True)
+    for label, port, fill, root, extra in (
+        ("Rucio", "replica", fill_rucio, args.rucio_root, (args.poll,)),
+        ("PanDA relay", "workflow", fill_panda, args.panda_root, ()),
+    ):
+        ids = [getattr(s.connections, port) for s in cfg.sites]
+        conns = {cid: json.loads(os.environ.get(f"AIRFLOW_CONN_{cid.upper()}", "{}")) for cid in ids}
+        t0 = time.monotonic()
+        filled = fill(conns, cfg, Path(root), *extra)
+        for cid, conn in filled.items():
+            os.environ[f"AIRFLOW_CONN_{cid.upper()}"] = json.dumps(conn, sort_keys=True)
+        if filled:
+            print(f"local {label} at {next(iter(filled.values()))['host']} for {sorted(filled)} ready in "
+                  f"{time.monotonic() - t0:.1f} s (scope {cfg.replication.scope}, root {root})", flush=True)
 
 
 def _migrate() -> None:
@@ -145,16 +131,21 @@ def run(args: argparse.Namespace) -> int:
     _allowed_roots(args)
     data_root = Path(args.data_root).resolve()
     conf = _conf(args)
+    from multisite_drp.campaign import names
+    from multisite_drp.campaign.config import load_campaign
+
+    # The run's campaign (its selected sites), loaded once for the set-up and the report.
+    cfg = load_campaign(conf.get("campaign_file", CAMPAIGN), data_root=data_root, check_pipeline=False,
+                        sites=conf.get("sites") or [])
     if not (data_root / "usdf" / "butler.yaml").exists():
         from minidrp.build import build_sites
-        from multisite_drp.campaign.config import load_campaign
 
-        shape = load_campaign(conf.get("campaign_file", CAMPAIGN), check_pipeline=False)
+        shape = cfg if not conf.get("sites") else load_campaign(conf.get("campaign_file", CAMPAIGN),
+                                                                  data_root=data_root, check_pipeline=False)
         print(f"building the embedded sites under {data_root}", flush=True)
         build_sites(data_root, scope=shape.replication.scope,
                     holds_all_raws=[s.name for s in shape.sites if s.holds_all_raws])
-    _local_rucio(args, conf, data_root)
-    _local_panda(args, conf, data_root)
+    _local_services(args, cfg)
     _migrate()
 
     from airflow import settings as af_settings
@@ -190,10 +181,6 @@ def run(args: argparse.Namespace) -> int:
                "seconds": round(elapsed, 1), "task_states": states, "tasks": tasks}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary, indent=1))
-    from multisite_drp.campaign import names
-    from multisite_drp.campaign.config import load_campaign
-
-    cfg = load_campaign(conf.get("campaign_file", CAMPAIGN), data_root=data_root, check_pipeline=False)
     report = names.report_dir(cfg, args.generation) / "report.md"
     if report.exists() and not args.quiet:
         print(f"=== campaign report: {report} ===")
