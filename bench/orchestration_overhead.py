@@ -104,19 +104,19 @@ def run_script(base: Path, poll: float, rucio_root: Path) -> float:
         actions.ensure_input_chain(ctx, site.name)
     for step in cfg.steps:
         for site in plan.sites_for(step.name):
-            actions.generate_qg(ctx, step.name, site)
-            actions.replicate_inputs(ctx, step.name, site)
-            rules = actions.input_rules(ctx, step.name, site)
+            actions.generate_qg(ctx, step.name, site, 0)
+            actions.replicate_inputs(ctx, step.name, site, 0)
+            rules = actions.input_rules(ctx, step.name, site, 0)
             _wait(lambda r=rules: _rules_done(ctx, r), poll, "inputs")
             actions.verify_ingest(ctx, rules)
-            ref = WorkflowRef.from_dict(actions.submit(ctx, step.name, site))
+            ref = WorkflowRef.from_dict(actions.submit(ctx, step.name, site, 0))
             service = ctx.workflows[site]
             _wait(lambda s=service, r=ref: s.status([r])[r.run_id].terminal, poll, "workflow")
             if not actions.accept(ctx, ref)["accepted"]:
                 raise RuntimeError(f"{ref.name} rejected")
-            actions.merge(ctx, step.name, site)
-            actions.register(ctx, step.name, site)
-            rules = actions.replicate_outputs(ctx, step.name, site)
+            actions.merge(ctx, step.name, site, 0)
+            actions.register(ctx, step.name, site, 0)
+            rules = actions.replicate_outputs(ctx, step.name, site, 0)
             _wait(lambda r=rules: _rules_done(ctx, r), poll, "outputs")
             actions.verify_ingest(ctx, rules)
         actions.barrier(ctx, step.name)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     butler = SiteButler("usdf", cfg.repo_of("usdf"))
     ids = sorted(r.id for r in butler.butler.query_dimension_records("visit", explain=False))[:args.visits]
-    actions.data_query = lambda c, step, site: (  # the bench pins its visits
+    actions.data_query = lambda c, step, site, group: (  # the bench pins its visits
         f"instrument = 'MiniCam' AND visit IN ({', '.join(map(str, ids))})")
     results = {}
     try:
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx = actions.CampaignContext(config=cfg, workflows={"usdf": service}, replica=None,
                                           butlers={"usdf": butler}, generation=gen)
             actions.make_plan(cfg, gen)
-            qg = actions.generate_qg(ctx, "step1", "usdf")
-            spec = actions.workflow_spec(ctx, "step1", "usdf")
+            qg = actions.generate_qg(ctx, "step1", "usdf", 0)
+            spec = actions.workflow_spec(ctx, "step1", "usdf", 0)
             t0 = time.monotonic()
             ref = service.submit(spec)
             t_submit = time.monotonic() - t0

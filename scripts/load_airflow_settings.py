@@ -36,7 +36,8 @@ def convert(settings: dict) -> tuple[dict, dict, dict]:
             entry["extra"] = json.dumps(c["conn_extra"], sort_keys=True)
         connections[c["conn_id"]] = entry
     pools = {
-        p["pool_name"]: {"slots": int(p["pool_slot"]), "description": p.get("pool_description", "")}
+        p["pool_name"]: {"slots": int(p["pool_slot"]), "description": p.get("pool_description", ""),
+                         "include_deferred": bool(p.get("pool_include_deferred", False))}
         for p in section.get("pools") or []
     }
     variables = {v["variable_name"]: v["variable_value"] for v in section.get("variables") or []}

@@ -9,7 +9,6 @@ from multisite_drp.campaign import names
 from multisite_drp.campaign.bps_config import (
     EMBEDDED_WMS_SERVICE,
     PANDA_WMS_SERVICE,
-    group_ids,
     write_bps_configs,
 )
 from multisite_drp.campaign.config import CampaignConfig
@@ -24,17 +23,11 @@ def _panda(config: CampaignConfig) -> CampaignConfig:
     return CampaignConfig.model_validate({**data, "source_path": config.source_path})
 
 
-def test_group_ids_split_evenly() -> None:
-    assert [len(g) for g in group_ids(list(range(10)), 4)] == [3, 4, 3]
-    assert [i for g in group_ids(list(range(10)), 4) for i in g] == list(range(10))
-    assert group_ids([], 4) == []
-
-
 def test_bps_yaml_loads_in_bpsconfig(config, flow, tmp_path) -> None:
     cfg = _panda(config)
     inputs = small_inputs(seed=2, n_visits=120)
     plan = plan_campaign(cfg, inputs, dataflow=flow)
-    paths = write_bps_configs(cfg, plan, tmp_path, inputs=inputs)
+    paths = write_bps_configs(cfg, plan, tmp_path)
     assert paths
     seen_visits: dict[str, list[int]] = {}
     for p in paths:
@@ -43,14 +36,12 @@ def test_bps_yaml_loads_in_bpsconfig(config, flow, tmp_path) -> None:
         assert bps[".payload.butlerConfig"] == cfg.repo_of(site)
         assert bps[".payload.inCollection"] == "MiniCam/defaults"
         assert bps[".payload.output"] == names.output_chain(cfg, step, site)
-        groups = len(list(p.parent.glob("group*.yaml")))
-        if groups == 1:  # the DAG's own names: what the PanDA adapter submits
-            assert bps[".payload.outputRun"] == names.output_run(cfg, step, site, 0)
-            assert bps["submitPath"] == str(names.submit_dir(cfg, step, site, 0))
-            assert bps["uniqProcName"] == names.workflow_name(cfg, step, site, 0)
-        else:
-            assert bps[".payload.outputRun"].startswith(names.output_run(cfg, step, site, 0) + "/group")
-            assert bps["uniqProcName"].startswith(names.workflow_name(cfg, step, site, 0) + "_group")
+        g = int(p.stem.removeprefix("group"))  # the DAG's own names of the group: what the PanDA adapter submits
+        assert bps[".payload.outputRun"] == names.output_run(cfg, step, site, 0, g)
+        assert bps[".payload.outputRun"].endswith(f"/g0/group{g:03d}")
+        assert bps["submitPath"] == str(names.submit_dir(cfg, step, site, 0, g))
+        assert bps["uniqProcName"] == names.workflow_name(cfg, step, site, 0, g)
+        assert bps[".payload.dataQuery"] == plan.group_query(step, site, g)
         if step == "step1":  # raw-level tasks by exposure, visit-level by visit: ctrl_bps's own clustering
             assert bps["clusterAlgorithm"].endswith("dimension_clustering")
             assert {k: v["dimensions"] for k, v in bps["cluster"].items()} == {
@@ -68,7 +59,7 @@ def test_bps_yaml_loads_in_bpsconfig(config, flow, tmp_path) -> None:
         if step == "step1":
             q = bps[".payload.dataQuery"]
             ids = [int(x) for x in q.split("visit IN (")[1].rstrip(")").split(",")]
-            assert len(ids) <= 10
+            assert ids == plan.group(step, site, g).ids
             seen_visits.setdefault(site, []).extend(ids)
     for site, ids in seen_visits.items():  # groups cover the site's visits exactly once
         assert sorted(ids) == plan.site_visits(site)

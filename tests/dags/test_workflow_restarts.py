@@ -74,7 +74,7 @@ def run(tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         # The planner gives the hub every visit; this test pins one (8 quanta), before the DAG runs.
         mp.setattr(actions, "data_query", lambda c, step, site: f"instrument = 'MiniCam' AND visit = {visit}")
-        assert actions.generate_qg(ctx, STEP, SITE)["quanta"] == 8
+        assert actions.generate_qg(ctx, STEP, SITE, 0)["quanta"] == 8
 
     dags = base / "dags"
     dags.mkdir()
@@ -104,7 +104,7 @@ def test_the_wait_restarts_exactly_n_times_then_fails(run) -> None:
     # Each restart the sensor asked for happened (none lost to a runner still exiting).
     asked = {ln for ln in run["log"].splitlines() if "; restarting it (attempt " in ln}  # a line logged twice is one
     assert len(asked) == AUTO_RESTARTS, asked
-    submit_dir = names.submit_dir(cfg, STEP, SITE, 0)
+    submit_dir = names.submit_dir(cfg, STEP, SITE, 0, 0)
     state = json.loads((submit_dir / "state.json").read_text())
     assert state["attempt"] == AUTO_RESTARTS + 1 and state["state"] == "FAILED", state
     logs = sorted(p.name for p in (submit_dir / "logs").glob("run_qbb.*.log"))
@@ -116,7 +116,7 @@ def test_the_wait_restarts_exactly_n_times_then_fails(run) -> None:
     assert (decision["quanta_failed"], decision["quanta_blocked"], decision["quanta_total"]) == (1, 1, 8)
     # The final job merged what succeeded on every attempt; nothing was lost or duplicated.
     hub = SiteButler(SITE, cfg.repo_of(SITE))
-    assert hub.count(["postIsr", "pvi"], names.output_run(cfg, STEP, SITE, 0)) == {"postIsr": 3, "pvi": 3}
+    assert hub.count(["postIsr", "pvi"], names.output_run(cfg, STEP, SITE, 0, 0)) == {"postIsr": 3, "pvi": 3}
 
 
 def test_the_failure_is_an_alert_naming_the_task_fraction_and_threshold(run) -> None:

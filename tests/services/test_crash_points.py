@@ -63,7 +63,7 @@ def _context(setup: dict):
     cfg = load_campaign(setup["campaign_file"], data_root=setup["data_root"])
     repos = {s.name: cfg.repo_of(s) for s in cfg.sites}
     # The smallest step: step1 on one visit (the plan decides the real restriction).
-    actions.data_query = lambda c, step, site: setup["query"]
+    actions.data_query = lambda c, step, site, group: setup["query"]
     return actions.CampaignContext(
         config=cfg,
         workflows={s: EmbeddedWorkflowService(s, processes=1) for s in repos},
@@ -162,9 +162,9 @@ def _runner_starts(submit_dir: Path) -> list[str]:
 
 @pytest.mark.server
 def test_submit_and_merge_resume_after_a_crash(ctx, setup: Path) -> None:
-    qg = actions.generate_qg(ctx, "step1", "usdf")
+    qg = actions.generate_qg(ctx, "step1", "usdf", 0)
     assert qg["quanta"] == 2 * 4  # (isr, calibrate) x 1 visit x 4 detectors
-    spec = actions.workflow_spec(ctx, "step1", "usdf")
+    spec = actions.workflow_spec(ctx, "step1", "usdf", 0)
     sdir, service = Path(spec.submit_dir), ctx.workflows["usdf"]
     ref = WorkflowRef(run_id=spec.name, name=spec.name, site="usdf", submit_dir=str(sdir))
 
@@ -180,21 +180,21 @@ def test_submit_and_merge_resume_after_a_crash(ctx, setup: Path) -> None:
     #    that runner in turn dies before its final job (its merge).
     _crash(setup, "submit.after_launch,runner.before_merge", "submit", "step1", "usdf")
     # A try right now finds the running (unrecorded) runner through its lock: no second one.
-    assert actions.submit(ctx, "step1", "usdf") == ref.to_dict()
+    assert actions.submit(ctx, "step1", "usdf", 0) == ref.to_dict()
     dead = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s, timeout=300)
     assert dead.state is WmsStates.FAILED and "phase merge" in dead.message, dead
     assert len(_runner_starts(sdir)) == 1 and dead.attempt == 1 and not dead.merged
 
     # 3. The merge task: killed after its merge, before the output chain.
     _crash(setup, "merge.after_command", "merge", "step1", "usdf")
-    merged = actions.merge(ctx, "step1", "usdf")
+    merged = actions.merge(ctx, "step1", "usdf", 0)
     assert merged["counts"] == merged["predicted"] and merged["counts"]["pvi"] == 4
     usdf = ctx.butlers["usdf"]
     assert spec.output_run in usdf.butler.collections.get_info(names.output_chain(ctx.config, "step1", "usdf")).children
 
     # 4. The submit task's retry restarts the failed workflow (attempt 2): run-qbb skips every
     #    quantum, the final job merges again over outputs that are there: nothing doubles.
-    actions.submit(ctx, "step1", "usdf")
+    actions.submit(ctx, "step1", "usdf", 0)
     done = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s, timeout=300)
     assert done.state is WmsStates.SUCCEEDED and done.attempt == 2 and done.merged, done
     assert len(_runner_starts(sdir)) == 2
@@ -206,15 +206,15 @@ def test_submit_and_merge_resume_after_a_crash(ctx, setup: Path) -> None:
 @pytest.mark.server
 def test_register_resumes_after_a_crash(ctx, env, setup: Path) -> None:
     cfg, scope = ctx.config, env.cfg.replication.scope
-    run = names.output_run(cfg, "step1", "usdf", 0)
+    run = names.output_run(cfg, "step1", "usdf", 0, 0)
     usdf = ctx.butlers["usdf"]
     in_run = sum(usdf.count(usdf.dataset_types_in(run), run).values())
     assert in_run > 0, "needs the step1 outputs of the test before"
-    dataset = names.rucio_dataset(cfg, "step1", "usdf", "outputs", 0)
+    dataset = names.rucio_dataset(cfg, "step1", "usdf", "outputs", 0, 0)
 
     _crash(setup, "register.before_close", "register", "step1", "usdf")
     assert env.root_client.get_did(scope, dataset)["open"] is True  # every file attached, not closed
-    reg = actions.register(ctx, "step1", "usdf")
+    reg = actions.register(ctx, "step1", "usdf", 0)
     assert reg["files"] == in_run and reg["new_files"] == 0
     assert env.root_client.get_did(scope, dataset)["open"] is False
     assert len(list(env.root_client.list_files(scope, dataset))) == in_run

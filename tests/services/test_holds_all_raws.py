@@ -84,15 +84,15 @@ def test_step1_runs_at_the_holder_on_its_own_raws(bed, monkeypatch: pytest.Monke
     visit = plan.site_visits(HOLDER)[0]
     # The plan gives frdf several visits; this test runs one of them (8 quanta).
     monkeypatch.setattr(actions, "data_query", lambda c, step, site: f"instrument = 'MiniCam' AND visit = {visit}")
-    qg = actions.generate_qg(ctx, "step1", HOLDER)
+    qg = actions.generate_qg(ctx, "step1", HOLDER, 0)
     assert qg["quanta"] == 8 and qg["inputs"]["raw"] == 4
     # Nothing is missing there: the raws were held, the calibrations came with the bootstrap.
-    assert actions.replicate_inputs(ctx, "step1", HOLDER) is None
-    ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", HOLDER, processes=1))
+    assert actions.replicate_inputs(ctx, "step1", HOLDER, 0) is None
+    ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", HOLDER, 0, processes=1))
     service = ctx.workflows[HOLDER]
     status = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s)
     assert status.state is WmsStates.SUCCEEDED, status
-    merged = actions.merge(ctx, "step1", HOLDER)
+    merged = actions.merge(ctx, "step1", HOLDER, 0)
     assert merged["counts"] == merged["predicted"] and merged["counts"]["pvi"] == 4
 
 

@@ -85,7 +85,7 @@ def _ctx(bed, service, generation: int, visits: int = 2, monkeypatch=None) -> ac
     ids = sorted(r.id for r in hub.query_dimension_records("visit", explain=False))[:visits]
     monkeypatch.setattr(actions, "data_query",
                         lambda c, step, site: f"instrument = 'MiniCam' AND visit IN ({', '.join(map(str, ids))})")
-    actions.generate_qg(ctx, "step1", SITE)
+    actions.generate_qg(ctx, "step1", SITE, 0)
     ctx.visit_ids = ids  # type: ignore[attr-defined]
     return ctx
 
@@ -97,7 +97,7 @@ def _terminal(service, ref):
 def test_submit_goes_through_bps_runs_and_is_idempotent(relay, bed, monkeypatch) -> None:
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=1, monkeypatch=monkeypatch)
-    spec = actions.workflow_spec(ctx, "step1", SITE)
+    spec = actions.workflow_spec(ctx, "step1", SITE, 0)
     submits_before = relay.stats()["commands"].get("submit", 0)
     ref = service.submit(spec)
     again = service.submit(spec)
@@ -128,11 +128,11 @@ def test_find_by_name_when_the_record_was_lost(relay, bed, monkeypatch) -> None:
     asks iDDS by the deterministic name and submits nothing."""
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=1, monkeypatch=monkeypatch)
-    spec = actions.workflow_spec(ctx, "step1", SITE)
+    spec = actions.workflow_spec(ctx, "step1", SITE, 0)
     ref = service.submit(spec)  # found, or made (generation 1)
     (Path(spec.submit_dir) / "panda.json").unlink()
     submits = relay.stats()["commands"].get("submit", 0)
-    found = actions.submit(ctx, "step1", SITE)
+    found = actions.submit(ctx, "step1", SITE, 0)
     assert found["run_id"] == ref.run_id
     assert relay.stats()["commands"].get("submit", 0) == submits
     assert json.loads((Path(spec.submit_dir) / "panda.json").read_text())["submissions"][0]["recovered"]
@@ -141,7 +141,7 @@ def test_find_by_name_when_the_record_was_lost(relay, bed, monkeypatch) -> None:
 def test_status_is_one_call_per_workflow_per_poll(relay, bed, monkeypatch) -> None:
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=1, monkeypatch=monkeypatch)
-    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE))  # found, or made (generation 1)
+    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE, 0))  # found, or made (generation 1)
     before = relay.stats()["commands"].get("get_requests", 0)
     service.calls.clear()
     for _ in range(3):
@@ -158,7 +158,7 @@ def test_subfinished_policy_restart_and_rescue(relay, bed, monkeypatch) -> None:
     bad_visit = ctx.visit_ids[0]
     relay.control(fail_jobs=[f"_{bad_visit}"])
     try:
-        ref = service.submit(actions.workflow_spec(ctx, "step1", SITE))
+        ref = service.submit(actions.workflow_spec(ctx, "step1", SITE, 0))
         status = _terminal(service, ref)
     finally:
         relay.clear_faults()
@@ -180,7 +180,7 @@ def test_subfinished_policy_restart_and_rescue(relay, bed, monkeypatch) -> None:
     rerun = {e["job"] for e in ran_after if e["label"] != "finalJob"}
     assert rerun and all(str(bad_visit) in j for j in rerun), rerun
     assert status.attempt == 2
-    assert ctx.butlers[SITE].count(["pvi"], actions.workflow_spec(ctx, "step1", SITE).output_run) == {"pvi": 8}
+    assert ctx.butlers[SITE].count(["pvi"], actions.workflow_spec(ctx, "step1", SITE, 0).output_run) == {"pvi": 8}
 
 
 def test_rescue_is_a_new_request_that_runs_only_what_is_missing(relay, bed, monkeypatch) -> None:
@@ -188,17 +188,17 @@ def test_rescue_is_a_new_request_that_runs_only_what_is_missing(relay, bed, monk
     ctx = _ctx(bed, service, generation=3, monkeypatch=monkeypatch)
     relay.control(fail_jobs=[f"_{ctx.visit_ids[1]}"])
     try:
-        first = service.submit(actions.workflow_spec(ctx, "step1", SITE))
+        first = service.submit(actions.workflow_spec(ctx, "step1", SITE, 0))
         assert _terminal(service, first).state is WmsStates.FAILED
     finally:
         relay.clear_faults()
-    rescued = actions.submit(ctx, "step1", SITE, rescue=True)
+    rescued = actions.submit(ctx, "step1", SITE, 0, rescue=True)
     assert rescued["run_id"] != first.run_id and rescued["name"].endswith("_rescue1")
     from multisite_drp.services.workflow.base import WorkflowRef
 
     ref = WorkflowRef.from_dict(rescued)
     assert _terminal(service, ref).state is WmsStates.SUCCEEDED
-    spec = actions.workflow_spec(ctx, "step1", SITE)
+    spec = actions.workflow_spec(ctx, "step1", SITE, 0)
     assert service.find(spec) == ref  # the newest submission is the step's workflow now
     assert ctx.butlers[SITE].count(["pvi", "src"], spec.output_run) == {"pvi": 8, "src": 8}
 
@@ -206,7 +206,7 @@ def test_rescue_is_a_new_request_that_runs_only_what_is_missing(relay, bed, monk
 def test_auth_refusal_inside_a_success_reply_is_an_error(relay, bed, monkeypatch) -> None:
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=1, monkeypatch=monkeypatch)
-    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE))  # found, or made (generation 1)
+    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE, 0))  # found, or made (generation 1)
     relay.control(auth_error=True)
     try:
         with pytest.raises(PanDAAuthError, match="refused the credentials") as err:
@@ -222,7 +222,7 @@ def test_cancel_from_the_triggers_on_kill(relay, bed, monkeypatch) -> None:
 
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=4, monkeypatch=monkeypatch)
-    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE))
+    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE, 0))
     trigger = WorkflowTrigger(params={}, conn_ids=[], site=SITE, refs=[ref.to_dict()], poll_interval=0.5)
 
     async def _service_of_trigger():
@@ -247,7 +247,7 @@ def test_relay_down_for_a_while_is_waited_out(relay, bed, monkeypatch) -> None:
 
     service = _service(relay, bed)
     ctx = _ctx(bed, service, generation=5, monkeypatch=monkeypatch)
-    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE))
+    ref = service.submit(actions.workflow_spec(ctx, "step1", SITE, 0))
     relay.control(unavailable_for=20)
     with pytest.raises(PanDAUnavailableError):
         service.status([ref])

@@ -51,8 +51,8 @@ def finished(tmp_path_factory):
         # Children see an allow-listed environment (services.procs.child_env); a deployment adds
         # names with $MULTISITE_DRP_CHILD_ENV, which must itself reach the runner's own children.
         mp.setenv("MULTISITE_DRP_CHILD_ENV", f"MULTISITE_DRP_CHILD_ENV,{FAULT_ENV}")
-        qg = actions.generate_qg(ctx, "step1", SITE)
-        ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", SITE, processes=1))  # the runner inherits the knob
+        qg = actions.generate_qg(ctx, "step1", SITE, 0)
+        ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", SITE, 0, processes=1))  # the runner inherits the knob
     service = ctx.workflows[SITE]
     status = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s, timeout=300)
     return {"ctx": ctx, "ref": ref, "status": status, "qg": qg, "bad": bad}
@@ -85,7 +85,7 @@ def test_below_the_threshold_is_a_partial_success_with_merged_outputs(finished) 
     assert recorded == json.loads(json.dumps(decision))
     assert "fraction 0.125 <= threshold 0.2" in recorded["reason"]
 
-    merged = actions.merge(ctx, "step1", SITE)
+    merged = actions.merge(ctx, "step1", SITE, 0)
     science = {t: (merged["counts"][t], merged["predicted"][t]) for t in OUTPUTS}
     assert science == dict.fromkeys(OUTPUTS, (7, 8))  # the succeeded quanta's outputs, merged
     assert (merged["counts"]["isr_metadata"], merged["counts"]["calibrate_metadata"]) == (7, 7)

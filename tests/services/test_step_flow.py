@@ -57,11 +57,11 @@ def _rules_ok(ctx, rules):
 
 def test_step1_at_remote_site_end_to_end(ctx: actions.CampaignContext) -> None:
     cfg = ctx.config
-    qg = actions.generate_qg(ctx, "step1", "frdf")
+    qg = actions.generate_qg(ctx, "step1", "frdf", 0)
     assert qg["quanta"] == 2 * 2 * 4  # (isr, calibrate) x 2 visits x 4 detectors
     assert Path(qg["site_qgraph"]).read_bytes() == Path(qg["qgraph"]).read_bytes()
 
-    inputs_rule = actions.replicate_inputs(ctx, "step1", "frdf")
+    inputs_rule = actions.replicate_inputs(ctx, "step1", "frdf", 0)
     assert inputs_rule is not None
     wait_until(lambda: _rules_ok(ctx, [inputs_rule]))
     check = actions.verify_ingest(ctx, [inputs_rule])[0]
@@ -69,24 +69,24 @@ def test_step1_at_remote_site_end_to_end(ctx: actions.CampaignContext) -> None:
     frdf = ctx.butlers["frdf"]
     assert len(frdf.refs("raw", cfg.input_collections)) == 2 * 4
 
-    ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", "frdf", processes=1))
+    ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", "frdf", 0, processes=1))
     status = wait_until(lambda: (s := ctx.workflows["frdf"].status([ref])[ref.run_id]).terminal and s)
     assert status.state is WmsStates.SUCCEEDED, status
     assert (status.quanta_total, status.quanta_succeeded, status.quanta_failed) == (16, 16, 0)
     assert actions.accept(ctx, ref)["accepted"]
 
-    merged = actions.merge(ctx, "step1", "frdf")
+    merged = actions.merge(ctx, "step1", "frdf", 0)
     assert merged["counts"]["pvi"] == 8 and merged["counts"]["src"] == 8
     assert merged["counts"] == merged["predicted"]
 
-    reg = actions.register(ctx, "step1", "frdf")
-    run = names.output_run(cfg, "step1", "frdf", 0)
+    reg = actions.register(ctx, "step1", "frdf", 0)
+    run = names.output_run(cfg, "step1", "frdf", 0, 0)
     in_run = frdf.count(frdf.dataset_types_in(run), run)
     assert set(in_run) >= {"isr_config", "calibrate_config", "packages", *merged["counts"]}
     # Every file of the run is in the Rucio dataset, with lsst-rucio-register metadata.
     assert reg["files"] == sum(in_run.values()) and reg["new_files"] == reg["files"]
 
-    back = actions.replicate_outputs(ctx, "step1", "frdf")
+    back = actions.replicate_outputs(ctx, "step1", "frdf", 0)
     assert [r["site"] for r in back] == ["usdf"]
     wait_until(lambda: _rules_ok(ctx, back))
     actions.verify_ingest(ctx, back)
@@ -100,19 +100,19 @@ def test_step1_at_remote_site_end_to_end(ctx: actions.CampaignContext) -> None:
 
     # Idempotency: every action again finds its earlier work.
     n_rules = len(ctx.replica.list_rules())
-    assert actions.replicate_inputs(ctx, "step1", "frdf") == inputs_rule
-    assert actions.submit(ctx, "step1", "frdf") == ref.to_dict()
+    assert actions.replicate_inputs(ctx, "step1", "frdf", 0) == inputs_rule
+    assert actions.submit(ctx, "step1", "frdf", 0) == ref.to_dict()
     assert ctx.workflows["frdf"].status([ref])[ref.run_id].attempt == 1
-    assert actions.register(ctx, "step1", "frdf")["new_files"] == 0
-    assert actions.replicate_outputs(ctx, "step1", "frdf") == back
+    assert actions.register(ctx, "step1", "frdf", 0)["new_files"] == 0
+    assert actions.replicate_outputs(ctx, "step1", "frdf", 0) == back
     assert len(ctx.replica.list_rules()) == n_rules
     assert usdf.count(["pvi"], run) == {"pvi": 8}
 
 
 def test_killed_workflow_is_restarted_and_finishes(ctx: actions.CampaignContext) -> None:
-    actions.generate_qg(ctx, "step1", "usdf")
-    assert actions.replicate_inputs(ctx, "step1", "usdf") is None  # the hub holds every input
-    ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", "usdf", processes=1))
+    actions.generate_qg(ctx, "step1", "usdf", 0)
+    assert actions.replicate_inputs(ctx, "step1", "usdf", 0) is None  # the hub holds every input
+    ref = WorkflowRef.from_dict(actions.submit(ctx, "step1", "usdf", 0, processes=1))
     state_file = Path(ref.submit_dir) / "state.json"
     wait_until(lambda: '"phase": "run-qbb"' in state_file.read_text(), interval=0.1)
     import json
@@ -123,10 +123,10 @@ def test_killed_workflow_is_restarted_and_finishes(ctx: actions.CampaignContext)
     assert dead.state is WmsStates.FAILED and "gone" in dead.message
 
     # A retried submit task restarts the same workflow instead of submitting a new one.
-    again = WorkflowRef.from_dict(actions.submit(ctx, "step1", "usdf", processes=1))
+    again = WorkflowRef.from_dict(actions.submit(ctx, "step1", "usdf", 0, processes=1))
     assert again == ref
     done = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s)
     assert done.state is WmsStates.SUCCEEDED, done
     assert done.attempt == 2
-    merged = actions.merge(ctx, "step1", "usdf")
+    merged = actions.merge(ctx, "step1", "usdf", 0)
     assert merged["counts"] == merged["predicted"]

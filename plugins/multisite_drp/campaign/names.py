@@ -1,8 +1,12 @@
 """Deterministic names for everything a step creates at a site.
 
 Re-running any task must find its earlier work, so every external name is a pure
-function of (campaign, step, site, generation[, group]) and is checked against the
+function of (campaign, step, site, generation, group) and is checked against the
 same strict patterns the config uses before it reaches a collection, a path or a DID.
+
+A step's work at a site is split into submission groups (:mod:`.grouping`); each group
+has its own output RUN, graph, submit directory, workflow (request) name and Rucio
+datasets, and the step's chain at the site holds the RUNs of all its groups.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from multisite_drp.errors import InputError
 from .config import COLLECTION_NAME, DATASET_TYPE_NAME, SITE_NAME, STEP_NAME, CampaignConfig
 
 __all__ = ["NameError_", "campaign_chain", "graph_path", "group_label", "output_chain", "output_run",
-           "rucio_dataset", "site_work_dir", "submit_dir", "workflow_name"]
+           "output_run_pattern", "rucio_dataset", "run_generation", "site_graph_path", "site_work_dir", "submit_dir",
+           "workflow_name"]
 
 # Transfers that belong to no single step are named under these pseudo-steps.
 PSEUDO_STEPS = ("bootstrap", "raws")
@@ -56,50 +61,69 @@ def output_chain(config: CampaignConfig, step: str, site: str) -> str:
     return _check(f"{config.output_prefix}/{step}/{site}", COLLECTION_NAME, "output collection")
 
 
-def output_run(config: CampaignConfig, step: str, site: str, generation: int = 0, group: int | None = None) -> str:
-    """RUN collection: ``{chain}/g{generation}``, or ``{chain}/g{generation}/group{NNN}`` for a group.
+def output_run(config: CampaignConfig, step: str, site: str, generation: int, group: int) -> str:
+    """RUN collection of one group: ``{chain}/g{generation}/group{NNN}``.
 
-    Each BPS submission group needs its own RUN (two submissions cannot extend one run
-    concurrently), so the submit YAML always uses the group form; ``generation`` grows
-    when a step is re-planned or rescued from scratch.
+    Each submission group needs its own RUN (two submissions cannot extend one run
+    concurrently); ``generation`` grows when a step is re-planned or rescued from scratch.
     """
     _parts(config, step, site, generation)
-    run = f"{output_chain(config, step, site)}/g{generation}"
-    if group is not None:
-        run += "/" + group_label(group)
+    run = f"{output_chain(config, step, site)}/g{generation}/{group_label(group)}"
     return _check(run, COLLECTION_NAME, "output run")
 
 
-def submit_dir(config: CampaignConfig, step: str, site: str, generation: int = 0, group: int | None = None) -> Path:
-    """BPS submit directory under the campaign work dir: ``work/submit/{step}/{site}/g{gen}[/groupNNN]``."""
+def output_run_pattern(config: CampaignConfig, step: str) -> str:
+    """The butler collection glob matching every group RUN of ``step`` at every site and generation."""
+    config.step(step)
+    return f"{config.output_prefix}/{step}/*/g*/group*"
+
+
+def run_generation(run: str) -> int:
+    """The generation of an output RUN (``.../g{N}/group{NNN}``)."""
+    m = re.search(r"/g(\d+)/group\d{3}$", run)
+    if m is None:
+        raise NameError_(f"output run: {run!r} is not of the form .../g<generation>/group<NNN>")
+    return int(m.group(1))
+
+
+def submit_dir(config: CampaignConfig, step: str, site: str, generation: int, group: int) -> Path:
+    """BPS submit directory of one group: ``work/submit/{step}/{site}/g{gen}/group{NNN}``."""
     _parts(config, step, site, generation)
-    p = config.work_path / "submit" / step / site / f"g{generation}"
-    return p / group_label(group) if group is not None else p
+    return config.work_path / "submit" / step / site / f"g{generation}" / group_label(group)
 
 
-def rucio_dataset(config: CampaignConfig, step: str, site: str, dataset_type: str, generation: int = 0) -> str:
-    """Rucio dataset DID name for one type (or role, e.g. 'inputs'/'outputs') of a step at one site:
-    ``Dataset/{campaign}/g{generation}/{step}/{site}/{type}`` in the campaign's scope.
+def rucio_dataset(config: CampaignConfig, step: str, site: str, dataset_type: str, generation: int = 0,
+                  group: int | None = None) -> str:
+    """Rucio dataset DID name for one type (or role, e.g. 'inputs'/'outputs') of a step's
+    group at one site: ``Dataset/{campaign}/g{generation}/{step}/{site}/group{NNN}/{type}``
+    in the campaign's scope.
 
-    ``step`` may also be one of :data:`PSEUDO_STEPS` for transfers made before step 1. The
+    ``step`` may also be one of :data:`PSEUDO_STEPS` for transfers made before step 1;
+    these have no group (``Dataset/{campaign}/g{generation}/{step}/{site}/{type}``). The
     generation is part of the name because a complete dataset is closed in Rucio: a new
     generation's outputs (new RUNs) need datasets of their own.
     """
     if step in PSEUDO_STEPS:
         _check(site, SITE_NAME, "site")
         config.site(site)
+        if group is not None:
+            raise NameError_(f"group: the {step} transfers have no group; got {group!r}")
     else:
         _parts(config, step, site, 0)
+        if group is None:
+            raise NameError_(f"group: a dataset of {step} belongs to one of its groups; got None")
     _check(dataset_type, DATASET_TYPE_NAME, "dataset type")
     if not isinstance(generation, int) or generation < 0:
         raise NameError_(f"generation: expected an integer >= 0, got {generation!r}")
-    return _check(f"Dataset/{config.name}/g{generation}/{step}/{site}/{dataset_type}", RUCIO_NAME, "rucio dataset")
+    middle = f"{step}/{site}" if group is None else f"{step}/{site}/{group_label(group)}"
+    return _check(f"Dataset/{config.name}/g{generation}/{middle}/{dataset_type}", RUCIO_NAME, "rucio dataset")
 
 
-def workflow_name(config: CampaignConfig, step: str, site: str, generation: int = 0) -> str:
-    """Workflow (BPS payload / PanDA request) name: ``{campaign}_{step}_{site}_g{generation}``."""
+def workflow_name(config: CampaignConfig, step: str, site: str, generation: int, group: int) -> str:
+    """Workflow (BPS payload / PanDA request) name: ``{campaign}_{step}_{site}_g{generation}_group{NNN}``."""
     _parts(config, step, site, generation)
-    return _check(f"{config.name}_{step}_{site}_g{generation}", r"^[A-Za-z][A-Za-z0-9_-]{0,127}$", "workflow name")
+    return _check(f"{config.name}_{step}_{site}_g{generation}_{group_label(group)}",
+                  r"^[A-Za-z][A-Za-z0-9_-]{0,127}$", "workflow name")
 
 
 def site_work_dir(config: CampaignConfig, site: str) -> Path:
@@ -109,9 +133,14 @@ def site_work_dir(config: CampaignConfig, site: str) -> Path:
     return config.work_path / "sites" / site
 
 
-def graph_path(config: CampaignConfig, step: str, site: str, generation: int = 0) -> Path:
-    """The predicted QuantumGraph of a step at a site, kept at the hub as provenance."""
-    return config.work_path / "graphs" / f"{workflow_name(config, step, site, generation)}.qg"
+def graph_path(config: CampaignConfig, step: str, site: str, generation: int, group: int) -> Path:
+    """The predicted QuantumGraph of a step's group at a site, kept at the hub as provenance."""
+    return config.work_path / "graphs" / f"{workflow_name(config, step, site, generation, group)}.qg"
+
+
+def site_graph_path(config: CampaignConfig, step: str, site: str, generation: int, group: int) -> Path:
+    """The site's copy of a group's graph (what its workflow reads)."""
+    return site_work_dir(config, site) / "graphs" / graph_path(config, step, site, generation, group).name
 
 
 def campaign_chain(config: CampaignConfig) -> str:
@@ -127,3 +156,40 @@ def plan_dir(config: CampaignConfig, generation: int = 0) -> Path:
 def report_dir(config: CampaignConfig, generation: int = 0) -> Path:
     """Where the campaign report of a generation is written (report.json, report.md)."""
     return config.work_path / "report" / f"g{int(generation)}"
+
+
+#: The stack commands the DAG itself runs (not a workflow's jobs): graph builds, merges, registrations.
+COMMAND_KINDS = ("qgraph", "merge", "register")
+#: A command's name: the idempotency key of the command-runner port (``services.commands``).
+COMMAND_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,159}$"
+#: Kubernetes object names (DNS-1123 label: what a pod's hostname must also be) are at most 63 characters.
+POD_NAME_MAX = 63
+
+
+def command_name(config: CampaignConfig, step: str, site: str, generation: int, group: int, what: str) -> str:
+    """A stack command's name: ``{campaign}_{step}_{site}_g{generation}_group{NNN}_{what}``,
+    ``what`` one of :data:`COMMAND_KINDS`. The same (campaign, step, site, generation,
+    group, what) always gives the same name, so a retried task finds its predecessor."""
+    _parts(config, step, site, generation)
+    if what not in COMMAND_KINDS:
+        raise NameError_(f"command kind: expected one of {list(COMMAND_KINDS)}, got {what!r}")
+    return _check(f"{config.name}_{step}_{site}_g{generation}_{group_label(group)}_{what}", COMMAND_NAME,
+                  "command name")
+
+
+def pod_name(name: str) -> str:
+    """The Kubernetes pod of a command: ``name`` lowercased to DNS-1123 (``[a-z0-9-]``,
+    starting with a letter), cut to fit :data:`POD_NAME_MAX` with the first 10 hex digits
+    of its SHA-256 appended, so two names that sanitise or truncate alike still differ."""
+    import hashlib
+
+    _check(name, COMMAND_NAME, "command name")
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    body = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", name.lower())).strip("-")
+    body = body[: POD_NAME_MAX - len(digest) - 1].rstrip("-")
+    return _check(f"{body}-{digest}", r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", "pod name")
+
+
+def command_dir(config: CampaignConfig, site: str) -> Path:
+    """Where the embedded command runner keeps one record directory per command name."""
+    return site_work_dir(config, site) / "commands"

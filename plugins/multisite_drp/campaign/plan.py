@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multisite_drp.errors import DRPError
 
-__all__ = ["COMPLETE_FILE", "CampaignPlan", "IncompletePlanError", "PlanMetrics", "SitePlan", "StepPlan", "Transfer",
+__all__ = ["COMPLETE_FILE", "CampaignPlan", "GroupPlan", "IncompletePlanError", "PlanMetrics", "SitePlan", "StepPlan", "Transfer",
            "TransferKind", "id_query", "plan_complete"]
 
 TransferKind = Literal["raw", "bootstrap", "overlap", "gather", "fanout", "return"]
@@ -93,6 +93,25 @@ class StepPlan(_Model):
         return data
 
 
+class GroupPlan(_Model):
+    """One submission group of a step at a site (:mod:`.grouping`): its own QuantumGraph,
+    workflow, output RUN and Rucio datasets. ``group`` is its id (0..n-1 within the step
+    and site; the DAG's map index); ``weight`` is its size in quanta-equivalents
+    (detector-visits for a visit step, patches for a tract step)."""
+
+    step: str
+    site: str
+    group: int
+    dimension: str  # "visit", "tract", or "" for a global step
+    ids: list[int]
+    weight: int
+    label: str
+
+    def as_map_item(self) -> dict:
+        """What the DAG maps over: the group id and the label the UI shows as its map index."""
+        return {"group": self.group, "label": self.label}
+
+
 class PlanMetrics(_Model):
     """Quality figures (see ``planner.py`` for the metric's definition)."""
 
@@ -122,6 +141,8 @@ class CampaignPlan(_Model):
     orphan_visits: list[int] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     metrics: PlanMetrics
+    max_group_size: int = 0  # planner.max_group_size the groups were cut with
+    groups: list[GroupPlan] = Field(default_factory=list)
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -191,6 +212,24 @@ class CampaignPlan(_Model):
     def returns_for(self, step: str, source: str) -> list[Transfer]:
         """Outputs of ``step`` at ``source`` to replicate back to the hub afterwards."""
         return [t for t in self.transfers if t.step == step and t.source == source and t.kind == "return"]
+
+    def groups_for(self, step: str, site: str) -> list[GroupPlan]:
+        """The submission groups of ``step`` at ``site``, by id; none where the site has no work."""
+        self.step(step)
+        return [g for g in self.groups if g.step == step and g.site == site]
+
+    def group(self, step: str, site: str, group: int) -> GroupPlan:
+        """One group; ``KeyError`` naming the groups there are if it is not in the plan."""
+        for g in self.groups:
+            if g.step == step and g.site == site and g.group == group:
+                return g
+        raise KeyError(f"plan for {self.campaign!r} has no group {group!r} of {step} at {site}; it has "
+                       f"{[g.group for g in self.groups_for(step, site)]}")
+
+    def group_query(self, step: str, site: str, group: int) -> str:
+        """Butler query of one group: its visits or tracts ANDed with the campaign's query."""
+        g = self.group(step, site, group)
+        return self.data_query(step, site, g.ids if g.dimension else None)
 
     def ids_for(self, step: str, site: str) -> tuple[str, list[int]]:
         """(dimension, ids) restricting ``step`` at ``site``; ('', []) for a global step."""

@@ -44,7 +44,7 @@ from multisite_drp.errors import InputError
 from .config import CampaignConfig, Sharding
 from .dataflow import Dataflow, DataflowError, dataflow_from_pipeline, key_of
 from .partition import components_per_site, partition, site_affinity
-from .plan import COMPLETE_FILE, CampaignPlan, PlanMetrics, SitePlan, StepPlan, Transfer
+from .plan import COMPLETE_FILE, CampaignPlan, GroupPlan, PlanMetrics, SitePlan, StepPlan, Transfer
 from .spatial import SpatialInputs
 
 __all__ = ["PlanError", "assign_visits", "load_inputs", "plan_campaign", "plan_to_directory"]
@@ -197,6 +197,7 @@ def plan_campaign(config: CampaignConfig, inputs: SpatialInputs, method: str | N
         tract_share_error=round(t_err, 6), connected=all(c == 1 for c in comps), boundary_visits=boundary,
     )
     return CampaignPlan(
+        max_group_size=settings.max_group_size, groups=plan_groups(config, site_plans, inputs),
         campaign=config.name, method=method, instrument=config.instrument, skymap=config.skymap,
         campaign_query=config.data_query, inputs_source=inputs.source,
         n_visits=int(active.sum()), n_tracts=int(inputs.n_tracts), sites=site_plans,
@@ -204,6 +205,35 @@ def plan_campaign(config: CampaignConfig, inputs: SpatialInputs, method: str | N
         transfers=transfers, orphan_visits=sorted(inputs.visit_id[orphans].tolist()), warnings=warnings,
         metrics=metrics,
     )
+
+
+def plan_groups(config: CampaignConfig, site_plans: list[SitePlan], inputs: SpatialInputs | None) -> list[GroupPlan]:
+    """Every (step, site) split into submission groups of at most ``planner.max_group_size``
+    quanta-equivalents (:mod:`.grouping`); a global step is one group at the hub."""
+    from .grouping import group_label_text, split_weighted, tract_weights, visit_order, visit_weights
+
+    max_size = config.planner.max_group_size
+    hub = next(p.name for p in site_plans if p.role == "hub")
+    out: list[GroupPlan] = []
+    for st in config.steps:
+        for sp in site_plans:
+            if st.sharding.value == "global":
+                if sp.name == hub:
+                    out.append(GroupPlan(step=st.name, site=sp.name, group=0, dimension="", ids=[],
+                                         weight=max(sp.detector_visits, 1), label=group_label_text("", [])))
+                continue
+            if st.sharding.value == "visit":
+                dim, ids = "visit", visit_order(sp.visits, inputs)
+                weights = visit_weights(ids, inputs)
+            else:
+                dim, ids = "tract", sorted(sp.tracts)
+                weights = tract_weights(ids, inputs)
+            weight_of = dict(zip(ids, weights, strict=True))
+            for g, gids in enumerate(split_weighted(ids, weights, max_size)):
+                gids = sorted(gids)
+                out.append(GroupPlan(step=st.name, site=sp.name, group=g, dimension=dim, ids=gids,
+                                     weight=sum(weight_of[i] for i in gids), label=group_label_text(dim, gids)))
+    return out
 
 
 class _Context:
@@ -426,7 +456,7 @@ def plan_to_directory(config: CampaignConfig, out_dir: str | Path, *, inputs: Sp
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     plan.save(tmp)
     crashpoint("plan.after_plan_json")
-    write_bps_configs(config, plan, tmp, inputs=inputs, generation=generation)
+    write_bps_configs(config, plan, tmp, generation=generation)
     crashpoint("plan.after_bps")
     base = {}
     if baselines:

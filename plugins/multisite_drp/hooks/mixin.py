@@ -39,7 +39,8 @@ from multisite_drp.hooks.campaign import CampaignHook
 if TYPE_CHECKING:
     from multisite_drp.services.actions import CampaignContext
 
-__all__ = ["RETRY_DEFAULTS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "skip_reason"]
+__all__ = ["GROUP_MAP_INDEX", "RETRY_DEFAULTS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "group_id",
+           "skip_reason"]
 
 #: The retry settings a campaign task gets unless the task or the DAG's default_args set them.
 RETRY_DEFAULTS: dict[str, Any] = {"retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(hours=1)}
@@ -48,6 +49,18 @@ RETRY_DEFAULTS: dict[str, Any] = {"retry_exponential_backoff": 2.0, "max_retry_d
 WRAPPED_METHODS = ("execute", "execute_complete", "poke")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: What the UI shows as a group task's map index: the group's label (its visits or tracts).
+GROUP_MAP_INDEX = "{{ task.group['label'] if task.group is mapping else task.group }}"
+
+
+def group_id(group: Any) -> int:
+    """The group id of a mapped item (``{"group": id, "label": ...}``, what a step's site
+    chain is mapped over) or of a plain int."""
+    value = group.get("group") if isinstance(group, dict) else group
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"group: expected a group id (an integer >= 0) or a mapped item with one, got {group!r}")
+    return value
 
 
 def skip_reason(params: dict[str, Any], hook: CampaignHook | None, step: str | None, site: str | None) -> str | None:

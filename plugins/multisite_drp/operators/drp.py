@@ -9,6 +9,12 @@ sensors):
 * a step the Params leave out, a site the Params leave out, or a site the plan gives
   no work for this step: skipped, with the reason in the log.
 
+The per-group operators (``StepSiteOperator`` and its subclasses) run inside a step's
+site chain, which the DAG maps over the plan's groups of that step at that site
+(``SplitStepOperator``'s list, read at run time). Their ``group`` is the mapped item
+(``{"group": id, "label": ...}``), a template field resolved when the task runs; the
+UI shows the label as the map index.
+
 Skips propagate down a site's chain; each step's barrier and first tasks use
 ``none_failed`` so the campaign goes on past skipped work but never past a failure.
 
@@ -26,7 +32,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, BaseOperatorLink, SkipMixin
 
-from multisite_drp.hooks.mixin import CampaignTaskMixin
+from multisite_drp.hooks.mixin import GROUP_MAP_INDEX, CampaignTaskMixin, group_id
 
 __all__ = [
     "BarrierOperator",
@@ -40,6 +46,7 @@ __all__ = [
     "RegisterOutputsOperator",
     "ReplicateInputsOperator",
     "ReplicateOutputsOperator",
+    "SplitStepOperator",
     "StepSiteOperator",
     "SubmitWorkflowOperator",
     "ValidateCampaignOperator",
@@ -84,17 +91,50 @@ class CampaignActionOperator(CampaignTaskMixin, BaseOperator):
 
 
 class StepSiteOperator(CampaignActionOperator):
-    """Calls ``actions.<action>(ctx, step, site)``."""
+    """Calls ``actions.<action>(ctx, step, site, group)`` for one submission group."""
 
     action: str = ""
+    template_fields: Sequence[str] = ("group",)
 
-    def __init__(self, *, step: str, site: str, **kwargs: Any) -> None:
+    def __init__(self, *, step: str, site: str, group: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("map_index_template", GROUP_MAP_INDEX)
         super().__init__(step=step, site=site, **kwargs)
+        self.group = group
+
+    @property
+    def group_id(self) -> int:
+        return group_id(self.group)
 
     def act(self, ctx, context) -> Any:
         from multisite_drp.services import actions
 
-        return getattr(actions, self.action)(ctx, self.step, self.site)
+        return getattr(actions, self.action)(ctx, self.step, self.site, self.group_id)
+
+
+class SplitStepOperator(CampaignActionOperator):
+    """The plan's submission groups of a step at a site, as the list the site's chain is
+    mapped over (read at run time: the DAG file does not change with the number of groups).
+    An empty list (the plan gives the site no work in the step) skips the chain."""
+
+    ui_color = "#d0e0e3"
+
+    def __init__(self, *, step: str, site: str, **kwargs: Any) -> None:
+        super().__init__(step=step, site=site, **kwargs)
+
+    def execute(self, context) -> Any:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from multisite_drp.services import actions
+
+        try:
+            _, ctx = self.prepare(context)
+        except AirflowSkipException as exc:
+            self.log.info("%s/%s: no groups (%s)", self.step, self.site, exc)
+            return []
+        groups = actions.groups(ctx, self.step, self.site)
+        self.log.info("%s/%s: %d groups: %s", self.step, self.site, len(groups),
+                      ", ".join(f"[{g['group']}] {g['label']}" for g in groups))
+        return groups
 
 
 class GenerateGraphOperator(StepSiteOperator):
@@ -118,12 +158,12 @@ class SubmitWorkflowOperator(StepSiteOperator):
     def act(self, ctx, context) -> Any:
         from multisite_drp.services import actions
 
-        ref = actions.submit(ctx, self.step, self.site, rescue=bool(context["params"].get("rescue")))
+        ref = actions.submit(ctx, self.step, self.site, self.group_id, rescue=bool(context["params"].get("rescue")))
         from multisite_drp.services.workflow.base import WorkflowRef
 
         url = ctx.workflows[self.site].monitor_url(WorkflowRef.from_dict(ref))
         if url:
-            self.log.info("%s/%s: follow it at %s", self.step, self.site, url)
+            self.log.info("%s/%s group %d: follow it at %s", self.step, self.site, self.group_id, url)
         return {**ref, "monitor_url": url}
 
 

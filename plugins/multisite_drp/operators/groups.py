@@ -1,14 +1,17 @@
 """TaskGroup factories: the distribution before step 1, and one group per DRP step.
 
 Task ids read like a sentence: ``step3.frdf.replicate_inputs``,
-``distribute.ukdf.raws``, ``step5.barrier``. Every task carries ``doc_md``.
+``distribute.ukdf.raws``, ``step5.barrier``. A step's site chain is mapped over the
+plan's submission groups of that step at that site (``step1.split.frdf`` lists them at run
+time), so ``step1.frdf.submit[17]`` is group 17's submission, and the UI shows the group's
+visits or tracts as its map index. Every task carries ``doc_md``.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import TaskGroup, TriggerRule
+from airflow.sdk import TaskGroup, TriggerRule, task_group
 
 from multisite_drp.operators.drp import (
     BarrierOperator,
@@ -18,14 +21,16 @@ from multisite_drp.operators.drp import (
     RegisterOutputsOperator,
     ReplicateInputsOperator,
     ReplicateOutputsOperator,
+    SplitStepOperator,
     SubmitWorkflowOperator,
 )
 from multisite_drp.sensors.drp import ReplicationSensor, WorkflowSensor
 
-__all__ = ["distribution_group", "step_group"]
+__all__ = ["distribution_group", "site_pool", "step_group", "workflow_pool"]
 
-# Stack commands (graph builds, merges) are bounded per site by a pool; replica-service
-# requests by one shared pool. The pools come from airflow_settings.yaml.
+# Stack commands (graph builds, merges) are bounded per site by a pool, workflows in flight
+# per site by another (counting deferred waits); replica-service requests by one shared
+# pool. The pools come from airflow_settings.yaml.
 REPLICATION_POOL = "drp_replication"
 
 
@@ -57,55 +62,85 @@ def distribution_group(remote_sites: list[str], *, wait_timeout: timedelta) -> T
     return group
 
 
+def workflow_pool(site: str) -> str:
+    """The pool bounding how many of a site's groups have a workflow in flight: ``submit`` and
+    the deferred ``wait_workflow`` take a slot each (the pool counts deferred tasks)."""
+    return f"drp_{site}_workflows"
+
+
 def step_group(step: str, sites: list[str], *, is_global: bool, description: str,
                wait_timeout: timedelta, workflow_timeout: timedelta) -> tuple[TaskGroup, BarrierOperator]:
-    """One DRP step: per site, graph → inputs → submit → wait → merge → register → return; then a barrier."""
+    """One DRP step: per site, the plan's groups (``split``), then the site's chain mapped over
+    them (graph → inputs → submit → wait → merge → register → return, one map index per
+    group); then a barrier after every group of every site."""
     with TaskGroup(step, tooltip=description or step) as group:
         tails = []
+        with TaskGroup("split", tooltip=f"{step}: the plan's submission groups per site"):
+            splits = {
+                site: SplitStepOperator(
+                    task_id=site, step=step, site=site, trigger_rule=TriggerRule.NONE_FAILED,
+                    doc_md=f"Read the plan's submission groups of {step} at {site} (each bounded by "
+                           "planner.max_group_size quanta-equivalents): the list the site's chain is mapped over. "
+                           "None: the chain is skipped.")
+                for site in sites}
         for site in sites:
-            with TaskGroup(site, tooltip=f"{step} at {site}"):
-                qg = GenerateGraphOperator(
-                    task_id="generate_qg", step=step, site=site, pool=site_pool(site),
-                    trigger_rule=TriggerRule.NONE_FAILED,
-                    doc_md=f"Build {step}'s QuantumGraph for {site} at the hub (pipetask qgraph, restricted "
-                           f"to {site}'s visits or tracts by the plan) and copy it, checksummed, to {site}. "
-                           "Kept at the hub as provenance. An existing graph is reused.")
-                inputs = ReplicateInputsOperator(
-                    task_id="replicate_inputs", step=step, site=site, pool=REPLICATION_POOL,
-                    doc_md=f"The graph's overall inputs that {site}'s butler lacks become one Rucio dataset "
-                           f"with one rule to {site}. Nothing to move: no rule.")
-                wait_in = ReplicationSensor(
-                    task_id="wait_inputs", step=step, site=site, kind="inputs", timeout=wait_timeout,
-                    doc_md=f"Wait (deferred) until the input rule to {site} is OK and ingested there.")
-                submit = SubmitWorkflowOperator(
-                    task_id="submit", step=step, site=site,
-                    doc_md=f"Submit the graph at {site} (BPS; embedded: detached run-qbb). A workflow of the "
-                           "same name is found, not resubmitted; a failed one is restarted.")
-                wait_wf = WorkflowSensor(
-                    task_id="wait_workflow", step=step, site=site, timeout=workflow_timeout,
-                    doc_md="Wait (deferred) for the workflow to end, then apply the partial-success policy "
-                           "(failed-quanta threshold). A rejected workflow is restarted once before failing.")
-                merge = MergeOutputsOperator(
-                    task_id="merge", step=step, site=site, pool=site_pool(site),
-                    doc_md=f"Check {site}'s butler holds every predicted output; run the merge if the "
-                           "workflow's final job did not; chain the output RUN.")
-                register = RegisterOutputsOperator(
-                    task_id="register", step=step, site=site, pool=REPLICATION_POOL,
-                    doc_md=f"Register the step's outputs at {site} in Rucio as one dataset, with "
-                           "lsst-rucio-register metadata (files already registered are skipped).")
-                back = ReplicateOutputsOperator(
-                    task_id="replicate_outputs", step=step, site=site, pool=REPLICATION_POOL,
-                    doc_md=("Fan the global step's outputs out to every remote site." if is_global else
-                            f"Add the rule returning {site}'s outputs to USDF (none for the hub itself)."))
-                wait_out = ReplicationSensor(
-                    task_id="wait_outputs", step=step, site=site, kind="outputs", timeout=wait_timeout,
-                    doc_md="Wait (deferred) until the output rules are OK and the destination butlers "
-                           "have ingested every dataset.")
-                qg >> inputs >> wait_in >> submit >> wait_wf >> merge >> register >> back >> wait_out
-                tails.append(wait_out)
+            chain = _site_chain(step, site, is_global=is_global, wait_timeout=wait_timeout,
+                                workflow_timeout=workflow_timeout)
+            tails.append(chain.expand(group=splits[site].output))
         barrier = BarrierOperator(
             task_id="barrier", step=step, trigger_rule=TriggerRule.NONE_FAILED,
-            doc_md=f"Hold the next step until every site has an accepted {step} workflow and every "
-                   f"transfer of {step} is OK.")
+            doc_md=f"Hold the next step until every group of every site has an accepted {step} workflow and "
+                   f"every transfer of {step} is OK.")
         tails >> barrier
     return group, barrier
+
+
+def _site_chain(step: str, site: str, *, is_global: bool, wait_timeout: timedelta, workflow_timeout: timedelta):
+    """The per-group chain of a step at a site, as a task group to be mapped over the groups."""
+
+    @task_group(group_id=site, tooltip=f"{step} at {site}, one map index per submission group")
+    def chain(group):
+        qg = GenerateGraphOperator(
+            task_id="generate_qg", step=step, site=site, group=group, pool=site_pool(site),
+            doc_md=f"Build this group's {step} QuantumGraph for {site} at the hub (pipetask qgraph, restricted "
+                   f"to the group's visits or tracts by the plan) and copy it, checksummed, to {site}. "
+                   "Kept at the hub as provenance. An existing graph is reused.")
+        inputs = ReplicateInputsOperator(
+            task_id="replicate_inputs", step=step, site=site, group=group, pool=REPLICATION_POOL,
+            doc_md=f"The group graph's overall inputs that {site}'s butler lacks become one Rucio dataset "
+                   f"with one rule to {site}. Nothing to move: no rule.")
+        wait_in = ReplicationSensor(
+            task_id="wait_inputs", step=step, site=site, group=group, kind="inputs", timeout=wait_timeout,
+            doc_md=f"Wait (deferred) until the group's input rule to {site} is OK and ingested there.")
+        submit = SubmitWorkflowOperator(
+            task_id="submit", step=step, site=site, group=group, pool=workflow_pool(site),
+            weight_rule="absolute", priority_weight=1,
+            doc_md=f"Submit the group's graph at {site} (BPS; embedded: detached run-qbb). A workflow of the "
+                   "same name is found, not resubmitted; a failed one is restarted. The site's workflow pool "
+                   "bounds how many groups are in flight.")
+        wait_wf = WorkflowSensor(
+            task_id="wait_workflow", step=step, site=site, group=group, timeout=workflow_timeout,
+            pool=workflow_pool(site), weight_rule="absolute", priority_weight=2,
+            doc_md="Wait (deferred, holding a slot of the site's workflow pool) for the group's workflow to end, "
+                   "then apply the partial-success policy (failed-quanta threshold). A rejected workflow is "
+                   "restarted once before failing.")
+        merge = MergeOutputsOperator(
+            task_id="merge", step=step, site=site, group=group, pool=site_pool(site),
+            doc_md=f"Check {site}'s butler holds every predicted output of the group; run the merge if the "
+                   "workflow's final job did not; add the group's RUN to the step's chain at the site.")
+        register = RegisterOutputsOperator(
+            task_id="register", step=step, site=site, group=group, pool=REPLICATION_POOL,
+            doc_md=f"Register the group's outputs at {site} in Rucio as one dataset, with "
+                   "lsst-rucio-register metadata (files already registered are skipped).")
+        back = ReplicateOutputsOperator(
+            task_id="replicate_outputs", step=step, site=site, group=group, pool=REPLICATION_POOL,
+            doc_md=("Fan the global step's outputs out to every remote site." if is_global else
+                    f"Add the rule returning the group's outputs at {site} to USDF (none for the hub itself)."))
+        wait_out = ReplicationSensor(
+            task_id="wait_outputs", step=step, site=site, group=group, kind="outputs", timeout=wait_timeout,
+            doc_md="Wait (deferred) until the group's output rules are OK and the destination butlers "
+                   "have ingested every dataset.")
+        qg >> inputs >> wait_in >> submit >> wait_wf >> merge >> register >> back >> wait_out
+        return wait_out
+
+    return chain

@@ -14,6 +14,7 @@ backoff) are ``hooks.mixin.CampaignTaskMixin``'s, shared with the operators.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from multisite_drp.hooks.campaign import CampaignHook
-from multisite_drp.hooks.mixin import CampaignTaskMixin
+from multisite_drp.hooks.mixin import GROUP_MAP_INDEX, CampaignTaskMixin, group_id
 from multisite_drp.triggers.site import ReplicationTrigger, WorkflowTrigger
 
 __all__ = ["ReplicationSensor", "WorkflowSensor"]
@@ -35,14 +36,30 @@ def _fail_on_input_error(task_id: str, event: dict[str, Any]) -> None:
 
 
 class _SiteSensor(CampaignTaskMixin, BaseSensorOperator):
-    ui_color = "#ead1dc"
+    """``group``: the submission group (a mapped item ``{"group": id, "label": ...}``, a
+    template field resolved at run time) for the per-group waits; None for the distribution."""
 
-    def __init__(self, *, site: str, step: str | None = None, deferrable: bool = True, **kwargs: Any) -> None:
+    ui_color = "#ead1dc"
+    template_fields: Sequence[str] = ("group",)
+
+    def __init__(self, *, site: str, step: str | None = None, group: Any = None, deferrable: bool = True,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("timeout", timedelta(days=7))
+        if group is not None:
+            kwargs.setdefault("map_index_template", GROUP_MAP_INDEX)
         super().__init__(**self.with_retry_defaults(kwargs))
         self.step = step
         self.site = site
+        self.group = group
         self.deferrable = deferrable
+
+    @property
+    def group_id(self) -> int:
+        return group_id(self.group)
+
+    @property
+    def label(self) -> str:
+        return f"{self.step}/{self.site}[{self.group_id}]"
 
     @property
     def _timeout(self) -> timedelta:
@@ -58,16 +75,16 @@ class WorkflowSensor(_SiteSensor):
     restart``: only unfinished quanta run again) before the task fails.
     """
 
-    def __init__(self, *, step: str, site: str, auto_restarts: int = 1, **kwargs: Any) -> None:
-        super().__init__(step=step, site=site, **kwargs)
+    def __init__(self, *, step: str, site: str, group: Any, auto_restarts: int = 1, **kwargs: Any) -> None:
+        super().__init__(step=step, site=site, group=group, **kwargs)
         self.auto_restarts = auto_restarts
 
     def _ref(self, ctx):
         from multisite_drp.services import actions
 
-        ref = actions.workflow_ref(ctx, self.step, self.site)
+        ref = actions.workflow_ref(ctx, self.step, self.site, self.group_id)
         if ref is None:
-            raise AirflowException(f"{self.step}/{self.site}: no workflow was submitted; clear the submit task")
+            raise AirflowException(f"{self.label}: no workflow was submitted; clear the submit task")
         return ref
 
     _kill_params: dict[str, Any] | None = None
@@ -93,7 +110,7 @@ class WorkflowSensor(_SiteSensor):
             trigger=WorkflowTrigger(params=hook.carried_params(context["params"]),
                                     conn_ids=hook.conn_ids("workflow", [self.site]), site=self.site,
                                     refs=[ref.to_dict()], poll_interval=settings["poll_interval"],
-                                    label=f"{self.step}/{self.site}"),
+                                    label=self.label),
             method_name="execute_complete",
             timeout=self._timeout,
         )
@@ -102,7 +119,7 @@ class WorkflowSensor(_SiteSensor):
         event = event or {}
         _fail_on_input_error(self.task_id, event)
         if event.get("status") != "done":
-            raise AirflowException(f"{self.step}/{self.site}: waiting on the workflow failed: "
+            raise AirflowException(f"{self.label}: waiting on the workflow failed: "
                                    f"{event.get('message') or event}")
         hook, ctx = self.prepare(context)
         return self._finish(ctx, self._ref(ctx), context, hook)
@@ -118,13 +135,12 @@ class WorkflowSensor(_SiteSensor):
             return
         hook = CampaignHook.from_params(params)
         if hook.config.on_kill.workflows == "leave":
-            self.log.warning("%s/%s: task killed; the workflow runs on (on_kill.workflows: leave)", self.step,
-                             self.site)
+            self.log.warning("%s: task killed; the workflow runs on (on_kill.workflows: leave)", self.label)
             return
         ctx = hook.get_conn()
-        ref = actions.workflow_ref(ctx, self.step, self.site)
+        ref = actions.workflow_ref(ctx, self.step, self.site, self.group_id)
         if ref is not None:
-            self.log.warning("%s/%s: task killed; cancelling workflow %s", self.step, self.site, ref.name)
+            self.log.warning("%s: task killed; cancelling workflow %s", self.label, ref.name)
             ctx.workflows[self.site].cancel(ref)
 
     def _finish(self, ctx, ref, context, hook: CampaignHook | None = None) -> dict:
@@ -157,11 +173,13 @@ class ReplicationSensor(_SiteSensor):
 
     KINDS = ("distribution", "inputs", "outputs")
 
-    def __init__(self, *, site: str, kind: str, step: str | None = None, retry_grace: float = 300.0,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, site: str, kind: str, step: str | None = None, group: Any = None,
+                 retry_grace: float = 300.0, **kwargs: Any) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"ReplicationSensor: kind={kind!r}; expected one of {list(self.KINDS)}")
-        super().__init__(step=step, site=site, **kwargs)
+        if (kind == "distribution") != (group is None):
+            raise ValueError(f"ReplicationSensor: kind={kind!r} takes {'no group' if group is None else 'a group'}")
+        super().__init__(step=step, site=site, group=group, **kwargs)
         self.kind = kind
         self.retry_grace = retry_grace
 
@@ -171,8 +189,8 @@ class ReplicationSensor(_SiteSensor):
         if self.kind == "distribution":
             return actions.distribution_rules(ctx, self.site)
         if self.kind == "inputs":
-            return actions.input_rules(ctx, self.step, self.site)
-        return actions.output_rules(ctx, self.step, self.site)
+            return actions.input_rules(ctx, self.step, self.site, self.group_id)
+        return actions.output_rules(ctx, self.step, self.site, self.group_id)
 
     def _state(self, ctx, rules: list[dict]) -> str:
         from multisite_drp.services.replica.base import RuleRef, replication_progress

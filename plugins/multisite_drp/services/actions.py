@@ -6,13 +6,14 @@ one of these. Every function looks before it acts (deterministic names from
 asked what already exists), so a cleared or retried task continues earlier work and
 never duplicates a submission, a rule or a dataset.
 
-Data flow per step and site (DMTN-213), all addressed through the ports:
+Data flow per step, site and submission group (DMTN-213; the plan splits each step at a
+site into groups of bounded size, ``campaign.grouping``), all addressed through the ports:
 
 1. ``generate_qg``: build the predicted graph against the hub butler (the hub holds
    every input and every returned output), keep it at the hub as provenance and
    distribute a checksummed copy to the site's work area.
 2. ``replicate_inputs``: the graph's overall inputs that the site's butler lacks
-   become one Rucio dataset with a rule to the site.
+   become one Rucio dataset (per group) with a rule to the site.
 3. ``submit``: the workflow service runs the graph at the site.
 4. (wait: deferrable trigger)
 5. ``merge``: confirm the outputs are in the site butler; run the merge if the
@@ -87,7 +88,9 @@ def make_plan(cfg: CampaignConfig, generation: int = 0) -> dict:
     outcome (sites added or removed, new visits in the hub butler) would silently move
     visits between sites under work already done, so it is refused: bump the
     generation for a fresh run in new collections. A plan directory without its
-    ``COMPLETE`` marker (a writer stopped midway) is no plan: it is built again.
+    ``COMPLETE`` marker (a writer stopped midway) is no plan: it is built again. The
+    submission groups are part of the plan: a new ``planner.max_group_size`` needs a new
+    generation too.
     """
     from multisite_drp.campaign.plan import CampaignPlan, plan_complete
     from multisite_drp.campaign.planner import load_inputs, plan_campaign, plan_to_directory
@@ -98,6 +101,14 @@ def make_plan(cfg: CampaignConfig, generation: int = 0) -> dict:
         new = plan_campaign(cfg, load_inputs(cfg))  # in memory: only the assignment is compared
         before = {s.name: (s.visits, s.tracts) for s in old.sites}
         after = {s.name: (s.visits, s.tracts) for s in new.sites}
+        old_groups = [(g.step, g.site, g.group, g.ids) for g in old.groups]
+        new_groups = [(g.step, g.site, g.group, g.ids) for g in new.groups]
+        if before == after and old_groups != new_groups:
+            raise PlanChangedError(
+                f"{out / 'plan.json'}: generation {generation} was split into submission groups with "
+                f"planner.max_group_size {old.max_group_size}; {cfg.source_path} now gives "
+                f"{new.max_group_size}, which splits the steps into other groups (other graphs, RUNs and "
+                "workflows). Keep the old size, or trigger with a new 'generation' to process in new groups")
         if before != after:
             changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
             raise PlanChangedError(
@@ -110,7 +121,7 @@ def make_plan(cfg: CampaignConfig, generation: int = 0) -> dict:
         if out.exists():
             log.warning("%s is an incomplete plan directory (no COMPLETE marker): building it again", out)
         plan = plan_to_directory(cfg, out, generation=generation)
-    return {"plan_dir": str(out), "method": plan.method,
+    return {"plan_dir": str(out), "method": plan.method, "groups": len(plan.groups),
             "sites": {s.name: {"visits": len(s.visits), "tracts": len(s.tracts),
                                "share_target": s.share_target, "share_achieved": round(s.share_achieved, 4)}
                       for s in plan.sites},
@@ -220,18 +231,19 @@ def ensure_input_chain(ctx: CampaignContext, site: str) -> None:
             local.ensure_chain(coll, list(info.children))
 
 
-# -- per step, per site -----------------------------------------------------------------------
+# -- per step, site and group ------------------------------------------------------------------
 
 
 def _step_runs_at_hub(ctx: CampaignContext, steps: list[str]) -> list[str]:
-    """Output RUNs of ``steps`` present at the hub, in the given step order, newest generation first."""
+    """Output RUNs (every group's) of ``steps`` present at the hub, in the given step order,
+    newest generation first."""
     hub = ctx.butlers[ctx.hub]
     hub.refresh()
     runs: list[str] = []
     for name in steps:
-        found = hub.butler.collections.query(f"{ctx.config.output_prefix}/{name}/*/g*",
+        found = hub.butler.collections.query(names.output_run_pattern(ctx.config, name),
                                              collection_types={CollectionType.RUN})
-        runs.extend(sorted(found, key=lambda r: (-int(r.rsplit("/g", 1)[1]), r)))
+        runs.extend(sorted(found, key=lambda r: (-names.run_generation(r), r)))
     return runs
 
 
@@ -241,15 +253,20 @@ def _earlier_output_runs(ctx: CampaignContext, step: str) -> list[str]:
     return _step_runs_at_hub(ctx, list(reversed(order[: order.index(step)])))
 
 
-def data_query(ctx: CampaignContext, step: str, site: str) -> str:
-    """The step's butler query at a site: the plan's restriction ANDed with the campaign's."""
-    return ctx.plan().data_query(step, site)
+def data_query(ctx: CampaignContext, step: str, site: str, group: int) -> str:
+    """A group's butler query at a site: its visits or tracts ANDed with the campaign's query."""
+    return ctx.plan().group_query(step, site, group)
 
 
-def generate_qg(ctx: CampaignContext, step: str, site: str) -> dict:
-    """Build the predicted graph at the hub and distribute it to the site (idempotent)."""
+def groups(ctx: CampaignContext, step: str, site: str) -> list[dict]:
+    """What the DAG maps a step's site chain over: one item (id, label) per group of the plan."""
+    return [g.as_map_item() for g in ctx.plan().groups_for(step, site)]
+
+
+def generate_qg(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
+    """Build one group's predicted graph at the hub and distribute it to the site (idempotent)."""
     cfg = ctx.config
-    path = names.graph_path(cfg, step, site, ctx.generation)
+    path = names.graph_path(cfg, step, site, ctx.generation, group)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".partial.qg")
@@ -258,10 +275,10 @@ def generate_qg(ctx: CampaignContext, step: str, site: str) -> dict:
             cfg.pipeline_path,
             [*_earlier_output_runs(ctx, step), *cfg.input_collections],
             None,  # no -o: the step's chain holds only its RUNs; a new generation reads exactly these inputs
-            names.output_run(cfg, step, site, ctx.generation),
+            names.output_run(cfg, step, site, ctx.generation, group),
             tmp,
             subset=cfg.step(step).subset,
-            data_query=data_query(ctx, step, site),
+            data_query=data_query(ctx, step, site, group),
         )
         middleware.run_command(argv, path.with_suffix(".log"), timeout=cfg.timeouts.command_seconds)
         tmp.rename(path)
@@ -271,13 +288,13 @@ def generate_qg(ctx: CampaignContext, step: str, site: str) -> dict:
                "visits": sorted(contents.visits)}
     atomic_write_json(graph_summary_path(path), summary)
     # Distribute: the site's copy is what its workflow reads (PanDA ships it the same way).
-    dest = names.site_work_dir(cfg, site) / "graphs" / path.name
+    dest = names.site_graph_path(cfg, step, site, ctx.generation, group)
     digest = sha256_of(path)
     if not dest.exists() or sha256_of(dest) != digest:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest.with_suffix(".tmp"))
         dest.with_suffix(".tmp").rename(dest)
-    return {**summary, "site_qgraph": str(dest), "sha256": digest, "visits": len(contents.visits)}
+    return {**summary, "group": group, "site_qgraph": str(dest), "sha256": digest, "visits": len(contents.visits)}
 
 
 def graph_summary_path(graph: str | Path) -> Path:
@@ -285,30 +302,30 @@ def graph_summary_path(graph: str | Path) -> Path:
     return Path(graph).with_suffix(".summary.json")
 
 
-def replicate_inputs(ctx: CampaignContext, step: str, site: str) -> dict | None:
-    """A rule bringing the graph's missing overall inputs to the site; None if it has them all."""
+def replicate_inputs(ctx: CampaignContext, step: str, site: str, group: int) -> dict | None:
+    """A rule bringing the group graph's missing overall inputs to the site; None if it has them all."""
     cfg = ctx.config
-    contents = read_graph(names.graph_path(cfg, step, site, ctx.generation))
+    contents = read_graph(names.graph_path(cfg, step, site, ctx.generation, group))
     local = ctx.butlers[site]
     local.refresh()
     if site != ctx.hub:
         # The merge at the site will need the visit records of every visit-keyed output.
         local.sync_visit_records(ctx.butlers[ctx.hub], contents.visits, cfg.instrument)
     missing = local.missing(contents.overall_inputs)
-    dataset = names.rucio_dataset(cfg, step, site, "inputs", ctx.generation)
+    dataset = names.rucio_dataset(cfg, step, site, "inputs", ctx.generation, group)
     if not missing:
         existing = ctx.replica.find_rule(dataset, site)
         return existing.to_dict() if existing else None
     reg = ctx.replica.register(ctx.hub, dataset, missing)
     rule = ctx.replica.add_rule(dataset, site)
-    log.info("%s inputs for %s: %d of %d datasets missing there (%d bytes) -> rule %s",
-             step, site, len(missing), len(contents.overall_inputs), reg.bytes, rule.rule_id)
+    log.info("%s group %d inputs for %s: %d of %d datasets missing there (%d bytes) -> rule %s",
+             step, group, site, len(missing), len(contents.overall_inputs), reg.bytes, rule.rule_id)
     return rule.to_dict()
 
 
-def input_rules(ctx: CampaignContext, step: str, site: str) -> list[dict]:
-    """The rule bringing this step's inputs to ``site``, if one was needed."""
-    rule = ctx.replica.find_rule(names.rucio_dataset(ctx.config, step, site, "inputs", ctx.generation), site)
+def input_rules(ctx: CampaignContext, step: str, site: str, group: int) -> list[dict]:
+    """The rule bringing this group's inputs to ``site``, if one was needed."""
+    rule = ctx.replica.find_rule(names.rucio_dataset(ctx.config, step, site, "inputs", ctx.generation, group), site)
     return [rule.to_dict()] if rule else []
 
 
@@ -319,52 +336,52 @@ def output_targets(ctx: CampaignContext, step: str, site: str) -> list[str]:
     return [] if site == ctx.hub else [ctx.hub]
 
 
-def output_rules(ctx: CampaignContext, step: str, site: str) -> list[dict]:
-    """The existing rules moving this step's outputs at ``site`` to their destinations."""
-    dataset = names.rucio_dataset(ctx.config, step, site, "outputs", ctx.generation)
+def output_rules(ctx: CampaignContext, step: str, site: str, group: int) -> list[dict]:
+    """The existing rules moving this group's outputs at ``site`` to their destinations."""
+    dataset = names.rucio_dataset(ctx.config, step, site, "outputs", ctx.generation, group)
     found = [ctx.replica.find_rule(dataset, t) for t in output_targets(ctx, step, site)]
     return [r.to_dict() for r in found if r is not None]
 
 
-def workflow_ref(ctx: CampaignContext, step: str, site: str) -> WorkflowRef | None:
-    """The submission of this step at ``site``, found by its deterministic name."""
-    spec = workflow_spec(ctx, step, site)
+def workflow_ref(ctx: CampaignContext, step: str, site: str, group: int) -> WorkflowRef | None:
+    """The submission of this group at ``site``, found by its deterministic name."""
+    spec = workflow_spec(ctx, step, site, group)
     return ctx.workflows[site].find(spec)
 
 
-def workflow_spec(ctx: CampaignContext, step: str, site: str, processes: int | None = None) -> WorkflowSpec:
-    """The workflow of a step at a site; ``processes`` None: the site's workflow service decides."""
+def workflow_spec(ctx: CampaignContext, step: str, site: str, group: int,
+                  processes: int | None = None) -> WorkflowSpec:
+    """The workflow of one group of a step at a site; ``processes`` None: the site's workflow service decides."""
     cfg = ctx.config
+    gen = ctx.generation
     return WorkflowSpec(
-        name=names.workflow_name(cfg, step, site, ctx.generation),
+        name=names.workflow_name(cfg, step, site, gen, group),
         site=site,
-        qgraph=str(names.site_work_dir(cfg, site) / "graphs" / names.graph_path(cfg, step, site, ctx.generation).name),
+        qgraph=str(names.site_graph_path(cfg, step, site, gen, group)),
         butler_repo=cfg.repo_of(site),
-        output_run=names.output_run(cfg, step, site, ctx.generation),
-        submit_dir=str(names.submit_dir(cfg, step, site, ctx.generation)),
-        bps_config=bps_config_path(ctx, step, site),
+        output_run=names.output_run(cfg, step, site, gen, group),
+        submit_dir=str(names.submit_dir(cfg, step, site, gen, group)),
+        bps_config=bps_config_path(ctx, step, site, group),
         processes=processes,
     )
 
 
-def bps_config_path(ctx: CampaignContext, step: str, site: str) -> str | None:
-    """The planner's BPS submit YAML of this step at ``site``, when it is a single group
-    (the DAG submits one workflow per step and site; several groups: None)."""
+def bps_config_path(ctx: CampaignContext, step: str, site: str, group: int) -> str | None:
+    """The planner's BPS submit YAML of this group at ``site`` (None if the plan has none)."""
     from multisite_drp.campaign.plan import IncompletePlanError, plan_complete
 
     root = names.plan_dir(ctx.config, ctx.generation)
     if root.exists() and not plan_complete(root):
         raise IncompletePlanError(f"{root}: incomplete plan directory (no COMPLETE marker); run the plan task again")
-    d = root / "bps" / step / site
-    files = sorted(d.glob("group*.yaml"))
-    return str(files[0]) if len(files) == 1 else None
+    path = root / "bps" / step / site / f"{names.group_label(group)}.yaml"
+    return str(path) if path.is_file() else None
 
 
-def submit(ctx: CampaignContext, step: str, site: str, *, processes: int | None = None,
+def submit(ctx: CampaignContext, step: str, site: str, group: int, *, processes: int | None = None,
            restart_failed: bool = True, rescue: bool = False) -> dict:
     """Submit once; a failed earlier submission is restarted (not resubmitted), or with
     ``rescue`` replaced by a rescue submission (a new name; only missing outputs run)."""
-    spec = workflow_spec(ctx, step, site, processes)
+    spec = workflow_spec(ctx, step, site, group, processes)
     service = ctx.workflows[site]
     ref = service.find(spec)
     if ref is None:
@@ -413,10 +430,11 @@ def accept(ctx: CampaignContext, ref: WorkflowRef) -> dict:
     return decision
 
 
-def merge(ctx: CampaignContext, step: str, site: str) -> dict:
-    """Make sure the site butler holds the workflow's outputs; merge now if it does not."""
+def merge(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
+    """Make sure the site butler holds the group workflow's outputs; merge now if it does not.
+    The group's RUN joins the step's chain at the site (``{prefix}/{step}/{site}``)."""
     cfg = ctx.config
-    spec = workflow_spec(ctx, step, site)
+    spec = workflow_spec(ctx, step, site, group)
     contents = read_graph(spec.qgraph)
     local = ctx.butlers[site]
     local.refresh()
@@ -425,7 +443,7 @@ def merge(ctx: CampaignContext, step: str, site: str) -> dict:
         ref = ctx.workflows[site].find(spec)
         merged = ref is not None and ctx.workflows[site].report(ref).merged
         if not merged:
-            log.info("%s/%s: the workflow's final job did not merge; running the merge", step, site)
+            log.info("%s/%s group %d: the workflow's final job did not merge; running the merge", step, site, group)
             with site_write_lock(spec.butler_repo, cfg.timeouts.lock_seconds):
                 middleware.run_command(middleware.merge_argv(spec.butler_repo, spec.qgraph),
                                        Path(spec.submit_dir) / "logs" / "merge.task.log",
@@ -433,31 +451,26 @@ def merge(ctx: CampaignContext, step: str, site: str) -> dict:
             crashpoint("merge.after_command")
             local.refresh()
             counts = local.count(contents.predicted_outputs, spec.output_run)
-    local.ensure_chain(names.output_chain(cfg, step, site), [spec.output_run])
+    local.ensure_chain(names.output_chain(cfg, step, site), [spec.output_run])  # kept: the other groups' RUNs
     return {"output_run": spec.output_run, "counts": counts, "predicted": contents.predicted_outputs}
 
 
-def _returned_types(ctx: CampaignContext, step: str, site: str) -> list[str]:
-    """Every dataset type in the step's output RUN at the site: all of it returns to the hub."""
-    run = names.output_run(ctx.config, step, site, ctx.generation)
-    return list(ctx.butlers[site].dataset_types_in(run))
-
-
-def register(ctx: CampaignContext, step: str, site: str) -> dict:
-    """Register the step's outputs at the site as one Rucio dataset (lsst-rucio-register style)."""
+def register(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
+    """Register the group's outputs at the site as one Rucio dataset (lsst-rucio-register style):
+    every dataset type in its output RUN, all of which returns to the hub."""
     cfg = ctx.config
-    run = names.output_run(cfg, step, site, ctx.generation)
+    run = names.output_run(cfg, step, site, ctx.generation, group)
     local = ctx.butlers[site]
     local.refresh()
-    refs = [r for t in _returned_types(ctx, step, site) for r in local.refs(t, run)]
-    dataset = names.rucio_dataset(cfg, step, site, "outputs", ctx.generation)
+    refs = [r for t in local.dataset_types_in(run) for r in local.refs(t, run)]
+    dataset = names.rucio_dataset(cfg, step, site, "outputs", ctx.generation, group)
     reg = ctx.replica.register(site, dataset, refs)
     return dataclasses.asdict(reg)
 
 
-def replicate_outputs(ctx: CampaignContext, step: str, site: str) -> list[dict]:
-    """Return outputs to the hub; for a global step, fan them out to every remote site."""
-    dataset = names.rucio_dataset(ctx.config, step, site, "outputs", ctx.generation)
+def replicate_outputs(ctx: CampaignContext, step: str, site: str, group: int) -> list[dict]:
+    """Return a group's outputs to the hub; for a global step, fan them out to every remote site."""
+    dataset = names.rucio_dataset(ctx.config, step, site, "outputs", ctx.generation, group)
     return [ctx.replica.add_rule(dataset, t).to_dict() for t in output_targets(ctx, step, site)]
 
 
@@ -475,37 +488,44 @@ def verify_ingest(ctx: CampaignContext, rules: list[dict]) -> list[dict]:
 
 
 def step_rules(ctx: CampaignContext, step: str) -> list[RuleRef]:
-    """Every rule of a step in Rucio (inputs, returns, fan-outs)."""
+    """Every rule of a step in Rucio (each group's inputs, returns, fan-outs)."""
+    plan = ctx.plan()
     refs = []
-    for site in ctx.config.sites:
-        for role in ("inputs", "outputs"):
-            dataset = names.rucio_dataset(ctx.config, step, site.name, role, ctx.generation)
-            for dest in ctx.config.sites:
-                rule = ctx.replica.find_rule(dataset, dest.name)
-                if rule is not None:
-                    refs.append(rule)
+    for site in plan.sites_for(step):
+        for g in plan.groups_for(step, site):
+            for role, dests in (("inputs", [site]), ("outputs", output_targets(ctx, step, site))):
+                dataset = names.rucio_dataset(ctx.config, step, site, role, ctx.generation, g.group)
+                for dest in dests:
+                    rule = ctx.replica.find_rule(dataset, dest)
+                    if rule is not None:
+                        refs.append(rule)
     return refs
 
 
 def barrier(ctx: CampaignContext, step: str) -> dict:
-    """Hold the next step until every site the plan gives work has an accepted, merged
-    workflow and every transfer of the step is OK."""
-    sites = ctx.plan().sites_for(step)
+    """Hold the next step until every group of every site the plan gives work has an
+    accepted, merged workflow and every transfer of the step is OK."""
+    plan = ctx.plan()
+    sites = plan.sites_for(step)
     unfinished = {}
+    n_groups = 0
     for site in sites:
-        ref = workflow_ref(ctx, step, site)
-        decision = read_json(Path(ref.submit_dir) / "decision.json") if ref else None
-        if not decision or not decision.get("accepted"):
-            unfinished[site] = "not submitted" if ref is None else (decision or {}).get("state", "not finished")
+        for g in plan.groups_for(step, site):
+            n_groups += 1
+            ref = workflow_ref(ctx, step, site, g.group)
+            decision = read_json(Path(ref.submit_dir) / "decision.json") if ref else None
+            if not decision or not decision.get("accepted"):
+                unfinished[f"{site}[{g.group}]"] = ("not submitted" if ref is None
+                                                    else (decision or {}).get("state", "not finished"))
     if unfinished:
-        raise RuntimeError(f"{step}: sites without an accepted workflow: {unfinished}")
+        raise RuntimeError(f"{step}: groups without an accepted workflow: {unfinished}")
     rules = step_rules(ctx, step)
     status = ctx.replica.rule_status(rules)
     bad = {r.dataset + "@" + r.site: status[r.rule_id].state.value for r in rules
            if status[r.rule_id].state.value != "OK"}
     if bad:
         raise RuntimeError(f"{step}: transfers not quiescent: {bad}")
-    return {"step": step, "sites": sites, "rules_ok": len(rules)}
+    return {"step": step, "sites": sites, "groups": n_groups, "rules_ok": len(rules)}
 
 
 # -- campaign end -----------------------------------------------------------------------------
@@ -524,16 +544,17 @@ def collect_provenance(ctx: CampaignContext) -> dict:
     cfg = ctx.config
     dest_root = cfg.work_path / "provenance"
     copied = 0
-    for step in cfg.steps:
-        for site in cfg.sites:
-            spec = workflow_spec(ctx, step.name, site.name)
-            src = Path(spec.submit_dir)
-            if not src.exists():
-                continue
-            dest = dest_root / step.name / site.name
-            dest.mkdir(parents=True, exist_ok=True)
-            for f in [Path(spec.qgraph), *src.glob("*.json"), *src.glob("logs/*.log")]:
-                if f.exists():
-                    shutil.copy2(f, dest / f.name)
-                    copied += 1
+    plan = ctx.plan()
+    groups = [g for step in cfg.steps for site in plan.sites_for(step.name) for g in plan.groups_for(step.name, site)]
+    for g in groups:
+        spec = workflow_spec(ctx, g.step, g.site, g.group)
+        src = Path(spec.submit_dir)
+        if not src.exists():
+            continue
+        dest = dest_root / g.step / g.site / names.group_label(g.group)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in [Path(spec.qgraph), *src.glob("*.json"), *src.glob("logs/*.log")]:
+            if f.exists():
+                shutil.copy2(f, dest / f.name)
+                copied += 1
     return {"provenance_dir": str(dest_root), "files": copied, "at": time.time()}

@@ -1,10 +1,12 @@
 """The campaign report: what ran where, how fast, and how many bytes moved.
 
-One row per (step, site) that was submitted: quanta succeeded and failed (from the
-workflow service), wall time (first start to final end of the workflow, restarts
-included), bytes moved in (the step's input rule to the site) and out (the rules
-returning or fanning out its outputs), and rates in quanta and visits per hour,
-compared with the campaign's ``rate_target``. Totals are sums of the rows; the
+One row per submission group (step, site, group) that was submitted: quanta succeeded
+and failed (from the workflow service), wall time (first start to final end of the
+workflow, restarts included), bytes moved in (the group's input rule to the site) and out
+(the rules returning or fanning out its outputs), and rates in quanta and visits per
+hour. ``steps`` sums the groups per (step, site) and per step, with the wall time from
+the first group's start to the last one's end. The rates are compared with the campaign's
+``rate_target``. Totals are sums of the rows; the
 campaign rate divides the total quanta by the campaign's wall time (first transfer or
 workflow start to last transfer or workflow end), which includes transfers, waits and
 orchestration between steps, so it is the honest figure.
@@ -28,15 +30,40 @@ def _per_hour(count: float, seconds: float) -> float | None:
     return round(count * 3600.0 / seconds, 1) if seconds > 0 else None
 
 
-def _rules(ctx, rules: list[dict], window: list[float]) -> int:
-    """Bytes moved by ``rules``; widens ``window`` [first, last] with their times."""
-    if not rules:
-        return 0
-    refs = [RuleRef.from_dict(r) for r in rules]
-    status = ctx.replica.rule_status(refs)
+def _rule_bytes(ctx, rules: list[list[dict]], window: list[float]) -> list[int]:
+    """Bytes moved by each row's rules, with one batched status call for all of them; widens
+    ``window`` [first, last] with the rules' times."""
+    refs = {r["rule_id"]: RuleRef.from_dict(r) for rs in rules for r in rs}
+    status = ctx.replica.rule_status(list(refs.values())) if refs else {}
     for st in status.values():
         window += [t for t in (st.created, st.updated) if t]
-    return sum(status[r.rule_id].bytes for r in refs)
+    return [sum(status[r["rule_id"]].bytes for r in rs) for rs in rules]
+
+
+def _span(rows: list[dict]) -> float:
+    starts = [r["started"] for r in rows if r["started"]]
+    ends = [r["finished"] for r in rows if r["finished"]]
+    return round(max(ends) - min(starts), 2) if starts and ends else 0.0
+
+
+def _summaries(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """Rows summed per ``keys`` (e.g. step and site): groups, quanta, visits, bytes, and the
+    wall time from the first group's start to the last group's end."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    summaries = []
+    for key, rs in out.items():
+        wall = _span(rs)
+        ok = sum(r["quanta_succeeded"] for r in rs)
+        visits = sum(r["visits"] for r in rs)
+        summaries.append({**dict(zip(keys, key, strict=True)), "groups": len(rs),
+                          "quanta": sum(r["quanta"] for r in rs), "quanta_succeeded": ok,
+                          "quanta_failed": sum(r["quanta_failed"] for r in rs), "visits": visits,
+                          "wall_seconds": wall, "bytes_in": sum(r["bytes_in"] for r in rs),
+                          "bytes_out": sum(r["bytes_out"] for r in rs), "quanta_per_hour": _per_hour(ok, wall),
+                          "visits_per_hour": _per_hour(visits, wall) if visits else None})
+    return summaries
 
 
 def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
@@ -53,37 +80,47 @@ def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
     target = cfg.rate_target
     rows = []
     window: list[float] = []
+    rules_in, rules_out = [], []
+    plan = ctx.plan()
     for step in cfg.steps:
-        for site in cfg.sites:
-            ref = actions.workflow_ref(ctx, step.name, site.name)
-            if ref is None:
-                continue
-            st = ctx.workflows[site.name].report(ref)
-            graph = read_json(actions.graph_summary_path(names.graph_path(cfg, step.name, site.name,
-                                                                           ctx.generation))) or {}
-            decision = read_json(Path(ref.submit_dir) / "decision.json") or {}
-            wall = (st.finished - st.started) if st.started and st.finished else 0.0
-            window += [t for t in (st.started, st.finished) if t]
-            visits = len(graph.get("visits", []))
-            rows.append({
-                "step": step.name,
-                "site": site.name,
-                "sharding": step.sharding.value,
-                "workflow": ref.name,
-                "state": st.state.name,
-                "attempts": st.attempt,
-                "accepted": decision.get("accepted"),
-                "quanta": st.quanta_total,
-                "quanta_succeeded": st.quanta_succeeded,
-                "quanta_failed": st.quanta_failed + st.quanta_blocked,
-                "visits": visits,
-                "wall_seconds": round(wall, 2),
-                "bytes_in": _rules(ctx, actions.input_rules(ctx, step.name, site.name), window),
-                "bytes_out": _rules(ctx, actions.output_rules(ctx, step.name, site.name), window),
-                "quanta_per_hour": _per_hour(st.quanta_succeeded, wall),
-                # Tract-sharded steps have no visits of their own: no visit rate.
-                "visits_per_hour": _per_hour(visits, wall) if visits else None,
-            })
+        for site in plan.sites_for(step.name):
+            for g in plan.groups_for(step.name, site):
+                ref = actions.workflow_ref(ctx, step.name, site, g.group)
+                if ref is None:
+                    continue
+                st = ctx.workflows[site].report(ref)
+                graph = read_json(actions.graph_summary_path(
+                    names.graph_path(cfg, step.name, site, ctx.generation, g.group))) or {}
+                decision = read_json(Path(ref.submit_dir) / "decision.json") or {}
+                wall = (st.finished - st.started) if st.started and st.finished else 0.0
+                window += [t for t in (st.started, st.finished) if t]
+                visits = len(graph.get("visits", []))
+                rows.append({
+                    "step": step.name,
+                    "site": site,
+                    "group": g.group,
+                    "label": g.label,
+                    "sharding": step.sharding.value,
+                    "workflow": ref.name,
+                    "state": st.state.name,
+                    "attempts": st.attempt,
+                    "accepted": decision.get("accepted"),
+                    "quanta": st.quanta_total,
+                    "quanta_succeeded": st.quanta_succeeded,
+                    "quanta_failed": st.quanta_failed + st.quanta_blocked,
+                    "visits": visits,
+                    "started": st.started,
+                    "finished": st.finished,
+                    "wall_seconds": round(wall, 2),
+                    "quanta_per_hour": _per_hour(st.quanta_succeeded, wall),
+                    # Tract-sharded steps have no visits of their own: no visit rate.
+                    "visits_per_hour": _per_hour(visits, wall) if visits else None,
+                })
+                rules_in.append(actions.input_rules(ctx, step.name, site, g.group))
+                rules_out.append(actions.output_rules(ctx, step.name, site, g.group))
+    for row, b_in, b_out in zip(rows, _rule_bytes(ctx, rules_in, window),
+                                _rule_bytes(ctx, rules_out, window), strict=True):
+        row["bytes_in"], row["bytes_out"] = b_in, b_out
     distribution = {}
     for site in cfg.sites:
         rules = actions.distribution_rules(ctx, site.name)
@@ -97,6 +134,7 @@ def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
     visit_rate = _per_hour(n_visits, campaign_wall)
     totals = {
         "workflows": len(rows),
+        "groups": len(rows),
         "quanta": sum(r["quanta"] for r in rows),
         "quanta_succeeded": total_quanta,
         "quanta_failed": sum(r["quanta_failed"] for r in rows),
@@ -125,6 +163,7 @@ def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
         },
         "totals": totals,
         "distribution_bytes": distribution,
+        "steps": {"by_step_and_site": _summaries(rows, ("step", "site")), "by_step": _summaries(rows, ("step",))},
         "rows": rows,
     }
 
@@ -153,20 +192,31 @@ def render_markdown(report: dict) -> str:
          f"{'met' if r['meets_quanta_target'] else 'NOT met'}); {r['visits_per_hour']} visits/h "
          f"(target {r['target_visits_per_hour']}, {_met(r['meets_visits_target'])})."),
         "",
-        "| step | site | state | attempts | quanta ok | failed | visits | wall s | MB in | MB out | quanta/h | visits/h |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Per step and site (groups summed; wall time from the first group's start to the last one's end):",
+        "",
+        "| step | site | groups | quanta ok | failed | visits | wall s | MB in | MB out | quanta/h | visits/h |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in report["rows"]:
+    for row in report.get("steps", {}).get("by_step_and_site", []):
         lines.append(
-            f"| {row['step']} | {row['site']} | {row['state']} | {row['attempts']} | {row['quanta_succeeded']} | "
+            f"| {row['step']} | {row['site']} | {row['groups']} | {row['quanta_succeeded']} | "
             f"{row['quanta_failed']} | {row['visits']} | {row['wall_seconds']:.1f} | {_mb(row['bytes_in'])} | "
             f"{_mb(row['bytes_out'])} | {row['quanta_per_hour']} | {_dash(row['visits_per_hour'])} |"
         )
     t = report["totals"]
     lines.append(
-        f"| **total** | | | | {t['quanta_succeeded']} | {t['quanta_failed']} | | {t['workflow_seconds']:.1f} | "
-        f"{_mb(t['bytes_in'])} | {_mb(t['bytes_out'])} | | |"
+        f"| **total** | | {t['workflows']} | {t['quanta_succeeded']} | {t['quanta_failed']} | | "
+        f"{t['workflow_seconds']:.1f} | {_mb(t['bytes_in'])} | {_mb(t['bytes_out'])} | | |"
     )
+    lines += ["", "Per group:", "",
+              "| step | site | group | state | attempts | quanta ok | failed | visits | wall s | MB in | MB out | quanta/h |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['step']} | {row['site']} | {row['group']}: {row['label']} | {row['state']} | {row['attempts']} | "
+            f"{row['quanta_succeeded']} | {row['quanta_failed']} | {row['visits']} | {row['wall_seconds']:.1f} | "
+            f"{_mb(row['bytes_in'])} | {_mb(row['bytes_out'])} | {row['quanta_per_hour']} |"
+        )
     if report["distribution_bytes"]:
         lines += ["", "Distribution before step 1 (calibrations, refcat, raws): "
                   + ", ".join(f"{s} {_mb(b)} MB" for s, b in report["distribution_bytes"].items())]
