@@ -104,8 +104,8 @@ OUTAGE_STEP, OUTAGE_SECONDS = "step2", 20.0
 def _kill_panda_job(relay, cfg, stop: threading.Event) -> None:
     """Once UKDF's step1 request exists at the relay, have its pilot SIGKILL that workflow's
     step1 job mid-run (a lost batch node): the relay counts it a failed attempt and retries."""
-    name = names.workflow_name(cfg, KILL_STEP, PANDA_KILL_SITE, 0)
-    record = names.submit_dir(cfg, KILL_STEP, PANDA_KILL_SITE, 0) / "panda.json"
+    name = names.workflow_name(cfg, KILL_STEP, PANDA_KILL_SITE, 0, 0)
+    record = names.submit_dir(cfg, KILL_STEP, PANDA_KILL_SITE, 0, 0) / "panda.json"
     while not stop.is_set():
         if record.exists():
             # The step's job task (not pipetaskInit, not finalJob): <name>_NN_step1_<cluster>_NN.
@@ -134,11 +134,11 @@ def campaign(rucio_campaign_factory) -> dict:
     base, data_root, cfg = rucio.base, rucio.data_root, rucio.cfg
     _RUCIO[cfg.replication.scope] = rucio
     stop, killed, outage = threading.Event(), {}, {}
-    watcher = threading.Thread(target=_kill_mid_run, args=(names.submit_dir(cfg, KILL_STEP, KILL_SITE, 0), stop,
+    watcher = threading.Thread(target=_kill_mid_run, args=(names.submit_dir(cfg, KILL_STEP, KILL_SITE, 0, 0), stop,
                                                          killed), daemon=True)
     watcher.start()
     # The Rucio server goes away for OUTAGE_SECONDS while step 2 begins at the remote sites.
-    trigger = names.graph_path(cfg, OUTAGE_STEP, "ukdf", 0)
+    trigger = names.graph_path(cfg, OUTAGE_STEP, "ukdf", 0, 0)
     outager = threading.Thread(target=_rucio_outage, args=(rucio.lr, trigger, stop, outage), daemon=True)
     outager.start()
     from localpanda import LocalPanDA
@@ -196,7 +196,8 @@ def _sha(path: Path) -> str:
 def _step_runs(b: SiteButler, cfg) -> list[str]:
     from lsst.daf.butler import CollectionType
 
-    return sorted(b.butler.collections.query(f"{cfg.output_prefix}/*/*/g*", collection_types={CollectionType.RUN}))
+    return sorted(b.butler.collections.query(f"{cfg.output_prefix}/*/*/g*/group*",
+                                             collection_types={CollectionType.RUN}))
 
 
 def snapshot(cfg) -> dict:
@@ -210,10 +211,10 @@ def snapshot(cfg) -> dict:
         butlers[s.name] = {run: b.count(b.dataset_types_in(run), run) for run in runs}
         butlers[s.name]["raw"] = len(b.refs("raw", cfg.input_collections))
     workflows = {}
-    for state in sorted((cfg.work_path / "submit").glob("*/*/g*/state.json")):
+    for state in sorted((cfg.work_path / "submit").glob("*/*/g*/group*/state.json")):
         st = json.loads(state.read_text())
         workflows[st["name"]] = (st["attempt"], st["state"], st["submitted"])
-    for record in sorted((cfg.work_path / "submit").glob("*/*/g*/panda.json")):
+    for record in sorted((cfg.work_path / "submit").glob("*/*/g*/group*/panda.json")):
         rec = json.loads(record.read_text())
         workflows[rec["spec"]["name"]] = [(s["name"], s["request_id"]) for s in rec["submissions"]]
     return {
@@ -268,19 +269,31 @@ def test_raws_distributed_to_every_site_per_plan(cfg, plan, campaign) -> None:
 # -- milestone 2: processing graphs distributed -----------------------------------------------
 
 
-def test_every_step_has_a_graph_per_site_copied_back_to_usdf(cfg, plan) -> None:
+def _groups(plan, step: str | None = None):
+    """The plan's submission groups (of one step): what the DAG mapped each site chain over."""
+    return [g for g in plan.groups if step is None or g.step == step]
+
+
+def test_every_step_has_a_graph_per_group_copied_back_to_usdf(cfg, plan) -> None:
+    """One graph per submission group of every step and site: the campaign file's
+    max_group_size splits the visit steps at USDF and FrDF in two (one map index each)."""
     n_graphs = 0
     for step in STEPS:
         sites = plan.sites_for(step)
         assert sites == ([cfg.hub.name] if cfg.step(step).is_global else [s.name for s in cfg.sites])
-        for site in sites:
-            hub_copy = names.graph_path(cfg, step, site, 0)
-            site_copy = names.site_work_dir(cfg, site) / "graphs" / hub_copy.name
-            provenance = cfg.work_path / "provenance" / step / site / hub_copy.name
+        for g in _groups(plan, step):
+            hub_copy = names.graph_path(cfg, step, g.site, 0, g.group)
+            site_copy = names.site_graph_path(cfg, step, g.site, 0, g.group)
+            provenance = cfg.work_path / "provenance" / step / g.site / names.group_label(g.group) / hub_copy.name
             assert hub_copy.is_file() and site_copy.is_file() and provenance.is_file()
             assert _sha(hub_copy) == _sha(site_copy) == _sha(provenance)
+            summary = json.loads(hub_copy.with_suffix(".summary.json").read_text())
+            if g.dimension == "visit":  # the group's graph holds exactly its visits
+                assert summary["visits"] == g.ids
             n_graphs += 1
-    assert n_graphs == 7 * 3 + 2
+    several = {(g.step, g.site) for g in plan.groups if g.group > 0}
+    assert {("step1", "usdf"), ("step1", "frdf"), ("step8", "frdf")} <= several, several
+    assert n_graphs == len(plan.groups) == 7 * 3 + 2 + 4 * len({s for _, s in several})
 
 
 # -- milestone 3: outputs registered in the butler and in Rucio -------------------------------
@@ -292,27 +305,28 @@ def test_outputs_registered_in_site_butlers_and_in_rucio(cfg, plan, rucio) -> No
     datasets, replicas at the site's RSE, and (for returned outputs) at USDF's."""
     client, scope = rucio.root_client, cfg.replication.scope
     rep = _replica(cfg)
-    for step in STEPS:
-        for site in plan.sites_for(step):
-            summary = json.loads(
-                (names.graph_path(cfg, step, site, 0).with_suffix(".summary.json")).read_text())
-            b = _butler(cfg, site)
-            run = names.output_run(cfg, step, site, 0)
-            counts = b.count(summary["predicted_outputs"], run)
-            assert counts == summary["predicted_outputs"], f"{step}/{site}: butler lacks predicted outputs"
-            butler_ids = {str(r.id) for t in b.dataset_types_in(run) for r in b.refs(t, run)}
-            dataset = names.rucio_dataset(cfg, step, site, "outputs", 0)
-            did = client.get_did(scope, dataset)
-            assert did["type"] == "DATASET" and did["open"] is False, f"{dataset} is not a closed dataset"
-            files = list(client.list_files(scope, dataset))
-            assert len(files) == len(butler_ids), f"{dataset}: files != datasets"
-            metas = list(client.get_metadata_bulk([{"scope": scope, "name": f["name"]} for f in files], plugin="JSON"))
-            assert {m["rubin_butler"] for m in metas} == {"data_product"}
-            assert {json.loads(m["rubin_sidecar"])["id"] for m in metas} == butler_ids
-            rses = {cfg.site(site).rse} | {cfg.site(t).rse for t in _targets(cfg, step, site)}
-            for r in client.list_replicas([{"scope": scope, "name": f["name"]} for f in files]):
-                assert rses <= set(r["rses"]), f"{r['name']}: replicas at {sorted(r['rses'])}, expected {rses}"
-            assert len(rep.dataset_refs(dataset)) == len(butler_ids)
+    for g in _groups(plan):
+        step, site = g.step, g.site
+        summary = json.loads(
+            (names.graph_path(cfg, step, site, 0, g.group).with_suffix(".summary.json")).read_text())
+        b = _butler(cfg, site)
+        run = names.output_run(cfg, step, site, 0, g.group)
+        counts = b.count(summary["predicted_outputs"], run)
+        assert counts == summary["predicted_outputs"], f"{step}/{site}[{g.group}]: butler lacks predicted outputs"
+        assert run in b.butler.collections.get_info(names.output_chain(cfg, step, site)).children
+        butler_ids = {str(r.id) for t in b.dataset_types_in(run) for r in b.refs(t, run)}
+        dataset = names.rucio_dataset(cfg, step, site, "outputs", 0, g.group)
+        did = client.get_did(scope, dataset)
+        assert did["type"] == "DATASET" and did["open"] is False, f"{dataset} is not a closed dataset"
+        files = list(client.list_files(scope, dataset))
+        assert len(files) == len(butler_ids), f"{dataset}: files != datasets"
+        metas = list(client.get_metadata_bulk([{"scope": scope, "name": f["name"]} for f in files], plugin="JSON"))
+        assert {m["rubin_butler"] for m in metas} == {"data_product"}
+        assert {json.loads(m["rubin_sidecar"])["id"] for m in metas} == butler_ids
+        rses = {cfg.site(site).rse} | {cfg.site(t).rse for t in _targets(cfg, step, site)}
+        for r in client.list_replicas([{"scope": scope, "name": f["name"]} for f in files]):
+            assert rses <= set(r["rses"]), f"{r['name']}: replicas at {sorted(r['rses'])}, expected {rses}"
+        assert len(rep.dataset_refs(dataset)) == len(butler_ids)
 
 
 def _targets(cfg, step: str, site: str) -> list[str]:
@@ -324,11 +338,11 @@ def _targets(cfg, step: str, site: str) -> list[str]:
 # -- milestone 4: outputs returned to USDF ----------------------------------------------------
 
 
-def test_outputs_at_usdf_match_single_site_golden_counts(cfg) -> None:
+def test_outputs_at_usdf_match_single_site_golden_counts(cfg, plan) -> None:
     hub = _butler(cfg, cfg.hub.name)
     for step in STEPS:
-        runs = [names.output_run(cfg, step, s.name, 0) for s in cfg.sites]
-        runs = [r for r in runs if hub.collection_exists(r)]
+        runs = [names.output_run(cfg, step, g.site, 0, g.group) for g in _groups(plan, step)]
+        assert all(hub.collection_exists(r) for r in runs), step  # every group's outputs came back
         golden = GOLDEN[step]
         # find_first=False: a dataset returned twice would be counted twice.
         got = hub.count(golden, runs)
@@ -342,7 +356,7 @@ def test_outputs_at_usdf_match_single_site_golden_counts(cfg) -> None:
 @pytest.mark.parametrize("step", ["step3", "step9"])
 def test_global_step_outputs_fanned_out_to_remote_sites(cfg, step) -> None:
     assert cfg.step(step).is_global
-    run = names.output_run(cfg, step, cfg.hub.name, 0)
+    run = names.output_run(cfg, step, cfg.hub.name, 0, 0)
     for site in ("frdf", "ukdf"):
         assert _butler(cfg, site).count(list(GOLDEN[step]), run) == GOLDEN[step], (step, site)
 
@@ -374,7 +388,14 @@ def test_rate_report_exists_and_adds_up(cfg, campaign) -> None:
     report = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()
     rows = report["rows"]
-    assert len(rows) == 7 * 3 + 2
+    plan = CampaignPlan.load(names.plan_dir(cfg, 0))
+    assert [(r["step"], r["site"], r["group"]) for r in rows] == [(g.step, g.site, g.group) for g in plan.groups]
+    per_site = report["steps"]["by_step_and_site"]
+    assert len(per_site) == 7 * 3 + 2 and len(report["steps"]["by_step"]) == 9
+    for s in per_site:  # the per-(step, site) figures sum its groups
+        mine = [r for r in rows if (r["step"], r["site"]) == (s["step"], s["site"])]
+        assert s["groups"] == len(mine) and s["quanta_succeeded"] == sum(r["quanta_succeeded"] for r in mine)
+        assert s["wall_seconds"] >= max(r["wall_seconds"] for r in mine) - 0.01
     golden_quanta = sum(sum(v.values()) for v in GOLDEN["_quanta"].values())
     t = report["totals"]
     assert t["quanta_succeeded"] == sum(r["quanta_succeeded"] for r in rows) == golden_quanta
@@ -415,7 +436,8 @@ def test_rate_report_exists_and_adds_up(cfg, campaign) -> None:
     # over that wall time.
     assert rate["quanta_per_hour"] == pytest.approx(golden_quanta * 3600 / report["wall_seconds"], rel=0.01)
     assert rate["visits_per_hour"] == pytest.approx(n_visits * 3600 / report["wall_seconds"], rel=0.01)
-    assert "| step4 | frdf | SUCCEEDED |" in md and "quanta/h" in md
+    assert "| step4 | frdf | 1 |" in md and "| step1 | frdf | 2 |" in md and "quanta/h" in md
+    assert "| step1 | frdf | 1: visits " in md  # the per-group table names each group's visits
 
 
 # -- robustness --------------------------------------------------------------------------------
@@ -424,7 +446,7 @@ def test_rate_report_exists_and_adds_up(cfg, campaign) -> None:
 def test_killed_workflow_was_restarted_and_ran_only_the_unfinished_quanta(cfg, campaign) -> None:
     killed = campaign["killed"]
     assert killed.get("pgid"), "the watcher never saw the workflow in run-qbb"
-    sdir = names.submit_dir(cfg, KILL_STEP, KILL_SITE, 0)
+    sdir = names.submit_dir(cfg, KILL_STEP, KILL_SITE, 0, 0)
     state = json.loads((sdir / "state.json").read_text())
     assert state["state"] == "SUCCEEDED" and state["attempt"] == 2, state
     total = state["counts"]["total"]
@@ -437,7 +459,7 @@ def test_killed_workflow_was_restarted_and_ran_only_the_unfinished_quanta(cfg, c
     assert skipped >= killed["quanta_done"] >= KILL_AFTER_QUANTA, (skipped, killed)
     assert executed == total - skipped > 0, (executed, skipped, total)
     report = json.loads((names.report_dir(cfg, 0) / "report.json").read_text())
-    row = next(r for r in report["rows"] if (r["step"], r["site"]) == (KILL_STEP, KILL_SITE))
+    row = next(r for r in report["rows"] if (r["step"], r["site"], r["group"]) == (KILL_STEP, KILL_SITE, 0))
     assert row["attempts"] == 2 and row["quanta_failed"] == 0 and row["quanta_succeeded"] == total
 
 
@@ -451,27 +473,27 @@ def test_remote_workflows_went_through_ctrl_bps_panda(cfg, plan, campaign) -> No
     executed = {}
     for e in relay.executions():
         executed.setdefault(e["request_id"], []).append(e)
-    for step in STEPS:
-        for site in plan.sites_for(step):
-            sdir = names.submit_dir(cfg, step, site, 0)
-            if site not in PANDA_SITES:
-                assert (sdir / "state.json").exists() and not (sdir / "panda.json").exists()
-                continue
-            record = json.loads((sdir / "panda.json").read_text())
-            [sub] = record["submissions"]
-            name = names.workflow_name(cfg, step, site, 0)
-            assert sub["name"] == name
-            assert (sdir / "bps" / name / "panda_workflow.pickle").exists()  # PanDAService.prepare
-            overlay = yaml.safe_load((sdir / "bps_submit.yaml").read_text())
-            assert overlay["includeConfigs"][0].endswith(f"bps/{step}/{site}/group000.yaml")
-            request = relay.request(sub["request_id"])
-            assert request["name"] == name
-            labels = {e["label"] for e in executed[sub["request_id"]] if e.get("exit_code") == 0}
-            assert {"pipetaskInit", "finalJob"} <= labels, (step, site, labels)
+    for g in _groups(plan):
+        step, site = g.step, g.site
+        sdir = names.submit_dir(cfg, step, site, 0, g.group)
+        if site not in PANDA_SITES:
+            assert (sdir / "state.json").exists() and not (sdir / "panda.json").exists()
+            continue
+        record = json.loads((sdir / "panda.json").read_text())
+        [sub] = record["submissions"]
+        name = names.workflow_name(cfg, step, site, 0, g.group)
+        assert sub["name"] == name
+        assert (sdir / "bps" / name / "panda_workflow.pickle").exists()  # PanDAService.prepare
+        overlay = yaml.safe_load((sdir / "bps_submit.yaml").read_text())
+        assert overlay["includeConfigs"][0].endswith(f"bps/{step}/{site}/{names.group_label(g.group)}.yaml")
+        request = relay.request(sub["request_id"])
+        assert request["name"] == name
+        labels = {e["label"] for e in executed[sub["request_id"]] if e.get("exit_code") == 0}
+        assert {"pipetaskInit", "finalJob"} <= labels, (step, site, labels)
 
 
 def test_killed_panda_job_was_retried_by_the_relay(cfg, campaign) -> None:
-    name = names.workflow_name(cfg, KILL_STEP, PANDA_KILL_SITE, 0)
+    name = names.workflow_name(cfg, KILL_STEP, PANDA_KILL_SITE, 0, 0)
     runs = [e for e in campaign["relay"].executions()
             if e.get("request_name") == name]
     step_jobs = [e for e in runs if e["label"] not in ("pipetaskInit", "finalJob")]
@@ -523,7 +545,7 @@ def test_rerunning_the_completed_run_changes_nothing(cfg, campaign) -> None:
 
 def test_clearing_one_sites_step_reruns_it_without_duplicates(cfg, campaign) -> None:
     before = snapshot(cfg)
-    decision = names.submit_dir(cfg, "step4", "frdf", 0) / "decision.json"
+    decision = names.submit_dir(cfg, "step4", "frdf", 0, 0) / "decision.json"
     stamp = decision.stat().st_mtime_ns
     decision_before_start = time.time()
     only = r"step4\.frdf\..*|step4\.barrier"
@@ -565,18 +587,18 @@ def test_steps_sites_and_generation_params_through_the_dag(cfg, campaign) -> Non
     assert g1.site("ukdf").share_target == pytest.approx(ukdf / (usdf + ukdf))
     for site in ("usdf", "ukdf"):
         b = _butler(cfg, site)
-        assert b.count(list(GOLDEN["step1"]), names.output_run(cfg, "step1", site, 1)) == {
-            t: 4 * len(g1.site_visits(site)) for t in GOLDEN["step1"]}
-    runs_g1 = [r for s in cfg.sites for r in _step_runs(_butler(cfg, s.name), cfg) if r.endswith("/g1")]
-    assert {r.split("/")[-3] for r in runs_g1} == {"step1"}, runs_g1
-    assert not _butler(cfg, "frdf").collection_exists(names.output_run(cfg, "step1", "frdf", 1))
+        runs = [names.output_run(cfg, "step1", site, 1, g.group) for g in g1.groups_for("step1", site)]
+        assert b.count(list(GOLDEN["step1"]), runs) == {t: 4 * len(g1.site_visits(site)) for t in GOLDEN["step1"]}
+    runs_g1 = [r for s in cfg.sites for r in _step_runs(_butler(cfg, s.name), cfg) if "/g1/" in r]
+    assert {r.split("/")[-4] for r in runs_g1} == {"step1"}, runs_g1
+    assert not _butler(cfg, "frdf").collection_exists(names.output_run(cfg, "step1", "frdf", 1, 0))
     # g0 is untouched: the snapshot of g0's rules, datasets, runs and submissions is the same.
     after = snapshot(cfg)
     for key in ("graphs", "workflows"):
         assert {k: v for k, v in after[key].items() if "g1" not in k} == before[key]
     assert [r for r in after["rules"] if "/g1/" not in r[1]] == before["rules"]
     for site, runs in before["butlers"].items():  # (UKDF received the raws of its larger g1 share)
-        keep = {k: v for k, v in after["butlers"][site].items() if not k.endswith("/g1") and k != "raw"}
+        keep = {k: v for k, v in after["butlers"][site].items() if "/g1/" not in k and k != "raw"}
         assert keep == {k: v for k, v in runs.items() if k != "raw"}
 
 

@@ -168,3 +168,68 @@ def test_alert_notifier_records_and_posts(tmp_path: Path, monkeypatch: pytest.Mo
     assert record["task_id"] == "step4.frdf.wait_workflow" and record["try_number"] == 2
     assert record["error"] == "RuntimeError: minidrp_step4_frdf_g0 rejected"
     assert _Hook.received and _Hook.received[-1]["text"].startswith("DRP step4.frdf.wait_workflow failed (try 2)")
+
+
+def test_a_sites_group_triggers_share_one_status_call_per_interval(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twelve groups of one step at one site wait at once (one deferred trigger each, as the
+    mapped wait_workflow tasks defer): the port is asked once per interval for all twelve,
+    not twelve times, and each trigger still fires with its own workflow's status."""
+    from multisite_drp.services.workflow import embedded
+
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_WORKFLOW",
+                       json.dumps({"conn_type": "generic", "extra": {"adapter": "embedded", "poll_interval": 0.1}}))
+    calls: list[int] = []
+    real_status = embedded.EmbeddedWorkflowService.status
+
+    def counted(self, refs):
+        calls.append(len(refs))
+        return real_status(self, refs)
+
+    monkeypatch.setattr(embedded.EmbeddedWorkflowService, "status", counted)
+    alive = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a live process group: RUNNING stays RUNNING
+    n = 12
+    try:
+        dirs, triggers = [], []
+        params = {"campaign_file": str(CAMPAIGN), "data_root": str(tmp_path), "sites": [], "generation": 0}
+        for g in range(n):
+            d = tmp_path / f"group{g:03d}"
+            d.mkdir()
+            dirs.append(d)
+            atomic_write_json(d / "state.json", {"name": d.name, "site": "frdf", "submit_dir": str(d),
+                                                 "state": "RUNNING", "pgid": alive.pid, "attempt": 1,
+                                                 "phase": "run-qbb", "counts": {"total": 4, "succeeded": 1,
+                                                                                "failed": 0, "blocked": 0}})
+            ref = {"run_id": d.name, "name": d.name, "site": "frdf", "submit_dir": str(d)}
+            triggers.append(_rebuilt(WorkflowTrigger(params=params, conn_ids=["drp_frdf_workflow"], site="frdf",
+                                                     refs=[ref], poll_interval=0.1, label=d.name)))
+
+        def finish_later():
+            import time
+
+            time.sleep(1.5)
+            for g, d in enumerate(dirs):
+                atomic_write_json(d / "state.json", {"name": d.name, "site": "frdf", "submit_dir": str(d),
+                                                     "state": "SUCCEEDED", "pgid": alive.pid, "attempt": 1,
+                                                     "phase": "done", "counts": {"total": 4 + g, "succeeded": 4 + g,
+                                                                                 "failed": 0, "blocked": 0}})
+
+        async def all_events():
+            async def first(t):
+                async for event in t.run():
+                    return event
+            return await asyncio.wait_for(asyncio.gather(*(first(t) for t in triggers)), 60)
+
+        threading.Thread(target=finish_later, daemon=True).start()
+        events = asyncio.run(all_events())
+    finally:
+        alive.kill()
+        alive.wait()
+    for g, event in enumerate(events):  # each its own workflow's outcome
+        assert event.payload["status"] == "done"
+        assert list(event.payload["workflows"]) == [f"group{g:03d}"]
+        assert event.payload["workflows"][f"group{g:03d}"]["quanta_succeeded"] == 4 + g
+    # ~1.5 s of waiting at 0.1 s: about 15 rounds. Polled one by one it would be ~15 x 12 calls.
+    assert len(calls) >= 10, calls
+    assert len(calls) <= 1.5 / 0.1 * 2 + 5, f"{len(calls)} status calls for {n} groups: not shared"
+    assert max(calls) == n  # a round asks about every group's workflow at once

@@ -5,10 +5,16 @@ kwargs are the DAG run's Params that locate the campaign (file, data root, sites
 generation), the ids of the connections they read, and the workflow or rule handles.
 In the triggerer they rebuild the hook (``CampaignHook.afrom_params``: the campaign off
 the event loop, the connections with ``aget_connection``) and the port from it, then ask
-the port about *all* their workflows or rules in one batch call per poll (``status`` /
-``rule_status`` take many at once; the Rucio adapter makes one call per destination
-site), so a site with many groups costs one request per interval. Blocking port calls
-run in a thread (``asyncio.to_thread``): the triggerer's event loop never stalls.
+the port about their workflows or rules in batch calls (``status`` / ``rule_status`` take
+many at once; the Rucio adapter makes one call per destination site).
+
+A step's site chain is mapped over its submission groups, so a site has one deferred
+wait per group. Those triggers do not poll one by one: every trigger of the same site,
+connections and campaign in a triggerer joins one :class:`SharedPoll`, which asks the
+port about the union of their workflows (or rules) once per interval and hands each
+trigger its own part. Status calls per interval grow with the number of sites, not with
+the number of groups (``SharedPoll.calls`` counts them). Blocking port calls run in a
+thread (``asyncio.to_thread``): the triggerer's event loop never stalls.
 
 The operators always pass ``timeout`` to ``defer()``; the triggers themselves never
 give up.
@@ -17,8 +23,9 @@ give up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+import json
+from collections.abc import AsyncIterator, Callable, Hashable
+from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -26,7 +33,88 @@ from multisite_drp.errors import InputError
 from multisite_drp.hooks.campaign import CampaignHook
 from multisite_drp.services.replica.base import RuleRef, replication_progress
 
-__all__ = ["ReplicationTrigger", "WorkflowTrigger"]
+__all__ = ["ReplicationTrigger", "SharedPoll", "WorkflowTrigger"]
+
+
+class SharedPoll:
+    """One batch status call per interval for every trigger of the same key in this triggerer.
+
+    A trigger ``join``s with its handles (workflow refs or rule refs, keyed by id) and the
+    batch call; then each ``await poll.next(ids)`` returns the statuses of its own ids from
+    the next round (or raises that round's error). Rounds run while anyone is joined, one
+    call per ``interval`` (the first joiner's), over the union of every joiner's handles. A
+    trigger ``leave``s when it ends or is cancelled; the last one out stops the rounds.
+    """
+
+    _polls: ClassVar[dict[Hashable, SharedPoll]] = {}
+    #: Batch calls made, per key (what the benchmark reads as status calls per poll).
+    calls: ClassVar[dict[Hashable, int]] = {}
+
+    def __init__(self, key: Hashable, fetch: Callable[[list[Any]], dict[str, Any]], interval: float) -> None:
+        self.key, self.fetch, self.interval = key, fetch, interval
+        self.handles: dict[str, Any] = {}
+        self.members: dict[str, int] = {}
+        self.round: tuple[int, dict[str, Any] | None, BaseException | None] = (0, None, None)
+        self.changed = asyncio.Condition()
+        self.task: asyncio.Task | None = None
+
+    @classmethod
+    def join(cls, key: Hashable, fetch: Callable[[list[Any]], dict[str, Any]], interval: float,
+             handles: dict[str, Any]) -> SharedPoll:
+        key = (id(asyncio.get_running_loop()), key)  # a poll belongs to one event loop
+        poll = cls._polls.get(key)
+        if poll is None:
+            poll = cls._polls[key] = cls(key, fetch, interval)
+        for hid, handle in handles.items():
+            poll.handles[hid] = handle
+            poll.members[hid] = poll.members.get(hid, 0) + 1
+        if poll.task is None or poll.task.done():
+            poll.task = asyncio.get_running_loop().create_task(poll._run())
+        return poll
+
+    def leave(self, ids: list[str]) -> None:
+        for hid in ids:
+            self.members[hid] = self.members.get(hid, 1) - 1
+            if self.members[hid] <= 0:
+                self.members.pop(hid, None)
+                self.handles.pop(hid, None)
+        if not self.members:
+            if self.task is not None:
+                self.task.cancel()
+            if self._polls.get(self.key) is self:
+                del self._polls[self.key]
+
+    async def next(self, ids: list[str]) -> dict[str, Any]:
+        """The statuses of ``ids`` from the next round that asked about all of them."""
+        seen = self.round[0]
+        async with self.changed:
+            while True:
+                await self.changed.wait_for(lambda: self.round[0] > seen)
+                number, result, error = self.round
+                if error is not None:
+                    raise error
+                if result is not None and all(i in result for i in ids):
+                    return {i: result[i] for i in ids}
+                seen = number  # joined after that round was asked: wait for the next
+
+    async def _run(self) -> None:
+        number = self.round[0]
+        while self.members:
+            handles = list(self.handles.values())
+            try:
+                result, error = await asyncio.to_thread(self.fetch, handles), None
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter of this round
+                result, error = None, exc
+            self.calls[self.key] = self.calls.get(self.key, 0) + 1
+            number += 1
+            async with self.changed:
+                self.round = (number, result, error)
+                self.changed.notify_all()
+            await asyncio.sleep(self.interval)
+
+
+def _poll_key(kind: str, trigger: _CampaignTrigger, site: str = "") -> tuple:
+    return (kind, site, tuple(trigger.conn_ids), json.dumps(trigger.params, sort_keys=True, default=str))
 
 
 
@@ -84,25 +172,31 @@ class WorkflowTrigger(_CampaignTrigger):
             yield input_error_event(exc)
             return
         last = None
-        while True:
-            try:
-                statuses = await asyncio.to_thread(service.status, refs)
-            except InputError as exc:  # refused token, request gone: an operator's job, fail now, say why
-                yield input_error_event(exc)
-                return
-            except Exception as exc:  # noqa: BLE001 - the workflow system briefly unreachable: keep waiting
-                self.log.warning("%s: status call failed (%s: %s); trying again in %.0f s", self.label,
-                                 type(exc).__name__, exc, self.poll_interval)
-                await asyncio.sleep(self.poll_interval)
-                continue
-            summary = {rid: (st.state.name, st.quanta_succeeded, st.quanta_total) for rid, st in statuses.items()}
-            if summary != last:
-                self.log.info("%s: %s", self.label, summary)
-                last = summary
-            if all(st.terminal for st in statuses.values()):
-                yield TriggerEvent({"status": "done", "workflows": {k: v.to_dict() for k, v in statuses.items()}})
-                return
-            await asyncio.sleep(self.poll_interval)
+        ids = [r.run_id for r in refs]
+        poll = SharedPoll.join(_poll_key("workflow", self, self.site), service.status, self.poll_interval,
+                               dict(zip(ids, refs, strict=True)))
+        try:
+            while True:
+                try:
+                    statuses = await poll.next(ids)
+                except InputError as exc:  # refused token, request gone: an operator's job, fail now, say why
+                    yield input_error_event(exc)
+                    return
+                except Exception as exc:  # noqa: BLE001 - the workflow system briefly unreachable: keep waiting
+                    self.log.warning("%s: status call failed (%s: %s); trying again in %.0f s", self.label,
+                                     type(exc).__name__, exc, self.poll_interval)
+                    continue
+                summary = {rid: (st.state.name, st.quanta_succeeded, st.quanta_total)
+                           for rid, st in statuses.items()}
+                if summary != last:
+                    self.log.info("%s: %s", self.label, summary)
+                    last = summary
+                if all(st.terminal for st in statuses.values()):
+                    yield TriggerEvent({"status": "done",
+                                        "workflows": {k: v.to_dict() for k, v in statuses.items()}})
+                    return
+        finally:
+            poll.leave(ids)
 
     async def on_kill(self) -> None:
         """The deferred task was marked failed or cleared in the UI: stop the workflows' jobs
@@ -162,18 +256,31 @@ class ReplicationTrigger(_CampaignTrigger):
             yield input_error_event(exc)
             return
         refs = [RuleRef.from_dict(r) for r in self.rules]
-        last = None
         grace_until = asyncio.get_running_loop().time() + self.stuck_grace
+        ids = [r.rule_id for r in refs]
+        poll = SharedPoll.join(_poll_key("replica", self), service.rule_status, self.poll_interval,
+                               dict(zip(ids, refs, strict=True)))
+        try:
+            async for event in self._wait(service, poll, refs, ids, grace_until):
+                yield event
+                return
+        finally:
+            poll.leave(ids)
+
+    async def _wait(self, service, poll: SharedPoll, refs: list[RuleRef], ids: list[str],
+                    grace_until: float) -> AsyncIterator[TriggerEvent]:
+        last = None
         while True:
             try:
-                progress = await asyncio.to_thread(replication_progress, service, refs)
+                status = await poll.next(ids)
+                # the shared round's statuses of these rules; then (all OK) their destination butlers
+                progress = await asyncio.to_thread(replication_progress, service, refs, status)
             except InputError as exc:  # a refused login or token: retrying cannot help
                 yield input_error_event(exc)
                 return
             except Exception as exc:  # noqa: BLE001 - Rucio briefly unreachable: keep waiting, say so
                 self.log.warning("%s: status call failed (%s: %s); trying again in %.0f s", self.label,
                                  type(exc).__name__, exc, self.poll_interval)
-                await asyncio.sleep(self.poll_interval)
                 continue
             shown = (progress.states, progress.ingested)
             if shown != last:
@@ -186,4 +293,3 @@ class ReplicationTrigger(_CampaignTrigger):
                 yield TriggerEvent({"status": "ok", "ingested": {k: int(v.split("/")[0])
                                                                  for k, v in progress.ingested.items()}})
                 return
-            await asyncio.sleep(self.poll_interval)

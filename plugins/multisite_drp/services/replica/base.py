@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from multisite_drp.errors import DRPError, InputError, TransientError
@@ -183,14 +183,16 @@ class ReplicationProgress:
     ingested: dict[str, str] = dataclasses.field(default_factory=dict)  # "dataset@site" -> "found/expected"
 
 
-def replication_progress(service: ReplicaService, rules: Sequence[RuleRef]) -> ReplicationProgress:
-    """One status call for all ``rules``, then (once all are OK) the destination butlers.
+def replication_progress(service: ReplicaService, rules: Sequence[RuleRef],
+                         status: Mapping[str, RuleStatus] | None = None) -> ReplicationProgress:
+    """One status call for all ``rules`` (none if ``status`` already holds theirs: a trigger
+    sharing one call with others), then (once all are OK) the destination butlers.
 
     Rucio saying OK is not enough: the ingest daemon at a Data Facility may still be
     catching up, so the butler is asked. The sensor, the trigger and the benchmark's
     script all wait on this.
     """
-    status = service.rule_status(rules)
+    status = service.rule_status(rules) if status is None else status
     key = {r.rule_id: f"{r.dataset}@{r.site}" for r in rules}
     states = {key[r.rule_id]: status[r.rule_id].state.value for r in rules}
     stuck = {key[r.rule_id]: status[r.rule_id].error for r in rules if status[r.rule_id].state is RuleState.STUCK}
