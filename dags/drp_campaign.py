@@ -2,11 +2,15 @@
 
 **Shape.** `validate_campaign` → `plan_campaign` → `distribute.<site>.*` (calibrations,
 refcat and each remote site's raws, verified ingested) → `step1` … `step9` → `finalize.*`.
-Each step group holds, per site: `generate_qg` → `replicate_inputs` → `wait_inputs` →
-`submit` → `wait_workflow` → `merge` → `register` → `replicate_outputs` → `wait_outputs`,
-then `stepN.barrier`, which holds the next step until every site has an accepted
-workflow and every transfer is OK. Global steps (3, 9) run at the hub only; their
-outputs fan out to the remote sites.
+The plan splits each step at a site into submission groups of bounded size
+(`planner.max_group_size`). Each step group holds `stepN.split.<site>` (the plan's groups,
+read at run time) and, per site, a chain mapped over those groups, one map index per
+group: `generate_qg` → `replicate_inputs` → `wait_inputs` → `submit` → `wait_workflow` →
+`merge` → `register` → `replicate_outputs` → `wait_outputs`; then `stepN.barrier`, which
+holds the next step until every group of every site has an accepted workflow and every
+transfer is OK. Global steps (3, 9) run at the hub only, as one group; their outputs fan
+out to the remote sites. The pools `drp_<site>` (graph builds, merges) and
+`drp_<site>_workflows` (workflows in flight, deferred waits counted) bound the work per site.
 
 **Params** (validated at trigger time, then again against the campaign file before
 any external action): `campaign_file` and `data_root` (paths used as written, never
