@@ -193,3 +193,40 @@ def pod_name(name: str) -> str:
 def command_dir(config: CampaignConfig, site: str) -> Path:
     """Where the embedded command runner keeps one record directory per command name."""
     return site_work_dir(config, site) / "commands"
+
+
+#: The stack commands the DAG itself runs (not a workflow's jobs): graph builds, merges, registrations.
+COMMAND_KINDS = ("qgraph", "merge", "register")
+#: A command's name: the idempotency key of the command-runner port (``services.commands``).
+COMMAND_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,159}$"
+#: Kubernetes object names (DNS-1123 label: what a pod's hostname must also be) are at most 63 characters.
+POD_NAME_MAX = 63
+
+
+def command_name(config: CampaignConfig, step: str, site: str, generation: int, group: int, what: str) -> str:
+    """A stack command's name: ``{campaign}_{step}_{site}_g{generation}_group{NNN}_{what}``,
+    ``what`` one of :data:`COMMAND_KINDS`. The same (campaign, step, site, generation,
+    group, what) always gives the same name, so a retried task finds its predecessor."""
+    _parts(config, step, site, generation)
+    if what not in COMMAND_KINDS:
+        raise NameError_(f"command kind: expected one of {list(COMMAND_KINDS)}, got {what!r}")
+    return _check(f"{config.name}_{step}_{site}_g{generation}_{group_label(group)}_{what}", COMMAND_NAME,
+                  "command name")
+
+
+def pod_name(name: str) -> str:
+    """The Kubernetes pod of a command: ``name`` lowercased to DNS-1123 (``[a-z0-9-]``,
+    starting with a letter), cut to fit :data:`POD_NAME_MAX` with the first 10 hex digits
+    of its SHA-256 appended, so two names that sanitise or truncate alike still differ."""
+    import hashlib
+
+    _check(name, COMMAND_NAME, "command name")
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    body = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", name.lower())).strip("-")
+    body = body[: POD_NAME_MAX - len(digest) - 1].rstrip("-")
+    return _check(f"{body}-{digest}", r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", "pod name")
+
+
+def command_dir(config: CampaignConfig, site: str) -> Path:
+    """Where the embedded command runner keeps one record directory per command name."""
+    return site_work_dir(config, site) / "commands"
