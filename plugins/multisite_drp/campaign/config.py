@@ -148,11 +148,17 @@ class _Strict(BaseModel):
 
 
 class SiteConnections(_Strict):
-    """Airflow connection ids for the three outside systems a site exposes."""
+    """Airflow connection ids for the outside systems a site exposes.
+
+    ``commands`` (optional) runs the stack commands the DAG itself starts (graph builds,
+    merges, registrations): unset, they run as local subprocesses of the Airflow worker
+    (the embedded adapter); a connection of adapter ``kubernetes`` runs each in a pod of
+    the site's cluster (``hooks.pods``)."""
 
     butler: ConnId
     replica: ConnId
     workflow: ConnId
+    commands: ConnId | None = None
 
 
 class SiteConfig(_Strict):

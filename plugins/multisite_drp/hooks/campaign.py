@@ -1,7 +1,9 @@
 """CampaignHook: the campaign's ports, built from the Airflow Connections the campaign names.
 
 Each site names three connections in the campaign file (``connections: {butler,
-replica, workflow}``). Their ``extra`` says which adapter sits behind each port
+replica, workflow}``), and optionally a fourth, ``commands`` (the stack commands the DAG
+runs itself: unset, local subprocesses; a cncf-kubernetes connection of adapter
+``kubernetes``, one pod per command, see ``hooks.pods``). Their ``extra`` says which adapter sits behind each port
 (``adapter: embedded``, ``panda`` or ``rucio``) and how it is tuned (``processes``,
 ``poll_interval``, a Rucio ``account``, a PanDA ``auth_vo`` and ``monitor_url``...); a
 Rucio connection's host is the server and its login and password the site's identity
@@ -98,7 +100,8 @@ class CampaignHook(BaseHook):
         config = await asyncio.to_thread(load_campaign, params["campaign_file"], data_root=params.get("data_root"),
                                          sites=params.get("sites") or [], check_pipeline=False,
                                          allowed_roots=deployment_roots())
-        named = {getattr(s.connections, what) for s in config.sites for what in ("butler", "replica", "workflow")}
+        named = {getattr(s.connections, what) for s in config.sites
+                 for what in ("butler", "replica", "workflow", "commands")} - {None}
         stray = sorted(set(conn_ids) - named)
         if stray:
             raise ConnectionMissingError(f"{params['campaign_file']}: the trigger asks for connections {stray}, "
@@ -113,8 +116,10 @@ class CampaignHook(BaseHook):
                    generation=int(params.get("generation") or 0), config=config, connections=conns)
 
     def conn_ids(self, what: str, sites: list[str] | None = None) -> list[str]:
-        """The connection ids of one kind (``butler``, ``replica``, ``workflow``) for ``sites``."""
-        return [getattr(s.connections, what) for s in self.config.sites if sites is None or s.name in sites]
+        """The connection ids of one kind (``butler``, ``replica``, ``workflow``, ``commands``) for
+        ``sites`` (a site naming no ``commands`` connection has none: its commands are embedded)."""
+        ids = [getattr(s.connections, what) for s in self.config.sites if sites is None or s.name in sites]
+        return [i for i in ids if i is not None]
 
     @functools.cache  # noqa: B019 - one hook per task execution; each connection is read once
     def _info(self, conn_id: str, what: str, site: str) -> ConnectionInfo:
@@ -178,6 +183,24 @@ class CampaignHook(BaseHook):
     def workflow_service(self, site: str):
         """One site's workflow service alone (what the workflow trigger polls)."""
         return factory.workflow_service(self.workflow_settings(site), self._workflow_secret(site))
+
+    def command_settings(self, site: str) -> dict[str, Any]:
+        """One site's validated command-runner settings (JSON-able, no secret): embedded when
+        the campaign names no ``commands`` connection for it, else that connection's."""
+        conn_id = self.config.site(site).connections.commands
+        info = None if conn_id is None else self._info(conn_id, "commands", site)
+        return factory.command_settings(self.config, site, info)
+
+    def command_service(self, site: str):
+        """One site's command runner (the port ``services.commands.base.CommandService``):
+        embedded (local subprocesses) or ``hooks.pods.PodCommandService`` (a pod per command;
+        the provider's KubernetesHook reads the cluster credentials from the same connection)."""
+        settings = self.command_settings(site)
+        if settings["adapter"] == "kubernetes":
+            from multisite_drp.hooks.pods import PodCommandService
+
+            return PodCommandService(settings)
+        return factory.command_service(settings)
 
     def get_conn(self):
         """The ``CampaignContext`` the actions take."""

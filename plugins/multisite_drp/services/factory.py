@@ -12,7 +12,10 @@ settings and secrets in the triggerer (``hooks.campaign``).
 * replica ``rucio``: a Rucio server (rucio-clients + lsst-rucio-register), a Data
   Facility's or the embedded sites' local one (``include/localrucio``);
 * workflow ``panda``: BPS with ctrl_bps_panda to a PanDA server (the connection's host;
-  its password an OIDC token; the VO, monitor and edge-node settings in the extras).
+  its password an OIDC token; the VO, monitor and edge-node settings in the extras);
+* commands ``embedded`` (no connection named: the stack commands the DAG runs itself are
+  local detached subprocesses) or ``kubernetes`` (one pod per command in the site's cluster;
+  settings validated here, the adapter in ``hooks.pods`` since it imports the provider).
 
 No Airflow imports.
 """
@@ -27,6 +30,7 @@ from multisite_drp.campaign.config import CampaignConfig
 from multisite_drp.errors import InputError
 
 if TYPE_CHECKING:  # the adapters pull in the LSST middleware; keep DAG parsing light
+    from multisite_drp.services.commands.base import CommandService
     from multisite_drp.services.replica.base import ReplicaService
     from multisite_drp.services.workflow.base import WorkflowService
 
@@ -35,6 +39,8 @@ __all__ = [
     "AdapterError",
     "ConnectionInfo",
     "build_context",
+    "command_service",
+    "command_settings",
     "replica_service",
     "replica_settings",
     "workflow_service",
@@ -279,3 +285,43 @@ def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, A
                  for site, s in butlers.items()},
         generation=generation,
     )
+
+
+COMMAND_ADAPTERS = ("embedded", "kubernetes")
+
+
+def command_settings(config: CampaignConfig, site: str, conn: ConnectionInfo | None) -> dict[str, Any]:
+    """A site's command-runner settings (JSON-able, no secret). No connection named in the
+    campaign (``sites (<site>).connections.commands`` unset) or adapter ``embedded``: local
+    subprocesses recorded under ``names.command_dir``. Adapter ``kubernetes``: the pod
+    settings (``services.commands.pod_settings``), the provider's cluster fields left to
+    its hook, plus the campaign's part (its name for the pods' labels, the command limit)."""
+    from multisite_drp.campaign import names
+
+    base = {"site": site, "campaign": config.name, "command_seconds": config.timeouts.command_seconds,
+            "root": str(names.command_dir(config, site))}
+    if conn is None:
+        return {"adapter": "embedded", "poll_interval": DEFAULT_POLL_SECONDS["embedded"], **base}
+    adapter = conn.extra.get("adapter")
+    if adapter not in COMMAND_ADAPTERS:
+        raise AdapterError(f"{conn.where}: extra field 'adapter' is {adapter!r}; expected one of "
+                           f"{list(COMMAND_ADAPTERS)}")
+    if adapter == "embedded":
+        _known(conn.extra, ("adapter", "poll_interval"), conn.where, "an embedded commands connection")
+        return {"adapter": "embedded", "poll_interval": poll_seconds(conn.extra, "embedded", conn.where), **base}
+    from multisite_drp.services.commands.pod_settings import pod_settings
+
+    pods = pod_settings(conn.extra, conn.where)
+    return {**base, "conn_id": conn.conn_id, "where": conn.where, "poll_interval": pods.poll_interval,
+            "adapter": "kubernetes", "pods": pods.model_dump(mode="json")}
+
+
+def command_service(settings: Mapping[str, Any]) -> CommandService:
+    """A site's embedded command runner. The ``kubernetes`` adapter is the glue's
+    (``hooks.pods.PodCommandService``, built by ``CampaignHook.command_service``)."""
+    if settings["adapter"] != "embedded":
+        raise AdapterError(f"command adapter {settings['adapter']!r} is built by the Airflow glue "
+                           "(CampaignHook.command_service), not by services.factory")
+    from multisite_drp.services.commands.embedded import EmbeddedCommandService
+
+    return EmbeddedCommandService(settings["site"], settings["root"])

@@ -44,6 +44,8 @@ __all__ = [
     "pipetask_executable",
     "pre_exec_init_qbb_argv",
     "qgraph_argv",
+    "register_argv",
+    "rucio_register_executable",
     "run_command",
     "run_qbb_argv",
     "transfer_from_graph_argv",
@@ -312,6 +314,28 @@ def collection_chain_argv(
         _check_collection(parent, "parent"),
         *kids,
     ]
+
+
+def rucio_register_executable() -> str:
+    """Path of lsst-rucio-register's ``rucio-register`` (override with $MULTISITE_RUCIO_REGISTER)."""
+    return os.environ.get("MULTISITE_RUCIO_REGISTER", _bin("rucio-register"))
+
+
+def register_argv(repo: str | os.PathLike[str], dataset: str, run: str,
+                  config_path: str | os.PathLike[str], dataset_types: Iterable[str] = ("*",)) -> list[str]:
+    """``rucio-register data-products``: register every dataset of ``run`` in the site's
+    butler as replicas at its RSE, attached to the Rucio dataset ``dataset`` (the
+    registration step as a command, e.g. in a pod; ``config_path`` is lsst-rucio-register's
+    YAML naming the RSE, scope, rse_root and dtn_url, no secret: the Rucio identity comes
+    from ``RUCIO_CONFIG``, a file)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,249}", dataset):
+        raise ValueError(f"rucio dataset {dataset!r} is not a valid DID name")
+    types = list(dataset_types)
+    if not types or any(not re.fullmatch(r"[A-Za-z*][A-Za-z0-9_*]*", t) for t in types):
+        raise ValueError(f"dataset types {types!r}: expected one or more names or globs")
+    return [rucio_register_executable(), "data-products", "--repo", str(repo), "--rucio-dataset", dataset,
+            "--rucio-register-config", str(config_path), "--collections", _check_collection(run, "run"),
+            *(a for t in types for a in ("--dataset-type", t))]
 
 
 def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
