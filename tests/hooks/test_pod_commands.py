@@ -208,6 +208,9 @@ def test_bad_adapter_and_unmounted_paths_are_refused(cfg) -> None:
     service = PodCommandService(factory.command_settings(cfg, "frdf", info))
     with pytest.raises(PodSettingsError, match=r"names \['/sps/lsst/butler/main/butler.yaml'.*'volume_mounts'"):
         service.render(_spec(cfg, "frdf", "merge"))
+    # a directory the image itself holds counts as reachable
+    info = ConnectionInfo(conn_id="drp_frdf_commands", extra={**extra, "image_paths": ["/sps/lsst"]}, where="w")
+    assert PodCommandService(factory.command_settings(cfg, "frdf", info)).render(_spec(cfg, "frdf", "merge"))
     with pytest.raises(Exception, match="credential"):
         service.render(CommandSpec(name="DRP_x", site="frdf", kind="merge", argv=("butler", "--help"),
                                    log_path="/sdf/group/rubin/campaigns/x.log",

@@ -17,7 +17,9 @@ describe the pods:
 * ``node_selector``, ``tolerations``, ``priority_class_name``;
 * ``volumes`` (``{name, persistent_volume_claim | host_path | nfs | config_map}``) and
   ``volume_mounts`` (``{name, mount_path, read_only, sub_path}``): every absolute path a
-  command names (repository, graph, log, configs) must lie under a mount;
+  command names (repository, graph, log, configs) must lie under a mount, or under one of
+  ``image_paths`` (directories the image itself holds, e.g. ``/opt/airflow/include`` for
+  the pipelines baked into the project's image);
 * ``secrets``: Kubernetes Secrets by name, each either an environment variable filled from
   one key (``{secret, key, env}``: a ``secretKeyRef``, the value never in the pod spec) or a
   mounted volume (``{secret, mount_path}``); never a value;
@@ -156,6 +158,7 @@ class PodSettings(_Strict):
     priority_class_name: Dns1123 | None = None
     volumes: list[Volume] = Field(default_factory=list)
     volume_mounts: list[VolumeMount] = Field(default_factory=list)
+    image_paths: list[AbsPath] = Field(default_factory=list)
     secrets: list[SecretRef] = Field(default_factory=list)
     env: dict[EnvName, str] = Field(default_factory=dict)
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
@@ -196,7 +199,7 @@ class PodSettings(_Strict):
 
     def uncovered(self, paths: list[str]) -> list[str]:
         """The absolute paths among ``paths`` that no volume mount holds."""
-        mounts = [m.mount_path.rstrip("/") + "/" for m in self.volume_mounts]
+        mounts = [m.rstrip("/") + "/" for m in [*(v.mount_path for v in self.volume_mounts), *self.image_paths]]
         return [p for p in paths if not any((p.rstrip("/") + "/").startswith(m) for m in mounts)]
 
 
