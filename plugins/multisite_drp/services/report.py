@@ -125,7 +125,7 @@ def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
     for site in cfg.sites:
         rules = actions.distribution_rules(ctx, site.name)
         if rules:
-            distribution[site.name] = _rules(ctx, rules, window)
+            distribution[site.name] = _rule_bytes(ctx, [rules], window)[0]
     started, finished = (min(window), max(window)) if window else (None, None)
     campaign_wall = (finished - started) if window else 0.0
     total_quanta = sum(r["quanta_succeeded"] for r in rows)

@@ -89,7 +89,7 @@ class SharedPoll:
         seen = self.round[0]
         async with self.changed:
             while True:
-                await self.changed.wait_for(lambda: self.round[0] > seen)
+                await self.changed.wait_for(lambda seen=seen: self.round[0] > seen)
                 number, result, error = self.round
                 if error is not None:
                     raise error
