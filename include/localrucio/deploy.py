@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
 import re
 import secrets
-import shlex
 import shutil
 import subprocess
 import sys
@@ -47,18 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from localrucio import _procs
+from localrucio._pg import DEFAULT_PG_BIN, PG_SUPERUSER, PgCluster  # noqa: F401 - re-exported
 
 INCLUDE = Path(__file__).resolve().parents[1]
 REPO = INCLUDE.parent
 DEFAULT_ROOT = REPO / "var" / "rucio"
 DEFAULT_SERVER_VENV = REPO / ".venv-rucio"
-DEFAULT_PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 ROOT_ACCOUNT = "root"
 ROOT_USERNAME = "root"
 DB_NAME = "rucio"
 DB_USER = "rucio"
-PG_SUPERUSER = "postgres"
 
 _SITE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,19}$")
 _RSE_RE = re.compile(r"^[A-Z0-9]+([_-][A-Z0-9]+)*$")
@@ -131,6 +128,7 @@ class LocalRucio:
         self.daemons_interval = daemons_interval
         self.last_up: dict[str, Any] = {}
         self._lock = _procs.FileLock(self.root / "run" / "lock")
+        self.pg = PgCluster(self.pgdata, self.pgrun, self.pg_bin, cwd=self.root)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -473,9 +471,7 @@ class LocalRucio:
         for exe in (self.server_venv / "bin" / "gunicorn", self.server_venv / "bin" / "python"):
             if not exe.exists():
                 raise RuntimeError(f"{exe} missing: build the server virtualenv with `make rucio-venv`")
-        for exe in ("initdb", "pg_ctl", "postgres", "psql"):
-            if not (self.pg_bin / exe).exists() and not shutil.which(exe):
-                raise RuntimeError(f"PostgreSQL {exe} not found in {self.pg_bin}")
+        self.pg.check_install()
 
     def _make_dirs(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -484,109 +480,33 @@ class LocalRucio:
             d.mkdir(exist_ok=True)
         os.chmod(self.etc, 0o700)
 
-    # ------------------------------------------------------------------ PostgreSQL
-    def _as_pg(self, argv: Sequence[str | Path]) -> list[str]:
-        argv = [str(a) for a in argv]
-        if os.geteuid() == 0:
-            return ["runuser", "-u", PG_SUPERUSER, "--", *argv]
-        return argv
-
-    def _pg_exe(self, name: str) -> str:
-        exe = self.pg_bin / name
-        return str(exe) if exe.exists() else (shutil.which(name) or name)
-
-    def _pg_run(self, argv: Sequence[str | Path], input: str | None = None,
-                timeout: float = 120) -> str:
-        proc = subprocess.run(self._as_pg(argv), check=False, input=input, capture_output=True, text=True,
-                              cwd=self.root, timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{Path(str(argv[0])).name} failed ({proc.returncode}): "
-                               f"{proc.stderr.strip() or proc.stdout.strip()}")
-        return proc.stdout
-
-    def _pg_own(self, path: Path, mode: int) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam(PG_SUPERUSER)
-            os.chown(path, pw.pw_uid, pw.pw_gid)
-        os.chmod(path, mode)
-
+    # ------------------------------------------------------------------ PostgreSQL (localrucio._pg)
     def _initdb(self) -> bool:
-        """Create the cluster if there is none; True if it did."""
-        if (self.pgdata / "PG_VERSION").exists():
-            return False
-        if self.pgdata.exists():
-            shutil.rmtree(self.pgdata)  # a half-made cluster from an interrupted initdb
-        self._pg_own(self.pgdata, 0o700)
-        self._pg_own(self.pgrun, 0o700)
-        self._pg_run([self._pg_exe("initdb"), "-D", self.pgdata, "-U", PG_SUPERUSER, "-E", "UTF8",
-                      "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"])
-        return True
+        return self.pg.initdb()
 
     def _pg_pid(self) -> int | None:
-        """The postmaster's pid if it runs (from postmaster.pid), else None."""
-        try:
-            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
-        except (FileNotFoundError, IndexError, ValueError, PermissionError):
-            return None
-        return pid if _procs.start_time(pid) is not None else None
-
-    def _pg_port_running(self) -> int | None:
-        try:
-            return int((self.pgdata / "postmaster.pid").read_text().splitlines()[3])
-        except (FileNotFoundError, IndexError, ValueError):
-            return None
+        return self.pg.pid()
 
     def _pg_start(self, state: dict[str, Any]) -> bool:
         """Start PostgreSQL unless it runs; True if it was started."""
         ports = state["ports"]
-        if self._pg_pid() is not None:
-            ports["pg"] = self._pg_port_running() or ports.get("pg")
-            return False
-        self._pg_own(self.pgrun, 0o700)
-        port = _procs.free_port(ports.get("pg"), avoid=[ports.get("server") or 0])
-        opts = (f"-p {port} -k {shlex.quote(str(self.pgrun))} -c listen_addresses=127.0.0.1 -c synchronous_commit=off "
-                f"-c max_connections=200 -c unix_socket_permissions=0700")
-        self._pg_run([self._pg_exe("pg_ctl"), "-D", self.pgdata, "-l", self.pgrun / "postgres.log",
-                      "-w", "-t", "60", "-o", opts, "start"])
+        port, started = self.pg.start(ports.get("pg"), avoid=[ports.get("server") or 0])
         ports["pg"] = port
-        state["postgres"] = {"pid": self._pg_pid(), "port": port}
-        return True
+        if started:
+            state["postgres"] = {"pid": self.pg.pid(), "port": port}
+        return started
 
     def _pg_stop(self) -> bool:
-        pid = self._pg_pid()
-        if pid is None:
-            return False
-        try:
-            self._pg_run([self._pg_exe("pg_ctl"), "-D", self.pgdata, "-m", "fast", "-w", "-t", "30", "stop"],
-                         timeout=60)
-        except (RuntimeError, subprocess.TimeoutExpired):
-            _procs.terminate({"pid": pid, "start": _procs.start_time(pid)}, timeout=10)
-        deadline = time.monotonic() + 10
-        while _procs.start_time(pid) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return True
+        return self.pg.stop()
 
     def _psql(self, sql: str, db: str = "postgres") -> str:
-        port = self._pg_port_running()
-        return self._pg_run([self._pg_exe("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                             "-h", self.pgrun, "-p", str(port), "-U", PG_SUPERUSER, "-d", db], input=sql)
+        return self.pg.psql(sql, db=db)
 
     def _pg_ensure_db(self, db_password: str) -> None:
-        self._psql(
-            f"DO $$ BEGIN\n"
-            f"  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DB_USER}') THEN\n"
-            f"    CREATE ROLE {DB_USER} LOGIN PASSWORD '{db_password}';\n"
-            f"  ELSE\n"
-            f"    ALTER ROLE {DB_USER} LOGIN PASSWORD '{db_password}';\n"
-            f"  END IF;\n"
-            f"END $$;\n"
-            f"SELECT 'CREATE DATABASE {DB_NAME} OWNER {DB_USER}'"
-            f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DB_NAME}')\\gexec\n"
-        )
+        self.pg.ensure_db(DB_NAME, DB_USER, db_password)
 
     def _pg_drop_db(self) -> None:
-        self._psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE);\n")
+        self.pg.drop_db(DB_NAME)
 
     def _bootstrap_needed(self) -> bool:
         out = self._psql(

@@ -1,0 +1,194 @@
+"""A small client of Airflow 3.3's public REST API (v2), as the UI uses it.
+
+Authentication: ``POST /auth/token`` with the user's name and password returns a JWT, sent
+as ``Authorization: Bearer`` (fetched again on a 401). The password is never logged.
+
+The grid a person sees for a run is what the UI's grid view loads: ``GET
+/ui/grid/structure/{dag_id}`` (the task/group tree), ``GET /ui/grid/runs/{dag_id}`` (the
+run headers) and ``GET /ui/grid/ti_summaries/{dag_id}?run_ids=RUN`` (the run's task states,
+streamed as NDJSON); :meth:`AirflowClient.grid_seconds` times the three.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+
+TERMINAL_RUN_STATES = ("success", "failed")
+
+
+class ApiError(RuntimeError):
+    """An API call answered with an error status."""
+
+    def __init__(self, method: str, path: str, status: int, body: str):
+        super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
+        self.status = status
+
+
+class AirflowClient:
+    def __init__(self, url: str, username: str, password: str, timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self.username = username
+        self._password = password
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AirflowClient({self.url!r}, user={self.username!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def token(self) -> str:
+        resp = self._http.post("/auth/token", json={"username": self.username, "password": self._password})
+        if resp.status_code not in (200, 201):
+            raise ApiError("POST", "/auth/token", resp.status_code, resp.text)
+        self._token = resp.json()["access_token"]
+        return self._token
+
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204), **kw: Any) -> httpx.Response:
+        for attempt in (1, 2):
+            if self._token is None:
+                self.token()
+            resp = self._http.request(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kw)
+            if resp.status_code == 401 and attempt == 1:
+                self._token = None  # expired: log in again once
+                continue
+            if resp.status_code not in ok:
+                raise ApiError(method, path, resp.status_code, resp.text)
+            return resp
+        raise AssertionError("unreachable")
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params).json()
+
+    # ------------------------------------------------------------------ DAGs
+    def dag(self, dag_id: str) -> dict | None:
+        try:
+            return self.get(f"/api/v2/dags/{quote(dag_id)}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def import_errors(self) -> list[dict]:
+        return self.get("/api/v2/importErrors").get("import_errors", [])
+
+    def wait_dag(self, dag_id: str, timeout: float = 180.0, poll: float = 1.0) -> dict:
+        """Wait until the dag-processor has parsed ``dag_id`` (it is in the API); an import error
+        for it, or the timeout, raises."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.dag(dag_id)
+            if found is not None:
+                return found
+            errors = self.import_errors()
+            if errors:
+                raise RuntimeError("DAG import errors:\n" + "\n".join(
+                    f"{e.get('filename')}: {e.get('stack_trace', '')[-1500:]}" for e in errors))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"DAG {dag_id} not parsed within {timeout:.0f} s")
+            time.sleep(poll)
+
+    def unpause(self, dag_id: str) -> None:
+        self.request("PATCH", f"/api/v2/dags/{quote(dag_id)}", json={"is_paused": False})
+
+    def ensure_pool(self, name: str, slots: int, description: str = "", include_deferred: bool = False) -> None:
+        body = {"name": name, "slots": slots, "description": description, "include_deferred": include_deferred}
+        resp = self.request("PATCH", f"/api/v2/pools/{quote(name)}", json=body, ok=(200, 404))
+        if resp.status_code == 404:
+            self.request("POST", "/api/v2/pools", json=body)
+
+    # ------------------------------------------------------------------ runs
+    def trigger(self, dag_id: str, conf: Mapping[str, Any], logical_date: datetime | None = None,
+                run_id: str | None = None) -> dict:
+        logical_date = logical_date or datetime.now(UTC)
+        body: dict[str, Any] = {"conf": dict(conf), "logical_date": logical_date.isoformat()}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self.request("POST", f"/api/v2/dags/{quote(dag_id)}/dagRuns", json=body).json()
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self.get(f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}")
+
+    def find_run(self, dag_id: str, logical_date: datetime) -> dict | None:
+        """The run of ``dag_id`` at exactly ``logical_date``, if there is one."""
+        for run in self._pages(f"/api/v2/dags/{quote(dag_id)}/dagRuns", "dag_runs",
+                               logical_date_gte=logical_date.isoformat(), logical_date_lte=logical_date.isoformat()):
+            return run
+        return None
+
+    def clear(self, dag_id: str, run_id: str, task_ids: list[str] | None = None, only_failed: bool = False,
+              reset_dag_runs: bool = True) -> list[dict]:
+        """Clear a run's task instances (all, or ``task_ids``), as "Clear" does in the UI: they
+        and, with ``reset_dag_runs``, the run go back to be scheduled again."""
+        body: dict[str, Any] = {"dry_run": False, "dag_run_id": run_id, "only_failed": only_failed,
+                                "reset_dag_runs": reset_dag_runs, "include_downstream": False,
+                                "include_upstream": False}
+        if task_ids is not None:
+            body["task_ids"] = task_ids
+        resp = self.request("POST", f"/api/v2/dags/{quote(dag_id)}/clearTaskInstances", json=body)
+        return resp.json().get("task_instances", [])
+
+    def task_instances(self, dag_id: str, run_id: str, page: int = 100) -> list[dict]:
+        """Every task instance of the run (mapped ones one per map index), page by page."""
+        return list(self._pages(f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}/taskInstances",
+                                "task_instances", page=page, order_by="id"))
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float, poll: float = 2.0,
+                 progress=None) -> dict:
+        """Poll the run until it is success or failed; ``progress(run, task_instances)`` is called
+        after each poll when given."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(dag_id, run_id)
+            if progress is not None:
+                progress(run, self.task_instances(dag_id, run_id))
+            if run["state"] in TERMINAL_RUN_STATES:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} of {dag_id} still {run['state']} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def grid_seconds(self, dag_id: str, run_id: str) -> dict[str, float]:
+        """Wall seconds of each call the UI's grid view makes for this run, and their sum."""
+        out = {}
+        for key, path, params in (
+            ("structure", f"/ui/grid/structure/{quote(dag_id)}", {}),
+            ("runs", f"/ui/grid/runs/{quote(dag_id)}", {}),
+            ("ti_summaries", f"/ui/grid/ti_summaries/{quote(dag_id)}", {"run_ids": run_id}),
+        ):
+            t0 = time.monotonic()
+            self.request("GET", path, params=params).read()
+            out[key] = round(time.monotonic() - t0, 3)
+        out["total"] = round(sum(out.values()), 3)
+        return out
+
+    def _pages(self, path: str, key: str, page: int = 100, **params: Any) -> Iterator[dict]:
+        offset = 0
+        while True:
+            data = self.get(path, limit=page, offset=offset, **params)
+            items = data.get(key, [])
+            yield from items
+            offset += len(items)
+            if not items or offset >= data.get("total_entries", 0):
+                return
+
+
+def parse_time(value: str | None) -> float | None:
+    """An API timestamp as POSIX seconds (None stays None)."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value).timestamp()
