@@ -109,6 +109,7 @@ bench: venv rucio-venv
 	$(BIN)/python bench/replication.py
 	$(BIN)/python bench/orchestration_overhead.py
 	$(BIN)/python bench/workflow_overhead.py
+	$(BIN)/python bench/campaign_scale.py
 
 # ruff, then the import contract of pyproject.toml ([tool.importlinter]: the one-way layers).
 lint: venv
