@@ -20,6 +20,17 @@ What ``make demo``, the end-to-end tests and ``bench/orchestration_overhead`` us
 ``--logical-date`` reuses a run: Airflow clears it and runs it again (what "Clear" on a
 whole DAG run does in the UI). ``--only REGEX`` then runs just the matching tasks and
 marks the others successful, like clearing those tasks alone.
+
+``--scheduler real`` runs the same DAG run under real Airflow processes instead of
+``dag.test``: the stack of ``include/airflowstack`` (PostgreSQL 15 metadata database,
+scheduler with the LocalExecutor, triggerer, dag-processor, API server on loopback) under
+``--stack-root`` (default ``$AIRFLOW_HOME/stack``), started with this script's environment
+(the connections, the allowed roots). The run is triggered through the REST API as the UI
+does (the pools of airflow_settings.yaml made first, the DAG unpaused), followed to the end,
+and summarised from the API's task instances, in the same JSON as ``dag.test``'s. There,
+``--logical-date`` of an existing run clears it through ``clearTaskInstances`` (all its
+tasks, or with ``--only`` just the matching ones: the others keep their state). The stack is
+stopped at the end unless ``--keep-stack``; ``--up-only`` brings it up and exits (``make up``).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "include" / "campaigns" / "minidrp_embedded.yaml"
+DAG_ID = "drp_campaign"
 
 
 def _environment(args: argparse.Namespace) -> dict:
@@ -131,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
     _allowed_roots(args)
     data_root = Path(args.data_root).resolve()
     conf = _conf(args)
-    from multisite_drp.campaign import names
     from multisite_drp.campaign.config import load_campaign
 
     # The run's campaign (its selected sites), loaded once for the set-up and the report.
@@ -146,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         build_sites(data_root, scope=shape.replication.scope,
                     holds_all_raws=[s.name for s in shape.sites if s.holds_all_raws])
     _local_services(args, cfg)
+    if args.scheduler == "real":
+        return _run_real(args, conf, cfg)
     _migrate()
 
     from airflow import settings as af_settings
@@ -157,10 +170,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(bag.import_errors, indent=1), file=sys.stderr)
         return 2
     dag = bag.dags["drp_campaign"]
-    logical = (datetime.fromisoformat(args.logical_date) if args.logical_date
-               else datetime.now(UTC).replace(microsecond=0))
-    if logical.tzinfo is None:
-        logical = logical.replace(tzinfo=UTC)
+    logical = _logical(args)
     mark = None
     if args.only:
         mark = f"(?!(?:{args.only})$).*"
@@ -178,15 +188,113 @@ def run(args: argparse.Namespace) -> int:
                       "end": ti.end_date.timestamp() if ti.end_date else None})
     # Airflow's own clock for each task: an account of the run independent of the report's.
     summary = {"run_id": dr.run_id, "logical_date": logical.isoformat(), "state": str(dr.state),
-               "seconds": round(elapsed, 1), "task_states": states, "tasks": tasks}
+               "seconds": round(elapsed, 1), "task_states": states, "tasks": tasks, "scheduler": "dagtest"}
+    return _finish(args, cfg, summary)
+
+
+def _stack(args: argparse.Namespace):
+    from airflowstack import AirflowStack
+
+    return AirflowStack(Path(args.stack_root or Path(os.environ["AIRFLOW_HOME"]) / "stack"))
+
+
+def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
+    """The run under the real scheduler, through the REST API (see the module docstring)."""
+    import re
+
+    import yaml
+    from airflowstack.client import parse_time
+
+    from scripts.load_airflow_settings import convert
+
+    stack = _stack(args)
+    try:
+        ep = stack.up()
+        print(f"Airflow (real scheduler, LocalExecutor, PostgreSQL) at {ep.url}: user {ep.username}, password in "
+              f"{ep.password_file}; up in {stack.last_up['seconds']} s {stack.last_up['steps'] or '(running)'}",
+              flush=True)
+        client = ep.client()
+        _, pools, _ = convert(yaml.safe_load((ROOT / "airflow_settings.yaml").read_text()))
+        for name, pool in pools.items():
+            client.ensure_pool(name, pool["slots"], pool["description"], pool["include_deferred"])
+        t = time.monotonic()
+        client.wait_dag(DAG_ID, timeout=300)
+        parsed_s = time.monotonic() - t
+        client.unpause(DAG_ID)
+        if args.up_only:
+            print(f"{DAG_ID} parsed and unpaused; trigger it at {ep.url}/dags/{DAG_ID}", flush=True)
+            return 0
+        logical = _logical(args)
+        print(f"{DAG_ID}: logical_date={logical.isoformat()} conf={json.dumps(conf)} (real scheduler)", flush=True)
+        t0, trigger_at = time.monotonic(), time.time()
+        existing = client.find_run(DAG_ID, logical) if args.logical_date else None
+        if existing is not None:
+            run_id = existing["dag_run_id"]
+            task_ids = None
+            if args.only:
+                every = [t["task_id"] for t in client.get(f"/api/v2/dags/{DAG_ID}/tasks")["tasks"]]
+                task_ids = [t for t in every if re.fullmatch(args.only, t)]
+            cleared = client.clear(DAG_ID, run_id, task_ids=task_ids, only_failed=False)
+            print(f"{DAG_ID}: cleared {len(cleared)} task instances of {run_id}", flush=True)
+        else:
+            run_id = client.trigger(DAG_ID, conf, logical_date=logical)["dag_run_id"]
+        seen: dict[tuple, str] = {}
+        first_running: list[float] = []
+
+        def progress(run: dict, tis: list[dict]) -> None:
+            for ti in tis:
+                key, state = (ti["task_id"], ti["map_index"], ti["try_number"]), ti["state"]
+                if seen.get(key) != state and state in ("running", "failed", "up_for_retry", "deferred"):
+                    label = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
+                    print(f"  {state} {label}" + (f" (try {ti['try_number']})" if ti["try_number"] > 1 else ""),
+                          flush=True)
+                    if state == "running" and not first_running:
+                        first_running.append(time.time() - trigger_at)
+                seen[key] = state
+
+        run = client.wait_run(DAG_ID, run_id, timeout=args.timeout, poll=2.0, progress=progress)
+        elapsed = time.monotonic() - t0
+        tis = client.task_instances(DAG_ID, run_id)
+        grid = client.grid_seconds(DAG_ID, run_id)
+    finally:
+        if not (args.keep_stack or args.up_only):
+            stack.down()
+    states: dict[str, int] = {}
+    tasks = []
+    for ti in tis:
+        states[str(ti["state"])] = states.get(str(ti["state"]), 0) + 1
+        tasks.append({"task_id": ti["task_id"], "map_index": ti["map_index"], "state": str(ti["state"]),
+                      "try_number": ti["try_number"], "start": parse_time(ti.get("start_date")),
+                      "end": parse_time(ti.get("end_date"))})
+    starts = [t["start"] for t in tasks if t["start"]]
+    summary = {"run_id": run_id, "logical_date": logical.isoformat(), "state": str(run["state"]),
+               "seconds": round(elapsed, 1), "task_states": states, "tasks": tasks, "scheduler": "real",
+               "stack_up_s": stack.last_up.get("seconds"), "dag_parsed_s": round(parsed_s, 1),
+               "first_task_s": round(min(starts) - trigger_at, 1) if starts else None,
+               "first_running_seen_s": round(first_running[0], 1) if first_running else None,
+               "grid_s": grid}
+    return _finish(args, cfg, summary)
+
+
+def _logical(args: argparse.Namespace) -> datetime:
+    logical = (datetime.fromisoformat(args.logical_date) if args.logical_date
+               else datetime.now(UTC).replace(microsecond=0))
+    return logical if logical.tzinfo else logical.replace(tzinfo=UTC)
+
+
+def _finish(args: argparse.Namespace, cfg, summary: dict) -> int:
+    """Write the summary, print the report and the closing line; the exit status is the run's."""
+    from multisite_drp.campaign import names
+
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary, indent=1))
     report = names.report_dir(cfg, args.generation) / "report.md"
     if report.exists() and not args.quiet:
         print(f"=== campaign report: {report} ===")
         print(report.read_text())
-    print(f"drp_campaign run {dr.run_id}: {dr.state} in {elapsed:.1f} s; tasks {states}", flush=True)
-    return 0 if str(dr.state) == "success" else 1
+    print(f"{DAG_ID} run {summary['run_id']}: {summary['state']} in {summary['seconds']:.1f} s; "
+          f"tasks {summary['task_states']}", flush=True)
+    return 0 if summary["state"] == "success" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--panda-root", default=str(ROOT / "var" / "panda"),
                    help="the local PanDA relay's directory (for workflow connections on host local-panda)")
     p.add_argument("--quiet", action="store_true", help="do not print the report")
+    p.add_argument("--scheduler", choices=("dagtest", "real"), default="dagtest",
+                   help="dagtest: dag.test() in this process; real: the airflowstack processes, through the REST API")
+    p.add_argument("--stack-root", help="with --scheduler real: the stack's directory (default $AIRFLOW_HOME/stack)")
+    p.add_argument("--keep-stack", action="store_true", help="with --scheduler real: leave the stack running")
+    p.add_argument("--up-only", action="store_true",
+                   help="with --scheduler real: bring the stack up with the DAG unpaused, trigger nothing, leave it running")
+    p.add_argument("--timeout", type=float, default=3600.0, help="with --scheduler real: seconds to wait for the run")
     return run(p.parse_args(argv))
 
 
