@@ -39,11 +39,12 @@ def ctx(rucio_campaign_factory, monkeypatch: pytest.MonkeyPatch) -> actions.Camp
         replica=env.service,
         butlers={s: SiteButler(s, repo) for s, repo in sites.items()},
     )
+    actions.make_plan(cfg)  # the groups a step's rules are looked up by (actions.step_rules)
     hub = context.butlers["usdf"].butler
     visits = sorted(r.id for r in hub.query_dimension_records("visit", explain=False))[:2]
-    # The planner decides the real restriction; this test pins two visits for frdf.
+    # The planner decides the real restriction; this test pins two visits for frdf's group 0.
     monkeypatch.setattr(actions, "data_query",
-                        lambda c, step, site: f"instrument = 'MiniCam' AND visit IN ({visits[0]}, {visits[1]})")
+                        lambda c, step, site, group: f"instrument = 'MiniCam' AND visit IN ({visits[0]}, {visits[1]})")
     context.visits = visits  # type: ignore[attr-defined]
     return context
 
