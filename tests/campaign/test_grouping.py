@@ -13,9 +13,11 @@ from multisite_drp.campaign.grouping import split_weighted
 from multisite_drp.campaign.planner import plan_campaign
 
 
-def _sized(config: CampaignConfig, size: int) -> CampaignConfig:
+def _sized(config: CampaignConfig, size: int, **per_step: int) -> CampaignConfig:
     data = config.model_dump()
     data["planner"]["max_group_size"] = size
+    for st in data["steps"]:
+        st["max_group_size"] = per_step.get(st["name"])
     return CampaignConfig.model_validate({**data, "source_path": config.source_path})
 
 
@@ -81,3 +83,12 @@ def test_a_larger_bound_gives_fewer_groups(config, flow) -> None:
     assert len(large.groups) < len(small.groups)
     assert all(g.group == 0 for g in large.groups)  # the whole site's work fits one group
     assert large.max_group_size == 10_000 and small.max_group_size == 60
+
+
+def test_a_steps_own_bound_overrides_the_planners(config, flow) -> None:
+    inputs = small_inputs(seed=2, n_visits=120)
+    plan = plan_campaign(_sized(config, 10_000, step1=60, step4=20), inputs, dataflow=flow)
+    split = {g.step for g in plan.groups if g.group > 0}
+    assert split == {"step1", "step4"}  # only the steps with a small bound of their own
+    assert all(g.weight <= 60 or len(g.ids) == 1 for g in plan.groups if g.step == "step1")
+    assert all(g.weight <= 20 or len(g.ids) == 1 for g in plan.groups if g.step == "step4")

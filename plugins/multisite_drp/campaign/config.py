@@ -208,6 +208,10 @@ class StepConfig(_Strict):
         description="Dataset types that must be present at a site before the step runs there. Every output "
         "of a step returns to the hub (DESIGN decision 4).",
     )
+    max_group_size: int | None = Field(
+        default=None, gt=0, le=10_000_000,
+        description="This step's bound on a submission group, in quanta-equivalents (detector-visits for a visit "
+                    "step, patches for a tract step); default: planner.max_group_size.")
 
     _description_plain = field_validator("description")(classmethod(lambda cls, v: _plain_text(v)))
 
@@ -276,7 +280,9 @@ class PlannerSettings(_Strict):
     )
     default_dataset_bytes: int = Field(default=1_000_000, gt=0, le=MAX_BYTES_ESTIMATE)
     max_group_size: int = Field(
-        default=50_000, gt=0, le=10_000_000, description="Largest number of data IDs in one BPS submission group."
+        default=50_000, gt=0, le=10_000_000,
+        description="Largest submission group (one graph, one workflow) in quanta-equivalents: detector-visits for a "
+                    "visit step, patches for a tract step. A step may set its own (steps[].max_group_size).",
     )
     cluster_by: dict[Literal["visit", "tract"], Annotated[list[DimensionName], Field(min_length=1, max_length=8)]] = Field(
         default_factory=lambda: {"visit": ["visit", "exposure"], "tract": ["tract"]},

@@ -208,14 +208,15 @@ def plan_campaign(config: CampaignConfig, inputs: SpatialInputs, method: str | N
 
 
 def plan_groups(config: CampaignConfig, site_plans: list[SitePlan], inputs: SpatialInputs | None) -> list[GroupPlan]:
-    """Every (step, site) split into submission groups of at most ``planner.max_group_size``
-    quanta-equivalents (:mod:`.grouping`); a global step is one group at the hub."""
+    """Every (step, site) split into submission groups of at most the step's ``max_group_size``
+    (default ``planner.max_group_size``) quanta-equivalents (:mod:`.grouping`); a global step
+    is one group at the hub."""
     from .grouping import group_label_text, split_weighted, tract_weights, visit_order, visit_weights
 
-    max_size = config.planner.max_group_size
     hub = next(p.name for p in site_plans if p.role == "hub")
     out: list[GroupPlan] = []
     for st in config.steps:
+        max_size = st.max_group_size or config.planner.max_group_size
         for sp in site_plans:
             if st.sharding.value == "global":
                 if sp.name == hub:

@@ -104,11 +104,13 @@ def make_plan(cfg: CampaignConfig, generation: int = 0) -> dict:
         old_groups = [(g.step, g.site, g.group, g.ids) for g in old.groups]
         new_groups = [(g.step, g.site, g.group, g.ids) for g in new.groups]
         if before == after and old_groups != new_groups:
+            changed = sorted({g[0] for g in old_groups if g not in new_groups}
+                             | {g[0] for g in new_groups if g not in old_groups})
             raise PlanChangedError(
-                f"{out / 'plan.json'}: generation {generation} was split into submission groups with "
-                f"planner.max_group_size {old.max_group_size}; {cfg.source_path} now gives "
-                f"{new.max_group_size}, which splits the steps into other groups (other graphs, RUNs and "
-                "workflows). Keep the old size, or trigger with a new 'generation' to process in new groups")
+                f"{out / 'plan.json'}: generation {generation} was split into other submission groups (steps "
+                f"{changed}; planner.max_group_size was {old.max_group_size}, is {new.max_group_size}; a step may "
+                f"set its own max_group_size): {cfg.source_path} now gives other graphs, RUNs and workflows. Keep "
+                "the old sizes, or trigger with a new 'generation' to process in new groups")
         if before != after:
             changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
             raise PlanChangedError(
