@@ -218,12 +218,36 @@ _SLURM = {"conn_type": "generic", "extra": {"adapter": "slurm"}}
     lambda: ReplicationSensor(task_id="wait_ingested", site="frdf", kind="distribution"),
 ], ids=["operator", "sensor"])
 def test_a_bad_connection_extra_fails_the_task_without_retry(monkeypatch, connections, make) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_WORKFLOW", json.dumps(_SLURM))
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_FRDF_REPLICA", json.dumps(_SLURM))  # both tasks go through Rucio
     task = make()
-    with pytest.raises(AirflowFailException, match=r"connection 'drp_frdf_workflow'.*extra field 'adapter' is "
+    with pytest.raises(AirflowFailException, match=r"connection 'drp_frdf_replica'.*extra field 'adapter' is "
                                                    r"'slurm'; expected one of") as err:
         task.execute({"params": _params()})
     assert isinstance(err.value.__cause__, AdapterError) and isinstance(err.value.__cause__, InputError)
+
+
+def test_a_task_validates_the_ports_it_touches_before_building_them(monkeypatch, connections) -> None:
+    """get_conn reads every replica connection at once, a site's workflow and butler
+    connections when an action first asks for that site's port (validate_campaign reads all)."""
+    monkeypatch.setenv("AIRFLOW_CONN_DRP_UKDF_WORKFLOW", json.dumps(_SLURM))
+    monkeypatch.delenv("AIRFLOW_CONN_DRP_UKDF_BUTLER")
+    hook = CampaignHook(str(CAMPAIGN))
+    read: list[str] = []
+    real_get = CampaignHook.get_connection
+    monkeypatch.setattr(CampaignHook, "get_connection", classmethod(
+        lambda cls, conn_id: (read.append(conn_id), real_get(conn_id))[1]))
+    ctx = hook.get_conn()
+    assert sorted(read) == ["drp_frdf_replica", "drp_ukdf_replica", "drp_usdf_replica"]
+    assert type(ctx.workflows["frdf"]).__name__ == "PanDAWorkflowService"
+    assert ctx.butlers["usdf"].repo == hook.config.repo_of("usdf")
+    assert sorted(read) == ["drp_frdf_replica", "drp_frdf_workflow", "drp_ukdf_replica", "drp_usdf_butler",
+                            "drp_usdf_replica"]  # not the other sites' workflow and butler connections
+    with pytest.raises(AdapterError, match=r"connection 'drp_ukdf_workflow'.*extra field 'adapter' is 'slurm'"):
+        ctx.workflows["ukdf"]  # validated before it is built
+    with pytest.raises(ConnectionMissingError, match=r"connection 'drp_ukdf_butler' is not defined"):
+        ctx.butlers["ukdf"]
+    with pytest.raises(AirflowFailException, match=r"connection 'drp_ukdf_workflow'.*'slurm'"):
+        _validate(_params(dry_run=True))  # validate_campaign still checks every connection up front
 
 
 def test_a_missing_connection_fails_the_task_without_retry(monkeypatch, connections) -> None:

@@ -7,9 +7,12 @@ runs itself: unset, local subprocesses; a cncf-kubernetes connection of adapter
 (``adapter: embedded``, ``panda`` or ``rucio``) and how it is tuned (``processes``,
 ``poll_interval``, a Rucio ``account``, a PanDA ``auth_vo`` and ``monitor_url``...); a
 Rucio connection's host is the server and its login and password the site's identity
-there; a PanDA connection's host is the PanDA server and its password the OIDC token. The hook validates them all before
-anything acts, then hands ``services.factory`` plain settings (no secret) and, apart from
-them, the passwords.
+there; a PanDA connection's host is the PanDA server and its password the OIDC token. The hook
+validates a connection before anything acts through it (``validate_campaign`` validates them
+all, :attr:`CampaignHook.settings`; a task's :meth:`CampaignHook.get_conn` the replica
+connections at once and each site's workflow and butler connections when an action first
+asks for that site's port), then hands ``services.factory`` plain settings (no secret) and,
+apart from them, the passwords.
 
 Triggers never carry settings or secrets: they carry the DAG run's Params and the
 connection ids, and rebuild the hook in the triggerer with :meth:`CampaignHook.afrom_params`,
@@ -139,13 +142,18 @@ class CampaignHook(BaseHook):
 
     @functools.cached_property
     def settings(self) -> dict[str, Any]:
-        """Every site's validated adapter settings (JSON-able, no secret)."""
-        butlers = {}
-        for s in self.config.sites:
-            info = self._info(s.connections.butler, "butler", s.name)
-            butlers[s.name] = factory.butler_settings(self.config, s.name, info.extra, info.where)
+        """Every site's validated adapter settings (JSON-able, no secret): every connection
+        the campaign names is read and checked (what ``validate_campaign`` does up front)."""
         return {"workflows": {s.name: self.workflow_settings(s.name) for s in self.config.sites},
-                "butlers": butlers, "replica": self.replica_settings}
+                "butlers": {s.name: self.butler_settings(s.name) for s in self.config.sites},
+                "replica": self.replica_settings}
+
+    @functools.cache  # noqa: B019 - one hook per task execution
+    def butler_settings(self, site: str) -> dict[str, Any]:
+        """One site's validated butler settings (reads that site's butler connection only)."""
+        s = self.config.site(site)
+        info = self._info(s.connections.butler, "butler", s.name)
+        return factory.butler_settings(self.config, s.name, info.extra, info.where)
 
     def workflow_settings(self, site: str) -> dict[str, Any]:
         """One site's validated workflow settings (reads that site's workflow connection only)."""
@@ -203,9 +211,17 @@ class CampaignHook(BaseHook):
         return factory.command_service(settings)
 
     def get_conn(self):
-        """The ``CampaignContext`` the actions take."""
-        st = self.settings
-        return factory.build_context(self.config, st["workflows"], st["replica"], st["butlers"], self.generation,
-                                     replica_secrets=self._secrets(),
-                                     workflow_secrets={s.name: self._workflow_secret(s.name)
-                                                       for s in self.config.sites})
+        """The ``CampaignContext`` the actions take.
+
+        The replica service, which every site's rules go through, is validated at once
+        (every site's replica connection). A site's workflow and butler connections are
+        read and validated when an action first asks for that site's port, before the port
+        is built, so before anything acts through it (``factory.LazyPorts``): a task reads
+        the connections of the sites it touches, not all nine. ``validate_campaign`` checks
+        every connection before the run's first external action (:attr:`settings`).
+        """
+        sites = [s.name for s in self.config.sites]
+        return factory.build_context(self.config, factory.LazyPorts(sites, self.workflow_settings),
+                                     self.replica_settings, factory.LazyPorts(sites, self.butler_settings),
+                                     self.generation, replica_secrets=self._secrets(),
+                                     workflow_secrets=factory.LazyPorts(sites, self._workflow_secret))

@@ -9,6 +9,10 @@ Embedded SQLite registries tolerate one writer at a time, so every writer in thi
 package (merges, replica ingests, chain updates) takes ``site_write_lock`` first, and
 waits for it at most ``timeouts.lock_seconds`` of the campaign (``LockTimeoutError``
 naming the repository and the limit). No Airflow imports.
+
+``lsst.daf.butler`` is imported where a butler is first used, not with this module: a
+task that never opens a butler (a submit finding its workflow, a rule added in Rucio)
+does not pay for it.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from lsst.daf.butler import Butler, CollectionType, DatasetRef, DimensionRecord, MissingDatasetTypeError
-from lsst.daf.butler.registry import MissingCollectionError
+from typing import TYPE_CHECKING, Any
 
 from multisite_drp.services.fileio import file_lock
+
+if TYPE_CHECKING:
+    from lsst.daf.butler import Butler, DatasetRef, DimensionRecord
 
 __all__ = ["DEFAULT_LOCK_SECONDS", "VISIT_SYSTEM_ELEMENTS", "SiteButler", "copy_visit_records", "site_write_lock",
            "visit_records_for"]
@@ -127,6 +131,8 @@ class SiteButler:
 
     @cached_property
     def butler(self) -> Butler:
+        from lsst.daf.butler import Butler
+
         return Butler.from_config(self.repo, writeable=self.writeable)
 
     def refresh(self) -> None:
@@ -143,6 +149,8 @@ class SiteButler:
     # -- queries -------------------------------------------------------------------------------
 
     def collection_exists(self, name: str) -> bool:
+        from lsst.daf.butler.registry import MissingCollectionError
+
         try:
             self.butler.collections.get_info(name)
         except MissingCollectionError:
@@ -152,6 +160,8 @@ class SiteButler:
     def refs(self, dataset_type: str, collections: str | Sequence[str], where: str = "",
              find_first: bool = False) -> list[DatasetRef]:
         """Every dataset of a type in the collections (no default 20k limit, no 'explain')."""
+        from lsst.daf.butler import MissingDatasetTypeError
+
         if isinstance(collections, str):
             collections = [collections]
         collections = [c for c in collections if self.collection_exists(c)]
@@ -186,6 +196,8 @@ class SiteButler:
 
     def ensure_chain(self, chain: str, children: Sequence[str]) -> None:
         """Make ``chain`` a CHAINED collection that starts with ``children`` (idempotent)."""
+        from lsst.daf.butler import CollectionType
+
         with self.write_lock():
             self.butler.collections.register(chain, CollectionType.CHAINED)
             present = [c for c in children if self.collection_exists(c)]

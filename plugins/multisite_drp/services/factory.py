@@ -23,8 +23,8 @@ No Airflow imports.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from multisite_drp.campaign.config import CampaignConfig
 from multisite_drp.errors import InputError
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_POLL_SECONDS",
     "AdapterError",
     "ConnectionInfo",
+    "LazyPorts",
     "build_context",
     "command_service",
     "command_settings",
@@ -60,6 +61,40 @@ class ConnectionInfo:
     schema: str | None = None
     port: int | None = None
     where: str = ""  # "<campaign file>: sites (frdf).connections.replica = connection 'drp_frdf_replica'"
+
+
+T = TypeVar("T")
+
+
+class LazyPorts(Mapping[str, T], Generic[T]):
+    """site -> value, each made by ``make(site)`` on first access and kept (a Mapping).
+
+    A task touches one or two sites' ports; the others' connections are not read, their
+    settings not validated and their adapters not built (``build_context``). A port is
+    still validated before it is built, so before anything acts through it.
+    """
+
+    def __init__(self, sites: Iterator[str] | list[str] | tuple[str, ...], make: Callable[[str], T]) -> None:
+        self._sites = tuple(sites)
+        self._make = make
+        self._made: dict[str, T] = {}
+
+    def __getitem__(self, site: str) -> T:
+        if site not in self._made:
+            if site not in self._sites:
+                raise KeyError(site)
+            self._made[site] = self._make(site)
+        return self._made[site]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sites)
+
+    def __len__(self) -> int:
+        return len(self._sites)
+
+    def __repr__(self) -> str:
+        return f"LazyPorts(sites={list(self._sites)}, built={sorted(self._made)})"
+
 
 WORKFLOW_ADAPTERS = ("embedded", "panda")
 REPLICA_ADAPTERS = ("rucio",)
@@ -273,16 +308,22 @@ def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, A
                   replica: Mapping[str, Any], butlers: Mapping[str, Mapping[str, Any]], generation: int = 0,
                   replica_secrets: Mapping[str, str] | None = None,
                   workflow_secrets: Mapping[str, str] | None = None):
-    """A ``CampaignContext`` from validated settings (see the ``*_settings`` functions)."""
+    """A ``CampaignContext`` from validated settings (see the ``*_settings`` functions).
+
+    The workflow services and the butlers are :class:`LazyPorts`: a site's is built when an
+    action first asks for it (``workflows`` and ``butlers`` may themselves be LazyPorts of
+    settings, validated then). The replica service is built at once (cheap: its clients
+    log in on first use)."""
     from multisite_drp.services.actions import CampaignContext
     from multisite_drp.services.butler import SiteButler
 
+    secrets = workflow_secrets or {}
     return CampaignContext(
         config=config,
-        workflows={site: workflow_service(s, (workflow_secrets or {}).get(site)) for site, s in workflows.items()},
+        workflows=LazyPorts(list(workflows), lambda site: workflow_service(workflows[site], secrets.get(site))),
         replica=replica_service(replica, replica_secrets),
-        butlers={site: SiteButler(site, s["repo"], lock_timeout=config.timeouts.lock_seconds)
-                 for site, s in butlers.items()},
+        butlers=LazyPorts(list(butlers), lambda site: SiteButler(site, butlers[site]["repo"],
+                                                                 lock_timeout=config.timeouts.lock_seconds)),
         generation=generation,
     )
 

@@ -8,16 +8,19 @@ restart) with two additions an orchestrator needs:
 * ``status`` takes many workflows at once, so a trigger polls a whole site with one
   call per interval instead of one call per workflow.
 
-States are ctrl_bps's own ``WmsStates``. No Airflow imports.
+States are ctrl_bps's ``WmsStates``, mirrored here member for member (same names, same
+values; ``tests/services/test_workflow_states.py`` holds the two equal): importing
+``lsst.ctrl.bps`` runs its package ``__init__``, which loads ``lsst.daf.butler``,
+``lsst.pipe.base`` and networkx (about 2 s of a task's start-up), while most tasks only
+compare a state. No Airflow imports.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
 from collections.abc import Sequence
-
-from lsst.ctrl.bps.wms_service import WmsStates
 
 from multisite_drp.errors import DRPError
 
@@ -30,6 +33,23 @@ __all__ = [
     "WorkflowSpec",
     "WorkflowStatus",
 ]
+
+
+class WmsStates(enum.Enum):
+    """Run and job states: ``lsst.ctrl.bps.wms_service.WmsStates``'s members and values."""
+
+    UNKNOWN = 10
+    MISFIT = 11
+    UNREADY = 12
+    READY = 13
+    PENDING = 14
+    RUNNING = 15
+    DELETED = 16
+    HELD = 17
+    SUCCEEDED = 0
+    FAILED = 19
+    PRUNED = 20
+
 
 TERMINAL_STATES = frozenset({WmsStates.SUCCEEDED, WmsStates.FAILED, WmsStates.DELETED, WmsStates.PRUNED})
 
