@@ -203,7 +203,7 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
     import re
 
     import yaml
-    from airflowstack.client import parse_time
+    from airflowstack.client import RunStalled, parse_time
 
     from scripts.load_airflow_settings import convert
 
@@ -252,7 +252,13 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
                         first_running.append(time.time() - trigger_at)
                 seen[key] = state
 
-        run = client.wait_run(DAG_ID, run_id, timeout=args.timeout, poll=2.0, progress=progress)
+        gave_up = None
+        try:
+            run = client.wait_run(DAG_ID, run_id, timeout=args.timeout, poll=2.0, progress=progress,
+                                  stall_after=args.stall_after)
+        except RunStalled as exc:
+            run, gave_up = exc.run, str(exc)
+            print(f"{DAG_ID}: gave up: {gave_up}", flush=True)
         elapsed = time.monotonic() - t0
         tis = client.task_instances(DAG_ID, run_id)
         grid = client.grid_seconds(DAG_ID, run_id)
@@ -272,7 +278,7 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
                "stack_up_s": stack.last_up.get("seconds"), "dag_parsed_s": round(parsed_s, 1),
                "first_task_s": round(min(starts) - trigger_at, 1) if starts else None,
                "first_running_seen_s": round(first_running[0], 1) if first_running else None,
-               "grid_s": grid}
+               "grid_s": grid, "gave_up": gave_up}
     return _finish(args, cfg, summary)
 
 
@@ -322,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--up-only", action="store_true",
                    help="with --scheduler real: bring the stack up with the DAG unpaused, trigger nothing, leave it running")
     p.add_argument("--timeout", type=float, default=3600.0, help="with --scheduler real: seconds to wait for the run")
+    p.add_argument("--stall-after", type=float, default=180.0,
+                   help="with --scheduler real: give up on a running run whose task instances have all been "
+                        "inactive (none scheduled, queued, running, deferred or awaiting a retry) this long")
     return run(p.parse_args(argv))
 
 

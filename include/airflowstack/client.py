@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 TERMINAL_RUN_STATES = ("success", "failed")
+ACTIVE_TI_STATES = ("scheduled", "queued", "running", "deferred", "up_for_retry", "up_for_reschedule", "restarting")
 
 
 class ApiError(RuntimeError):
@@ -28,6 +29,15 @@ class ApiError(RuntimeError):
     def __init__(self, method: str, path: str, status: int, body: str):
         super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
         self.status = status
+
+
+class RunStalled(RuntimeError):
+    """A run that will not end by itself (or not in the time given); ``run`` is its last record."""
+
+    def __init__(self, run: dict, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.run = run
+        self.timed_out = timed_out
 
 
 class AirflowClient:
@@ -147,19 +157,30 @@ class AirflowClient:
         return list(self._pages(f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}/taskInstances",
                                 "task_instances", page=page, order_by="id"))
 
-    def wait_run(self, dag_id: str, run_id: str, timeout: float, poll: float = 2.0,
-                 progress=None) -> dict:
+    def wait_run(self, dag_id: str, run_id: str, timeout: float, poll: float = 2.0, progress=None,
+                 stall_after: float | None = None) -> dict:
         """Poll the run until it is success or failed; ``progress(run, task_instances)`` is called
-        after each poll when given."""
+        after each poll when given. :class:`RunStalled` if the run is still running but no task
+        instance has been in an active state (scheduled, queued, running, deferred, waiting
+        for a retry) for ``stall_after`` seconds: nothing will move it any more.
+        :class:`RunStalled` too (``timed_out``) when ``timeout`` passes."""
         deadline = time.monotonic() + timeout
+        last_active = time.monotonic()
         while True:
             run = self.run(dag_id, run_id)
+            tis = self.task_instances(dag_id, run_id) if (progress or stall_after) else []
             if progress is not None:
-                progress(run, self.task_instances(dag_id, run_id))
+                progress(run, tis)
             if run["state"] in TERMINAL_RUN_STATES:
                 return run
+            if any(t["state"] in ACTIVE_TI_STATES for t in tis) or run["state"] == "queued":
+                last_active = time.monotonic()
+            elif stall_after is not None and time.monotonic() - last_active > stall_after:
+                raise RunStalled(run, f"run {run_id} of {dag_id} is {run['state']} but no task instance has been "
+                                      f"active for {stall_after:.0f} s")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} of {dag_id} still {run['state']} after {timeout:.0f} s")
+                raise RunStalled(run, f"run {run_id} of {dag_id} still {run['state']} after {timeout:.0f} s",
+                                 timed_out=True)
             time.sleep(poll)
 
     def grid_seconds(self, dag_id: str, run_id: str) -> dict[str, float]:

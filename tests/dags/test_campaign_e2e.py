@@ -65,7 +65,8 @@ def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campai
     if panda_root is not None:
         extra = ("--panda-root", str(panda_root), *extra)
     if stack_root is not None:
-        extra = ("--scheduler", "real", "--stack-root", str(stack_root), *extra)
+        # (given up before the subprocess timeout below, so that a summary is written)
+        extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--timeout", "1300", *extra)
     with open(log, "w") as fh:
         proc = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "run_campaign.py"), "--data-root", str(data_root),
