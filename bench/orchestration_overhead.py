@@ -7,8 +7,9 @@ work with the same services and the same poll interval:
 * **airflow**: ``scripts/run_campaign.py`` (the drp_campaign DAG under ``dag.test()``:
   Airflow's scheduling loop, task start-up, XCom, deferral to the triggers), timed from
   process start to exit;
-* **script**: the actions of ``services.actions`` called one after the other, one site at a
-  time, polling the workflow and replica services at the same interval, no Airflow.
+* **script**: the actions of ``services.actions`` called one after the other, one site and
+  one submission group at a time, polling the workflow and replica services at the same
+  interval, no Airflow.
 
 Prints one line per run and, last, ``overhead: airflow_s=A script_s=S ratio=R``. R below 1
 means running the sites in parallel pays for Airflow's own overhead. Not a test: figures only.
@@ -104,21 +105,22 @@ def run_script(base: Path, poll: float, rucio_root: Path) -> float:
         actions.ensure_input_chain(ctx, site.name)
     for step in cfg.steps:
         for site in plan.sites_for(step.name):
-            actions.generate_qg(ctx, step.name, site, 0)
-            actions.replicate_inputs(ctx, step.name, site, 0)
-            rules = actions.input_rules(ctx, step.name, site, 0)
-            _wait(lambda r=rules: _rules_done(ctx, r), poll, "inputs")
-            actions.verify_ingest(ctx, rules)
-            ref = WorkflowRef.from_dict(actions.submit(ctx, step.name, site, 0))
-            service = ctx.workflows[site]
-            _wait(lambda s=service, r=ref: s.status([r])[r.run_id].terminal, poll, "workflow")
-            if not actions.accept(ctx, ref)["accepted"]:
-                raise RuntimeError(f"{ref.name} rejected")
-            actions.merge(ctx, step.name, site, 0)
-            actions.register(ctx, step.name, site, 0)
-            rules = actions.replicate_outputs(ctx, step.name, site, 0)
-            _wait(lambda r=rules: _rules_done(ctx, r), poll, "outputs")
-            actions.verify_ingest(ctx, rules)
+            for group in (g.group for g in plan.groups_for(step.name, site)):  # one after the other
+                actions.generate_qg(ctx, step.name, site, group)
+                actions.replicate_inputs(ctx, step.name, site, group)
+                rules = actions.input_rules(ctx, step.name, site, group)
+                _wait(lambda r=rules: _rules_done(ctx, r), poll, "inputs")
+                actions.verify_ingest(ctx, rules)
+                ref = WorkflowRef.from_dict(actions.submit(ctx, step.name, site, group))
+                service = ctx.workflows[site]
+                _wait(lambda s=service, r=ref: s.status([r])[r.run_id].terminal, poll, "workflow")
+                if not actions.accept(ctx, ref)["accepted"]:
+                    raise RuntimeError(f"{ref.name} rejected")
+                actions.merge(ctx, step.name, site, group)
+                actions.register(ctx, step.name, site, group)
+                rules = actions.replicate_outputs(ctx, step.name, site, group)
+                _wait(lambda r=rules: _rules_done(ctx, r), poll, "outputs")
+                actions.verify_ingest(ctx, rules)
         actions.barrier(ctx, step.name)
     actions.chain_outputs(ctx)
     actions.collect_provenance(ctx)
