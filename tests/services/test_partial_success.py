@@ -46,7 +46,7 @@ def finished(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         # The planner decides the real restriction; this test pins two visits.
         mp.setattr(actions, "data_query",
-                   lambda c, step, site: f"instrument = 'MiniCam' AND visit IN ({visits[0]}, {visits[1]})")
+                   lambda c, step, site, group: f"instrument = 'MiniCam' AND visit IN ({visits[0]}, {visits[1]})")
         mp.setenv(FAULT_ENV, f"isr:exposure={bad['exposure']},detector={bad['detector']}")
         # Children see an allow-listed environment (services.procs.child_env); a deployment adds
         # names with $MULTISITE_DRP_CHILD_ENV, which must itself reach the runner's own children.
