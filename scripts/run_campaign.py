@@ -209,7 +209,7 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
 
     stack = _stack(args)
     try:
-        ep = stack.up()
+        ep = stack.up(fresh=args.fresh_stack)
         print(f"Airflow (real scheduler, LocalExecutor, PostgreSQL) at {ep.url}: user {ep.username}, password in "
               f"{ep.password_file}; up in {stack.last_up['seconds']} s {stack.last_up['steps'] or '(running)'}",
               flush=True)
@@ -325,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="dagtest: dag.test() in this process; real: the airflowstack processes, through the REST API")
     p.add_argument("--stack-root", help="with --scheduler real: the stack's directory (default $AIRFLOW_HOME/stack)")
     p.add_argument("--keep-stack", action="store_true", help="with --scheduler real: leave the stack running")
+    p.add_argument("--fresh-stack", action="store_true",
+                   help="with --scheduler real: start from an empty metadata database (no earlier run left queued)")
     p.add_argument("--up-only", action="store_true",
                    help="with --scheduler real: bring the stack up with the DAG unpaused, trigger nothing, leave it running")
     p.add_argument("--timeout", type=float, default=3600.0, help="with --scheduler real: seconds to wait for the run")

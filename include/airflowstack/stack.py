@@ -165,9 +165,11 @@ class AirflowStack:
         return self.root / "passwords.json"
 
     # ------------------------------------------------------------------ public API
-    def up(self, timeout: float = 300.0) -> StackEndpoint:
+    def up(self, timeout: float = 300.0, fresh: bool = False) -> StackEndpoint:
         """Start everything, or reuse what runs; return the endpoint once the API answers.
 
+        ``fresh``: an empty metadata database (dropped, made again and migrated; the Airflow
+        processes restarted), so that no run of an earlier session is still queued or running.
         Timings of this call are in ``self.last_up``."""
         t0 = time.monotonic()
         steps: dict[str, float] = {}
@@ -191,8 +193,15 @@ class AirflowStack:
             if started:
                 steps["postgres"] = time.monotonic() - t
             state["pg_port"] = port
-            self.pg.ensure_db(DB_NAME, DB_USER, sec["db_password"])
             procs = state.setdefault("processes", {})
+            if fresh:
+                t = time.monotonic()
+                with ThreadPoolExecutor(len(PROCESSES)) as pool:
+                    list(pool.map(lambda n: _procs.terminate(procs.pop(n, None), 20), list(PROCESSES)))
+                self.pg.drop_db(DB_NAME)
+                state.pop("migrated", None)
+                steps["fresh"] = time.monotonic() - t
+            self.pg.ensure_db(DB_NAME, DB_USER, sec["db_password"])
             running = {n for n in PROCESSES if _procs.alive(procs.get(n))}
             api_port = state.get("api_port") if "api-server" in running else None
             api_port = api_port or _procs.free_port(state.get("api_port"), avoid=[port])

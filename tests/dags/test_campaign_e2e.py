@@ -66,7 +66,8 @@ def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campai
         extra = ("--panda-root", str(panda_root), *extra)
     if stack_root is not None:
         # (given up before the subprocess timeout below, so that a summary is written)
-        extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--timeout", "1300", *extra)
+        # (an empty metadata database: no run of an interrupted session queued before this one)
+        extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--fresh-stack", "--timeout", "1300", *extra)
     with open(log, "w") as fh:
         proc = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "run_campaign.py"), "--data-root", str(data_root),
