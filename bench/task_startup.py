@@ -93,13 +93,13 @@ def _env(root: Path, plugins: Path) -> dict[str, str]:
     return env
 
 
-def _ensure_sites_and_plan(root: Path, env: dict[str, str]) -> None:
+def _ensure_sites_and_plan(root: Path, env: dict[str, str], generation: int) -> None:
     if not (root / "usdf" / "butler.yaml").is_file():
         subprocess.run([sys.executable, "-m", "minidrp", "build", "--root", str(root)], env=env, check=True)
     code = ("from multisite_drp.campaign.config import load_campaign\n"
             "from multisite_drp.services.actions import make_plan\n"
             f"cfg = load_campaign({str(CAMPAIGN)!r}, data_root={str(root)!r}, check_pipeline=False)\n"
-            "print('plan:', make_plan(cfg, 0)['plan_dir'])\n")
+            f"print('plan:', make_plan(cfg, {generation})['plan_dir'])\n")
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
 
 
@@ -120,7 +120,7 @@ def _pick(dag, kind: str):
     return tasks[0]
 
 
-def child(kind: str, root: Path) -> dict:
+def child(kind: str, root: Path, generation: int) -> dict:
     import importlib.util
 
     out: dict = {"kind": kind, "phases": {}, "cpu": {}, "loaded": {}}
@@ -148,7 +148,7 @@ def child(kind: str, root: Path) -> dict:
         op = op.unmap(None)
     out["task_id"] = op.task_id
     params = {k: (v.value if hasattr(v, "value") else v) for k, v in module.dag.params.items()}
-    params.update(campaign_file=str(CAMPAIGN), data_root=str(root))
+    params.update(campaign_file=str(CAMPAIGN), data_root=str(root), generation=generation)
 
     class _TI:
         try_number = 1
@@ -209,15 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--plugins", default=str(ROOT / "plugins"),
                     help="the plugins directory to import multisite_drp from (a patched copy, to measure a change)")
+    ap.add_argument("--generation", type=int, default=0,
+                    help="the plan's generation (a new one if the campaign's grouping changed since the last plan)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
     if args.child:
-        print(json.dumps(child(args.child, root)))
+        print(json.dumps(child(args.child, root, args.generation)))
         return 0
     env = _env(root, Path(args.plugins).resolve())
     print(f"multisite_drp from {args.plugins}", flush=True)
-    _ensure_sites_and_plan(root, env)
+    _ensure_sites_and_plan(root, env, args.generation)
 
     modules = ["multisite_drp.campaign.config", "multisite_drp.hooks.campaign", "multisite_drp.hooks.mixin",
                "multisite_drp.triggers.site", "multisite_drp.operators.drp", "multisite_drp.sensors.drp",
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.kinds.split(","):
         runs = []
         for _ in range(args.repeat):
-            proc = subprocess.run([sys.executable, __file__, "--root", str(root), "--child", kind], check=False, env=env,
+            proc = subprocess.run([sys.executable, __file__, "--root", str(root), "--generation", str(args.generation),
+                                   "--child", kind], check=False, env=env,
                                   capture_output=True, text=True)
             if proc.returncode:
                 print(f"  {kind}: failed\n{proc.stderr[-3000:]}", flush=True)
