@@ -1,5 +1,6 @@
 """The DAG folder parses with no import errors (Airflow 3.3: DagBag(dag_folder=...)), and its
-shape is the campaign's: per step, per site, the seven actions and their waits, then a barrier."""
+shape is the campaign's: per step, per site, the plan's submission groups (``split``) and the
+seven actions and their waits mapped over them (one map index per group), then a barrier."""
 
 from __future__ import annotations
 
@@ -34,17 +35,25 @@ def test_step_groups_read_like_sentences(dag) -> None:
     for i in range(1, 10):
         sites = ["usdf"] if i in (3, 9) else ["usdf", "frdf", "ukdf"]
         for site in sites:
+            split = f"step{i}.split.{site}"
             chain = [f"step{i}.{site}.{name}" for name in SITE_TASKS]
-            assert set(chain) <= ids
+            assert set(chain) <= ids and split in ids
+            assert chain[0] in dag.get_task(split).downstream_task_ids
             for up, down in itertools.pairwise(chain):
                 assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down} missing"
             assert f"step{i}.barrier" in dag.get_task(chain[-1]).downstream_task_ids
+            # The site's chain is one task group mapped over its split's list of groups.
+            mapped = [dag.get_task(t).get_closest_mapped_task_group() for t in chain]
+            assert all(g is not None and g is mapped[0] for g in mapped), chain
+            assert mapped[0].group_id == f"step{i}.{site}"
+            assert [t.task_id for t in mapped[0].iter_mapped_dependencies()] == [split]
         for other in {"usdf", "frdf", "ukdf"} - set(sites):
             assert f"step{i}.{other}.submit" not in ids  # global steps run at the hub only
+            assert f"step{i}.split.{other}" not in ids
         if i < 9:
-            # The barrier holds every site's next graph.
+            # The barrier holds every site's next split (and so its next graphs).
             nxt = ["usdf"] if i + 1 in (3, 9) else ["usdf", "frdf", "ukdf"]
-            assert {f"step{i + 1}.{s}.generate_qg" for s in nxt} <= dag.get_task(f"step{i}.barrier").downstream_task_ids
+            assert {f"step{i + 1}.split.{s}" for s in nxt} <= dag.get_task(f"step{i}.barrier").downstream_task_ids
     for site in ("frdf", "ukdf"):
         assert {f"distribute.{site}.{t}" for t in ("bootstrap", "raws", "wait_ingested", "input_chain")} <= ids
     assert "distribute.usdf.raws" not in ids
