@@ -81,6 +81,11 @@ TUNING = {
     # supervisors heartbeat every 5 s (default) too.
     "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "1",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "5",
+    # A scheduler whose heartbeat is older than this is taken for dead, and the periodic
+    # orphan check resets the task instances it queued. On two busy cores the scheduler's own
+    # heartbeat was seen 48 s late (load 16): with the default 30 s it declared itself dead
+    # and killed its five running tasks mid-flight. 180 s.
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "180",
     # One API server worker (uvicorn), as Airflow recommends per core-pair.
     "AIRFLOW__API__WORKERS": "1",
     # New DAGs paused, as in production: the client unpauses the one it triggers.
