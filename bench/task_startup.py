@@ -18,8 +18,8 @@ Phases, per task kind (seconds; each a delta on the previous one, in one process
   process parses; a bare ``@task`` in the same file pays it too);
 * ``hook``: ``CampaignHook`` from the Params (``load_campaign`` with the allowed roots);
 * ``skip``: ``skip_reason`` (reads the plan for a (step, site) task);
-* ``settings``: ``hook.settings`` (every connection read and validated);
-* ``context``: ``hook.get_conn()`` (the ports: workflow, replica and butler adapters);
+* ``context``: ``hook.get_conn()`` (the connections it reads and validates, the ports it
+  builds, and what it imports: ``services.actions``, where ``CampaignContext`` lives);
 * ``act_imports``: the modules the task's ``act`` imports (``services.actions`` and what it
   pulls in) that are not loaded yet.
 
@@ -53,7 +53,7 @@ PLACEHOLDER = "BENCH-NOT-A-SECRET"
 #: Modules whose presence after a phase says what it pulled in.
 HEAVY = ("lsst.daf.butler", "lsst.pipe.base", "lsst.ctrl.bps", "lsst.ctrl.bps.panda", "numpy", "astropy",
          "rucio.client", "pandaclient.Client", "idds", "sqlalchemy", "lsst.resources")
-PHASES = ("dag_parse", "hook", "skip", "settings", "context", "act_imports")
+PHASES = ("dag_parse", "hook", "skip", "context", "act_imports")
 #: Operator and sensor classes measured: (class name, preferred site, extra note).
 KINDS = (
     "GenerateGraphOperator", "ReplicateInputsOperator", "SubmitWorkflowOperator", "MergeOutputsOperator",
@@ -167,8 +167,6 @@ def child(kind: str, root: Path, generation: int) -> dict:
     reason = skip_reason(params, hook, op.step, op.site)
     out["skip"] = reason
     mark("skip")
-    hook.settings  # noqa: B018 - the phase being timed
-    mark("settings")
     hook.get_conn()
     mark("context")
     if kind not in ("PlanCampaignOperator",):
@@ -273,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     def med(what: str, phases: tuple[str, ...]) -> float:
         return statistics.median(sum(r[what][p] for p in phases) for r in step_site)
 
-    prep = ("hook", "skip", "settings", "context")
+    prep = ("hook", "skip", "context")
     print(f"\ntask_startup: prepare_s={med('wall', prep):.3f} act_imports_s={med('wall', ('act_imports',)):.3f} "
           f"dag_parse_s={med('wall', ('dag_parse',)):.3f} prepare_cpu_s={med('cpu', prep):.3f} "
           f"act_imports_cpu_s={med('cpu', ('act_imports',)):.3f}")
