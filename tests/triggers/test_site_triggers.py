@@ -86,11 +86,11 @@ def test_trigger_refuses_connections_the_campaign_does_not_name(tmp_path: Path, 
     if kind == "workflow":
         trigger = WorkflowTrigger(params=params, conn_ids=["someone_elses_conn"], site="frdf", refs=[],
                                   poll_interval=0.1, label="t")
-        sensor = WorkflowSensor(task_id="wait_workflow", step="step1", site="frdf")
+        sensor = WorkflowSensor(task_id="wait_workflow", step="step1", site="frdf", group=0)
     else:
         trigger = ReplicationTrigger(params=params, conn_ids=["someone_elses_conn"], rules=[], poll_interval=0.1,
                                      label="t")
-        sensor = ReplicationSensor(task_id="wait_inputs", site="frdf", kind="inputs", step="step1")
+        sensor = ReplicationSensor(task_id="wait_inputs", site="frdf", kind="inputs", step="step1", group=0)
     event = _first_event(_rebuilt(trigger), timeout=60)
     assert event.payload["status"] == "error" and event.payload["input_error"] is True
     assert "ConnectionMissingError" in event.payload["message"] and "does not name" in event.payload["message"]
