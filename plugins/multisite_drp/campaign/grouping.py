@@ -26,7 +26,7 @@ import numpy as np
 
 from .spatial import SpatialInputs
 
-__all__ = ["group_label_text", "split_weighted", "tract_weights", "visit_order", "visit_weights"]
+__all__ = ["group_label_text", "main_tracts", "split_weighted", "tract_weights", "visit_order", "visit_weights"]
 
 
 def split_weighted(ids: list[int], weights: list[int], max_size: int) -> list[list[int]]:
@@ -60,16 +60,24 @@ def _runs(index: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), stops.tolist(), strict=True))
 
 
-def visit_order(visits: list[int], inputs: SpatialInputs | None) -> list[int]:
-    """Visits sorted by their main tract (the one holding most of their detectors), then id."""
-    if inputs is None or not visits:
-        return sorted(visits)
-    vidx = inputs.visit_index(np.asarray(visits, dtype=np.int64))
+def main_tracts(inputs: SpatialInputs) -> np.ndarray:
+    """Per visit (by index), the tract id holding most of its detectors (int64 max: none).
+    One sort of the overlap table; compute it once per plan and pass it to :func:`visit_order`."""
     main = np.full(inputs.n_visits, np.iinfo(np.int64).max, dtype=np.int64)
     order = np.lexsort((-inputs.ov_ndet, inputs.ov_visit))
     first = np.ones(len(order), dtype=bool)
     first[1:] = inputs.ov_visit[order][1:] != inputs.ov_visit[order][:-1]
     main[inputs.ov_visit[order][first]] = inputs.tract_id[inputs.ov_tract[order][first]]
+    return main
+
+
+def visit_order(visits: list[int], inputs: SpatialInputs | None, main: np.ndarray | None = None) -> list[int]:
+    """Visits sorted by their main tract (the one holding most of their detectors), then id.
+    ``main``: :func:`main_tracts` of ``inputs``, if already computed."""
+    if inputs is None or not visits:
+        return sorted(visits)
+    vidx = inputs.visit_index(np.asarray(visits, dtype=np.int64))
+    main = main_tracts(inputs) if main is None else main
     keys = np.lexsort((inputs.visit_id[vidx], main[vidx]))
     return inputs.visit_id[vidx][keys].tolist()
 
