@@ -34,8 +34,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from lsst.daf.butler import CollectionType
-
 from multisite_drp.campaign import names
 from multisite_drp.campaign.config import CampaignConfig, SiteRole
 from multisite_drp.crashpoints import crashpoint
@@ -43,7 +41,6 @@ from multisite_drp.errors import InputError
 from multisite_drp.services import middleware
 from multisite_drp.services.butler import SiteButler, site_write_lock
 from multisite_drp.services.fileio import atomic_write_json, read_json, sha256_of
-from multisite_drp.services.qgraph import read_graph
 from multisite_drp.services.replica.base import ReplicaService, RuleRef
 from multisite_drp.services.workflow.base import WmsStates, WorkflowRef, WorkflowService, WorkflowSpec
 
@@ -68,10 +65,36 @@ class CampaignContext:
     def hub(self) -> str:
         return self.config.hub.name
 
-    def plan(self):  # -> CampaignPlan (imported lazily: the planner pulls in numpy/pipe_base)
-        from multisite_drp.campaign.plan import CampaignPlan
+    _plan_cache: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
-        return CampaignPlan.load(names.plan_dir(self.config, self.generation))
+    def plan(self):  # -> CampaignPlan (imported lazily: the planner pulls in numpy/pipe_base)
+        """The generation's plan, read once per context (again if ``plan.json`` changed)."""
+        from multisite_drp.campaign.plan import PLAN_FILE, CampaignPlan
+
+        directory = names.plan_dir(self.config, self.generation)
+        try:
+            st = (directory / PLAN_FILE).stat()
+            key = (str(directory), st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            key = None
+        if key is None or self._plan_cache is None or self._plan_cache[0] != key:
+            plan = CampaignPlan.load(directory)  # raises the plan's own errors (missing, incomplete)
+            self._plan_cache = (key, plan)
+        return self._plan_cache[1]
+
+
+def read_graph(path):
+    """``services.qgraph.read_graph``, imported where a graph is read: ``lsst.pipe.base`` and
+    ``lsst.daf.butler`` cost a task about 2 s of CPU at start-up, and most tasks read no graph."""
+    from multisite_drp.services.qgraph import read_graph as read
+
+    return read(path)
+
+
+def _collection_type():
+    from lsst.daf.butler import CollectionType  # lazy, as read_graph
+
+    return CollectionType
 
 
 # -- campaign start: plan, then distribute what every site needs before step 1 ----------------
@@ -229,7 +252,7 @@ def ensure_input_chain(ctx: CampaignContext, site: str) -> None:
     local.refresh()
     for coll in ctx.config.input_collections:
         info = hub.butler.collections.get_info(coll)
-        if info.type is CollectionType.CHAINED:
+        if info.type is _collection_type().CHAINED:
             local.ensure_chain(coll, list(info.children))
 
 
@@ -244,7 +267,7 @@ def _step_runs_at_hub(ctx: CampaignContext, steps: list[str]) -> list[str]:
     runs: list[str] = []
     for name in steps:
         found = hub.butler.collections.query(names.output_run_pattern(ctx.config, name),
-                                             collection_types={CollectionType.RUN})
+                                             collection_types={_collection_type().RUN})
         runs.extend(sorted(found, key=lambda r: (-names.run_generation(r), r)))
     return runs
 
