@@ -46,8 +46,8 @@ DAG_FILE = textwrap.dedent('''
              params={"campaign_file": "", "data_root": None, "steps": [], "sites": [], "generation": 0,
                      "dry_run": False, "rescue": False}):
         with TaskGroup("step1"), TaskGroup("usdf"):
-            submit = SubmitWorkflowOperator(task_id="submit", step="step1", site="usdf")
-            wait = WorkflowSensor(task_id="wait_workflow", step="step1", site="usdf",
+            submit = SubmitWorkflowOperator(task_id="submit", step="step1", site="usdf", group=0)
+            wait = WorkflowSensor(task_id="wait_workflow", step="step1", site="usdf", group=0,
                                   auto_restarts=__AUTO_RESTARTS__, timeout=timedelta(minutes=10))
             submit >> wait
 ''').replace("__AUTO_RESTARTS__", str(AUTO_RESTARTS))
@@ -72,8 +72,9 @@ def run(tmp_path_factory) -> dict:
                                   butlers={SITE: SiteButler(SITE, cfg.repo_of(SITE))})
     visit = min(r.id for r in ctx.butlers[SITE].butler.query_dimension_records("visit", explain=False))
     with pytest.MonkeyPatch.context() as mp:
-        # The planner gives the hub every visit; this test pins one (8 quanta), before the DAG runs.
-        mp.setattr(actions, "data_query", lambda c, step, site: f"instrument = 'MiniCam' AND visit = {visit}")
+        # The planner gives the hub every visit (in groups); this test pins one visit as its
+        # group 0 (8 quanta), before the DAG runs.
+        mp.setattr(actions, "data_query", lambda c, step, site, group: f"instrument = 'MiniCam' AND visit = {visit}")
         assert actions.generate_qg(ctx, STEP, SITE, 0)["quanta"] == 8
 
     dags = base / "dags"
@@ -123,7 +124,8 @@ def test_the_failure_is_an_alert_naming_the_task_fraction_and_threshold(run) -> 
     alerts = [json.loads(ln) for ln in (run["cfg"].work_path / "alerts.jsonl").read_text().splitlines()]
     assert [a["task_id"] for a in alerts] == ["step1.usdf.wait_workflow"]
     error = alerts[0]["error"]
-    assert f"minidrp_step1_usdf_g0 rejected by the partial-success policy after {AUTO_RESTARTS + 1} attempt(s)" \
+    assert (f"minidrp_step1_usdf_g0_group000 rejected by the partial-success policy after {AUTO_RESTARTS + 1} "
+            "attempt(s)") \
         in error
     assert "1 failed and 1 blocked of 8 quanta" in error and "fraction 0.25 > threshold 0.1" in error
     assert alerts[0]["try_number"] == 1 and alerts[0]["dag_id"] == "drp_restarts_test"
