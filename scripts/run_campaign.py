@@ -231,9 +231,13 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
         if existing is not None:
             run_id = existing["dag_run_id"]
             task_ids = None
-            if args.only:
-                every = [t["task_id"] for t in client.get(f"/api/v2/dags/{DAG_ID}/tasks")["tasks"]]
-                task_ids = [t for t in every if re.fullmatch(args.only, t)]
+            if args.only:  # matched against task_id, and task_id[map_index] for a mapped task's instances
+                task_ids = []
+                for ti in client.task_instances(DAG_ID, run_id):
+                    mapped = ti["map_index"] >= 0
+                    label = f"{ti['task_id']}[{ti['map_index']}]" if mapped else ti["task_id"]
+                    if re.fullmatch(args.only, label) or (not mapped and re.fullmatch(args.only, ti["task_id"])):
+                        task_ids.append([ti["task_id"], ti["map_index"]] if mapped else ti["task_id"])
             cleared = client.clear(DAG_ID, run_id, task_ids=task_ids, only_failed=False)
             print(f"{DAG_ID}: cleared {len(cleared)} task instances of {run_id}", flush=True)
         else:
@@ -312,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generation", type=int, default=0)
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--logical-date", help="ISO date of an earlier run to clear and run again")
-    p.add_argument("--only", help="regex of task ids to run; the others are marked successful")
+    p.add_argument("--only", help="regex of task ids to run; the others are marked successful (dag.test) or keep "
+                                  "their state (real scheduler: there it is matched against task_id[map_index] for "
+                                  "a mapped task's instances, so one group's tasks can be cleared alone)")
     p.add_argument("--poll", type=float, help="override the connections' poll_interval (seconds)")
     p.add_argument("--processes", type=int, help="override the workflow connections' processes")
     p.add_argument("--json-out", help="write the run's summary (state, seconds, task states) here")

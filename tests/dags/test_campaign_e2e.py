@@ -17,8 +17,9 @@ arrivals) under a scope of this module's own.
 Then the milestone tests read real outcomes: raws in each site's butler, graph files,
 dataset counts in the butlers, DIDs, metadata, replicas and rules in the Rucio server's
 own catalogue, the report.
-Finally the same DAG run is cleared and run again (nothing may change), and one site's
-step is cleared alone (it must find its earlier work and duplicate nothing).
+Finally the same DAG run is cleared and run again (nothing may change), and, under the
+real scheduler through the REST API, one submission group's tasks are cleared alone (they
+must run again, find their earlier work and duplicate nothing; the other group stays).
 """
 
 from __future__ import annotations
@@ -561,28 +562,44 @@ def test_rerunning_the_completed_run_changes_nothing(cfg, campaign) -> None:
     campaign["rerun"] = again
 
 
-def test_clearing_one_sites_step_reruns_it_without_duplicates(cfg, campaign) -> None:
+def test_clearing_one_groups_tasks_reruns_only_that_group(cfg, campaign) -> None:
+    """As an operator does in the UI under the real scheduler: clear the nine tasks of one
+    submission group (step1 at FrDF, map index 1) in the finished run, through the REST API
+    (clearTaskInstances with [task_id, map_index]). Exactly those nine run again and find
+    their earlier work (no new submission, rule, Rucio file or dataset); the other group of
+    the same site and step, and every other task, keep their first run."""
+    from airflowstack import AirflowStack
+
+    plan = CampaignPlan.load(names.plan_dir(cfg, 0))
+    assert len(plan.groups_for("step1", "frdf")) == 2
     before = snapshot(cfg)
-    decision = names.submit_dir(cfg, "step4", "frdf", 0, 0) / "decision.json"
-    stamp = decision.stat().st_mtime_ns
-    decision_before_start = time.time()
-    only = r"step4\.frdf\..*|step4\.barrier"
-    again = _run_dag(campaign["data_root"], campaign["base"] / "airflow", campaign["base"] / "run3.json",
-                     "--logical-date", campaign["first"]["logical_date"], "--only", only,
-                     campaign=campaign["rucio"].campaign_file, panda_root=campaign["relay"].root)
+    decision = names.submit_dir(cfg, "step1", "frdf", 0, 1) / "decision.json"
+    other = names.submit_dir(cfg, "step1", "frdf", 0, 0) / "decision.json"
+    stamps = decision.stat().st_mtime_ns, other.stat().st_mtime_ns
+    cleared_at = time.time()
+    only = r"step1\.frdf\.[a-z_]+\[1\]"
+    stack = AirflowStack(Path(os.environ["AIRFLOW_HOME"]) / "stack-e2e")  # the main run's stack and database
+    try:
+        again = _run_dag(campaign["data_root"], campaign["base"] / "airflow", campaign["base"] / "clear.json",
+                         "--logical-date", campaign["first"]["logical_date"], "--only", only,
+                         campaign=campaign["rucio"].campaign_file, panda_root=campaign["relay"].root,
+                         stack_root=stack.root)
+    finally:
+        stack.down()
     assert again["state"] == "success", f"cleared tasks failed; log {again['log']}"
-    # The cleared tasks really ran (Airflow's record; the wait task re-applied the policy) ...
-    assert decision.stat().st_mtime_ns > stamp
-    ran = [t for t in again["tasks"] if re.fullmatch(only, t["task_id"])]
-    n_groups = len(CampaignPlan.load(names.plan_dir(cfg, 0)).groups_for("step4", "frdf"))
-    assert n_groups == 2 and len(ran) == 9 * n_groups + 1  # the site's nine step tasks per group, the barrier
-    assert all(t["start"] >= decision_before_start for t in ran), ran
-    # (the others were marked successful, not run: Airflow gives them one instant, start = end)
-    others = [t for t in again["tasks"] if not re.fullmatch(only, t["task_id"])]
-    assert others and all(t["state"] == "success" and t["start"] == t["end"] for t in others)
-    assert all(t["end"] > t["start"] for t in ran)
-    # ... and found their earlier work: no new submission, rule, Rucio file or dataset.
-    assert snapshot(cfg) == before
+    first = {(t["task_id"], t["map_index"]): t for t in campaign["first"]["tasks"]}
+    second = {(t["task_id"], t["map_index"]): t for t in again["tasks"]}
+    assert second.keys() == first.keys()  # the same run, not a new one
+    ran = sorted(k for k, t in second.items() if t["start"] and t["start"] >= cleared_at)
+    assert ran == sorted((f"step1.frdf.{name}", 1) for name in (
+        "generate_qg", "replicate_inputs", "wait_inputs", "submit", "wait_workflow", "merge", "register",
+        "replicate_outputs", "wait_outputs")), ran
+    # The wait re-applied the policy to group 1's workflow; group 0's decision is untouched.
+    assert decision.stat().st_mtime_ns > stamps[0] and other.stat().st_mtime_ns == stamps[1]
+    for key, t in second.items():  # everything else kept its first run
+        if key not in ran:
+            assert (t["state"], t["start"]) == (first[key]["state"], first[key]["start"]), key
+    assert snapshot(cfg) == before  # found its earlier work: nothing duplicated
 
 
 def test_steps_sites_and_generation_params_through_the_dag(cfg, campaign) -> None:
