@@ -77,7 +77,7 @@ def _child(setup_path: str, action: str, *args: str) -> None:
     if action == "make_plan":
         result = actions.make_plan(ctx.config, 0)
     else:
-        result = getattr(actions, action)(ctx, *args)
+        result = getattr(actions, action)(ctx, *(int(a) if a.isdigit() else a for a in args))  # a group is an int
     print(json.dumps(result, default=str))
 
 
@@ -169,7 +169,7 @@ def test_submit_and_merge_resume_after_a_crash(ctx, setup: Path) -> None:
     ref = WorkflowRef(run_id=spec.name, name=spec.name, site="usdf", submit_dir=str(sdir))
 
     # 1. Killed after writing the record, before starting the runner: a complete record.
-    _crash(setup, "submit.after_record", "submit", "step1", "usdf")
+    _crash(setup, "submit.after_record", "submit", "step1", "usdf", "0")
     state = read_json(sdir / "state.json")
     assert (state["name"], state["phase"], state["attempt"]) == (spec.name, "starting", 1) and "pgid" not in state
     assert service.find(spec) == ref and _runner_starts(sdir) == []
@@ -178,7 +178,7 @@ def test_submit_and_merge_resume_after_a_crash(ctx, setup: Path) -> None:
 
     # 2. The next try resumes it, and is killed after starting the runner, before recording it;
     #    that runner in turn dies before its final job (its merge).
-    _crash(setup, "submit.after_launch,runner.before_merge", "submit", "step1", "usdf")
+    _crash(setup, "submit.after_launch,runner.before_merge", "submit", "step1", "usdf", "0")
     # A try right now finds the running (unrecorded) runner through its lock: no second one.
     assert actions.submit(ctx, "step1", "usdf", 0) == ref.to_dict()
     dead = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s, timeout=300)
@@ -186,7 +186,7 @@ def test_submit_and_merge_resume_after_a_crash(ctx, setup: Path) -> None:
     assert len(_runner_starts(sdir)) == 1 and dead.attempt == 1 and not dead.merged
 
     # 3. The merge task: killed after its merge, before the output chain.
-    _crash(setup, "merge.after_command", "merge", "step1", "usdf")
+    _crash(setup, "merge.after_command", "merge", "step1", "usdf", "0")
     merged = actions.merge(ctx, "step1", "usdf", 0)
     assert merged["counts"] == merged["predicted"] and merged["counts"]["pvi"] == 4
     usdf = ctx.butlers["usdf"]
@@ -212,7 +212,7 @@ def test_register_resumes_after_a_crash(ctx, env, setup: Path) -> None:
     assert in_run > 0, "needs the step1 outputs of the test before"
     dataset = names.rucio_dataset(cfg, "step1", "usdf", "outputs", 0, 0)
 
-    _crash(setup, "register.before_close", "register", "step1", "usdf")
+    _crash(setup, "register.before_close", "register", "step1", "usdf", "0")
     assert env.root_client.get_did(scope, dataset)["open"] is True  # every file attached, not closed
     reg = actions.register(ctx, "step1", "usdf", 0)
     assert reg["files"] == in_run and reg["new_files"] == 0
