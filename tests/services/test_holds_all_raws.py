@@ -81,9 +81,10 @@ def test_step1_runs_at_the_holder_on_its_own_raws(bed, monkeypatch: pytest.Monke
     wait_until(lambda: _rules_ok(ctx, rules))
     actions.verify_ingest(ctx, rules)
     actions.ensure_input_chain(ctx, HOLDER)
-    visit = plan.site_visits(HOLDER)[0]
-    # The plan gives frdf several visits; this test runs one of them (8 quanta).
-    monkeypatch.setattr(actions, "data_query", lambda c, step, site: f"instrument = 'MiniCam' AND visit = {visit}")
+    visit = plan.group("step1", HOLDER, 0).ids[0]
+    # The plan gives frdf's step1 groups several visits; this test runs one of group 0's (8 quanta).
+    monkeypatch.setattr(actions, "data_query",
+                        lambda c, step, site, group: f"instrument = 'MiniCam' AND visit = {visit}")
     qg = actions.generate_qg(ctx, "step1", HOLDER, 0)
     assert qg["quanta"] == 8 and qg["inputs"]["raw"] == 4
     # Nothing is missing there: the raws were held, the calibrations came with the bootstrap.
