@@ -218,10 +218,13 @@ class CampaignHook(BaseHook):
         read and validated when an action first asks for that site's port, before the port
         is built, so before anything acts through it (``factory.LazyPorts``): a task reads
         the connections of the sites it touches, not all nine. ``validate_campaign`` checks
-        every connection before the run's first external action (:attr:`settings`).
+        every connection before the run's first external action (:attr:`settings`). A site's
+        command runner (graph builds at the hub, merges) likewise: its ``commands`` connection,
+        if the campaign names one, is read when an action first runs a command there.
         """
         sites = [s.name for s in self.config.sites]
         return factory.build_context(self.config, factory.LazyPorts(sites, self.workflow_settings),
                                      self.replica_settings, factory.LazyPorts(sites, self.butler_settings),
                                      self.generation, replica_secrets=self._secrets(),
-                                     workflow_secrets=factory.LazyPorts(sites, self._workflow_secret))
+                                     workflow_secrets=factory.LazyPorts(sites, self._workflow_secret),
+                                     commands=factory.LazyPorts(sites, self.command_service))

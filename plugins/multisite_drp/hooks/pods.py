@@ -264,12 +264,7 @@ class PodCommandService(CommandService):
             log.warning("%s: pod %s ended %s (%s); replacing it with attempt %d", spec.name, body.metadata.name,
                         state.value, why, attempt + 1)
             self._keep_log(existing, spec.log_path)
-            self.manager.delete_pod(existing)
-            deadline = time.monotonic() + 120
-            while self._read(body.metadata.name) is not None:
-                if time.monotonic() > deadline:
-                    raise CommandError(f"{spec.name}: pod {body.metadata.name} still terminating after 120 s")
-                time.sleep(1)
+            self._delete(existing, spec.name)
             attempt += 1
             body = self.render(spec, attempt)
         try:
@@ -318,6 +313,23 @@ class PodCommandService(CommandService):
                 self.manager.delete_pod(pod)
         message = f"command {ref.name} (pod {ref.handle}) {why}".strip() if why else ""
         return CommandResult(state, code, tail, message)
+
+    def _delete(self, pod, name: str) -> None:
+        """Delete a pod and wait until it is gone (a new one of its name can then be created)."""
+        self.manager.delete_pod(pod)
+        deadline = time.monotonic() + 120
+        while self._read(pod.metadata.name) is not None:
+            if time.monotonic() > deadline:
+                raise CommandError(f"{name}: pod {pod.metadata.name} still terminating after 120 s")
+            time.sleep(1)
+
+    def discard(self, ref: CommandRef) -> None:
+        """A succeeded pod deleted (its log tail kept in the command's log first): the next
+        ``start`` creates the command's pod again."""
+        pod = self._read(ref.handle.split("/", 1)[1])
+        if pod is not None and pod_state(pod)[0] is CommandState.SUCCEEDED:
+            self._keep_log(pod, ref.log_path)
+            self._delete(pod, ref.name)
 
     def cancel(self, ref: CommandRef) -> None:
         pod = self._read(ref.handle.split("/", 1)[1])

@@ -40,6 +40,7 @@ from multisite_drp.crashpoints import crashpoint
 from multisite_drp.errors import InputError
 from multisite_drp.services import middleware
 from multisite_drp.services.butler import SiteButler, site_write_lock
+from multisite_drp.services.commands.base import CommandService, CommandSpec
 from multisite_drp.services.fileio import atomic_write_json, read_json, sha256_of
 from multisite_drp.services.replica.base import ReplicaService, RuleRef
 from multisite_drp.services.workflow.base import WmsStates, WorkflowRef, WorkflowService, WorkflowSpec
@@ -60,6 +61,19 @@ class CampaignContext:
     replica: ReplicaService
     butlers: Mapping[str, SiteButler]
     generation: int = 0
+    #: site -> command runner (graph builds, merges). Unset: each site's embedded runner,
+    #: built when an action first asks for it (``factory.build_context`` does the same; the
+    #: hook builds a site's Kubernetes runner when its campaign entry names one).
+    commands: Mapping[str, CommandService] | None = None
+
+    def __post_init__(self) -> None:
+        if self.commands is None:
+            from multisite_drp.services import factory
+
+            cfg = self.config
+            self.commands = factory.LazyPorts(
+                [s.name for s in cfg.sites],
+                lambda site: factory.command_service(factory.command_settings(cfg, site, None)))
 
     @property
     def hub(self) -> str:
@@ -288,6 +302,19 @@ def groups(ctx: CampaignContext, step: str, site: str) -> list[dict]:
     return [g.as_map_item() for g in ctx.plan().groups_for(step, site)]
 
 
+def _command(ctx: CampaignContext, step: str, runs_at: str, group: int, kind: str, argv: list[str],
+             log_path: Path, site: str | None = None) -> CommandSpec:
+    """A stack command of one group, run at ``runs_at`` (the hub builds every site's graph):
+    named by the group's (step, ``site``, generation, group) and its kind."""
+    cfg = ctx.config
+    site = site or runs_at
+    return CommandSpec(
+        name=names.command_name(cfg, step, site, ctx.generation, group, kind), site=runs_at, kind=kind,
+        argv=tuple(argv), log_path=str(log_path), timeout=cfg.timeouts.command_seconds,
+        labels={"campaign": cfg.name, "step": step, "site": site, "generation": str(ctx.generation),
+                "group": str(group), "kind": kind})
+
+
 def generate_qg(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
     """Build one group's predicted graph at the hub and distribute it to the site (idempotent)."""
     cfg = ctx.config
@@ -305,7 +332,11 @@ def generate_qg(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
             subset=cfg.step(step).subset,
             data_query=data_query(ctx, step, site, group),
         )
-        middleware.run_command(argv, path.with_suffix(".log"), timeout=cfg.timeouts.command_seconds)
+        # Through the hub's command runner, under the group's command name: a retry finds a
+        # build still running or finished (and renames its graph) instead of starting another;
+        # a failed one is run again; one that succeeded but whose graph is gone, too.
+        spec = _command(ctx, step, ctx.hub, group, "qgraph", argv, path.with_suffix(".log"), site=site)
+        ctx.commands[ctx.hub].run(spec, again=not tmp.exists())
         tmp.rename(path)
     contents = read_graph(path)
     summary = {"qgraph": str(path), "quanta": contents.n_quanta, "quanta_by_task": contents.quanta_by_task,
@@ -469,10 +500,12 @@ def merge(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
         merged = ref is not None and ctx.workflows[site].report(ref).merged
         if not merged:
             log.info("%s/%s group %d: the workflow's final job did not merge; running the merge", step, site, group)
+            command = _command(ctx, step, site, group, "merge", middleware.merge_argv(spec.butler_repo, spec.qgraph),
+                               Path(spec.submit_dir) / "logs" / "merge.task.log")
             with site_write_lock(spec.butler_repo, cfg.timeouts.lock_seconds):
-                middleware.run_command(middleware.merge_argv(spec.butler_repo, spec.qgraph),
-                                       Path(spec.submit_dir) / "logs" / "merge.task.log",
-                                       timeout=cfg.timeouts.command_seconds)
+                # The outputs are incomplete, so a merge that succeeded before (found by its
+                # name) merged too little: it runs again; one still running is waited for.
+                ctx.commands[site].run(command, again=True)
             crashpoint("merge.after_command")
             local.refresh()
             counts = local.count(contents.predicted_outputs, spec.output_run)

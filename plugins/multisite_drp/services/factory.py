@@ -307,13 +307,16 @@ def butler_settings(config: CampaignConfig, site: str, extra: Mapping[str, Any],
 def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, Any]],
                   replica: Mapping[str, Any], butlers: Mapping[str, Mapping[str, Any]], generation: int = 0,
                   replica_secrets: Mapping[str, str] | None = None,
-                  workflow_secrets: Mapping[str, str] | None = None):
+                  workflow_secrets: Mapping[str, str] | None = None,
+                  commands: Mapping[str, CommandService] | None = None):
     """A ``CampaignContext`` from validated settings (see the ``*_settings`` functions).
 
     The workflow services and the butlers are :class:`LazyPorts`: a site's is built when an
     action first asks for it (``workflows`` and ``butlers`` may themselves be LazyPorts of
     settings, validated then). The replica service is built at once (cheap: its clients
-    log in on first use)."""
+    log in on first use). ``commands``: site -> command runner (the hook passes LazyPorts of
+    ``CampaignHook.command_service``, which can build the Kubernetes one); None: every site's
+    embedded runner (:func:`command_service`), built on first use."""
     from multisite_drp.services.actions import CampaignContext
     from multisite_drp.services.butler import SiteButler
 
@@ -325,6 +328,7 @@ def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, A
         butlers=LazyPorts(list(butlers), lambda site: SiteButler(site, butlers[site]["repo"],
                                                                  lock_timeout=config.timeouts.lock_seconds)),
         generation=generation,
+        commands=commands,
     )
 
 

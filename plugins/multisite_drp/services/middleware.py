@@ -29,7 +29,6 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from multisite_drp.campaign.config import COLLECTION_NAME
 from multisite_drp.errors import DRPError
 from multisite_drp.services.procs import child_env
 
@@ -51,8 +50,6 @@ __all__ = [
     "transfer_from_graph_argv",
 ]
 
-#: Collection names follow the campaign config's pattern (no spaces, commas, '..' or shell characters).
-_COLLECTION_RE = re.compile(COLLECTION_NAME)
 _LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 LOG_TAIL_LINES = 40
 
@@ -123,9 +120,14 @@ def butler_executable() -> str:
 
 
 def _check_collection(name: str, what: str) -> str:
-    if not _COLLECTION_RE.fullmatch(name):
+    # Collection names follow the campaign config's pattern (no spaces, commas, '..' or shell
+    # characters); imported here, not at module import: the config pulls in pydantic (~0.4 s
+    # of CPU), which the command runner's supervisor, running only run_command, does not need.
+    from multisite_drp.campaign.config import COLLECTION_NAME
+
+    if not re.fullmatch(COLLECTION_NAME, name):
         raise ValueError(
-            f"{what} {name!r} is not a valid collection name (expected {_COLLECTION_RE.pattern})"
+            f"{what} {name!r} is not a valid collection name (expected {COLLECTION_NAME})"
         )
     return name
 

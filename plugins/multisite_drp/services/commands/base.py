@@ -205,6 +205,11 @@ class CommandService(abc.ABC):
     def cancel(self, ref: CommandRef) -> None:
         """Stop the command and everything it started. Safe on a finished one."""
 
+    @abc.abstractmethod
+    def discard(self, ref: CommandRef) -> None:
+        """Forget a command that succeeded, so the next ``start`` of its name runs it as a new
+        attempt (its output is gone or stale). Does nothing to one that has not succeeded."""
+
     @staticmethod
     def check(ref: CommandRef, result: CommandResult, argv: Sequence[str], timeout: float | None) -> None:
         """Raise :class:`CommandFailedError` (or ``MiddlewareTimeoutError``) unless it succeeded."""
@@ -224,9 +229,18 @@ class CommandService(abc.ABC):
                 return state
             time.sleep(self.wait_interval)
 
-    def run(self, spec: CommandSpec) -> CommandResult:
+    def run(self, spec: CommandSpec, *, again: bool = False) -> CommandResult:
         """``start`` + wait + ``result``: the synchronous path. Raises :class:`CommandFailedError`
-        with the log's tail on failure, ``MiddlewareTimeoutError`` past ``spec.timeout``."""
+        with the log's tail on failure, ``MiddlewareTimeoutError`` past ``spec.timeout``.
+
+        A predecessor of the same name that runs is waited for, one that succeeded is found
+        (not run again), one that failed is replaced by a new attempt. ``again``: the caller
+        knows the succeeded predecessor's output is gone or stale, so it is discarded and the
+        command runs anew."""
+        if again:
+            found = self.find(spec)
+            if found is not None and self.status([found])[found.name] is CommandState.SUCCEEDED:
+                self.discard(found)
         ref = self.start(spec)
         try:
             self.wait(ref)

@@ -196,6 +196,20 @@ class EmbeddedCommandService(CommandService):
             return CommandResult(state, None, tail, f"command {ref.name}: its runner is gone without an exit code")
         return CommandResult(state, None, tail, "")
 
+    def discard(self, ref: CommandRef) -> None:
+        """The success kept aside (``result.<attempt>.discarded.json``) and the record marked
+        LOST, which ``start`` replaces by a new attempt under the same name."""
+        d = self._dir(ref.name)
+        with file_lock(d / START_LOCK, START_LOCK_SECONDS, f"the start lock of command {ref.name}"):
+            data = read_json(d / RESULT_FILE)
+            if not data or data.get("state") != CommandState.SUCCEEDED.value:
+                return
+            attempt = int((read_json(d / SPEC_FILE) or {}).get("attempt", 1))
+            (d / RESULT_FILE).rename(d / f"result.{attempt}.discarded.json")
+            atomic_write_json(d / RESULT_FILE, {**CommandResult(
+                CommandState.LOST, None, "", f"command {ref.name}: attempt {attempt} succeeded, discarded (its "
+                "output was gone or stale)").to_dict(), "attempt": attempt})
+
     def cancel(self, ref: CommandRef) -> None:
         d = self._dir(ref.name)
         with file_lock(d / START_LOCK, START_LOCK_SECONDS, f"the start lock of command {ref.name}"):
