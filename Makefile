@@ -88,19 +88,19 @@ airflow-settings: venv rucio-venv
 	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml --local-rucio $(ROOT)/var/rucio \
 	  --local-panda $(ROOT)/var/panda --data-root $(DATA)
 
-# Airflow's UI with the project loaded (scheduler, triggerer, API server: `airflow standalone`).
-# Log in at http://localhost:8080 as `admin`; the password is printed at start-up and kept in
-# $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated. Trigger drp_campaign there.
-# The local Rucio (var/rucio) and PanDA relay (var/panda) keep running after Airflow stops:
-# `make down` stops them.
+# Airflow's UI with the project loaded, under the real scheduler: include/airflowstack runs
+# PostgreSQL 15 (the metadata database), `airflow scheduler` (LocalExecutor), `airflow triggerer`,
+# `airflow dag-processor` and `airflow api-server` on 127.0.0.1, under $(AIRFLOW_HOME)/stack, with
+# the connections of airflow_settings.yaml (as AIRFLOW_CONN_* variables; the local Rucio and PanDA
+# relay filled in) and its pools; the embedded sites are built in $(DATA). It prints the URL: log in
+# as `admin`, the password is in $(AIRFLOW_HOME)/stack/passwords.json (generated, 0600). Trigger
+# drp_campaign there. Everything keeps running until `make down`.
 up: venv rucio-venv
-	$(BIN)/airflow db migrate >/dev/null
-	$(BIN)/python -m minidrp build --root $(DATA)
-	$(BIN)/python scripts/load_airflow_settings.py airflow_settings.yaml --local-rucio $(ROOT)/var/rucio \
-	  --local-panda $(ROOT)/var/panda --data-root $(DATA)
-	PATH="$(ROOT)/$(BIN):$$PATH" $(BIN)/airflow standalone  # it starts `airflow scheduler` etc. from PATH
+	$(BIN)/python scripts/run_campaign.py --scheduler real --up-only --data-root $(DATA) \
+	  --rucio-root $(ROOT)/var/rucio --panda-root $(ROOT)/var/panda
 
 down: venv
+	$(BIN)/python -m airflowstack down --root $(AIRFLOW_HOME)/stack
 	$(BIN)/python -m localrucio down --root $(ROOT)/var/rucio
 	$(BIN)/python -m localpanda down --root $(ROOT)/var/panda
 

@@ -1,7 +1,7 @@
 """The real-scheduler harness itself (include/airflowstack): PostgreSQL 15, scheduler with the
 LocalExecutor, triggerer, dag-processor and API server, brought up under a root of this
 session's Airflow home; a tiny mapped DAG triggered through the REST API, its task instances
-read back page by page; a killed process found stale and restarted alone; nothing left
+read back page by page, one task cleared and run again; a killed process found stale and restarted alone; nothing left
 running after ``down``."""
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from localrucio import _procs
-
 from airflowstack import AirflowStack
+from localrucio import _procs
 
 TINY = '''
 from airflow.sdk import dag, task
@@ -67,6 +66,12 @@ def test_tiny_dag_through_the_rest_api(stack: AirflowStack) -> None:
     assert all(t["state"] == "success" and t["try_number"] == 1 and t["start_date"] and t["end_date"] for t in tis)
     grid = client.grid_seconds("stack_tiny", run["dag_run_id"])
     assert set(grid) == {"structure", "runs", "ti_summaries", "total"}
+    # Clearing one task (every map index) through the API runs just that task again.
+    client.clear("stack_tiny", run["dag_run_id"], task_ids=["double"])
+    assert client.wait_run("stack_tiny", run["dag_run_id"], timeout=240, poll=1.0)["state"] == "success"
+    again = {(t["task_id"], t["map_index"]): t for t in client.task_instances("stack_tiny", run["dag_run_id"])}
+    assert {k: t["try_number"] for k, t in again.items()} == {("items", -1): 1, **{("double", i): 2 for i in range(5)}}
+    assert all(t["state"] == "success" for t in again.values())
 
 
 def test_login_kept_private(stack: AirflowStack) -> None:
