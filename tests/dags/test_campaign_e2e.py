@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -54,10 +53,11 @@ PANDA_SITES = ("frdf", "ukdf")
 
 
 def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campaign: Path | None = None,
-             panda_root: Path | None = None, stack_root: Path | None = None) -> dict:
+             panda_root: Path | None = None, stack_root: Path | None = None, fresh_stack: bool = False) -> dict:
     """One run_campaign.py run: under ``dag.test``, or with ``stack_root`` under the real
     scheduler (include/airflowstack: PostgreSQL, LocalExecutor, triggered through the REST API),
-    whose stack run_campaign stops at the end (and the caller by pid if it could not)."""
+    whose stack run_campaign stops at the end (and the caller by pid if it could not);
+    ``fresh_stack`` empties its metadata database first."""
     env = {**os.environ, "AIRFLOW_HOME": str(airflow_home)}
     env.pop("AIRFLOW__CORE__DAGS_FOLDER", None)
     log = out.with_suffix(".log")
@@ -67,8 +67,9 @@ def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campai
         extra = ("--panda-root", str(panda_root), *extra)
     if stack_root is not None:
         # (given up before the subprocess timeout below, so that a summary is written)
-        # (an empty metadata database: no run of an interrupted session queued before this one)
-        extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--fresh-stack", "--timeout", "1300", *extra)
+        extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--timeout", "1300", *extra)
+        if fresh_stack:  # an empty metadata database: no run of an interrupted session queued before this one
+            extra = ("--fresh-stack", *extra)
     with open(log, "w") as fh:
         proc = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "run_campaign.py"), "--data-root", str(data_root),
@@ -164,7 +165,7 @@ def campaign(rucio_campaign_factory) -> dict:
     t0 = time.monotonic()
     try:
         first = _run_dag(data_root, base / "airflow", base / "run1.json", campaign=rucio.campaign_file,
-                         panda_root=base / "panda", stack_root=stack.root)
+                         panda_root=base / "panda", stack_root=stack.root, fresh_stack=True)
     finally:
         stack.down()  # by pid and process group, even if run_campaign was killed
         stop.set()
