@@ -276,7 +276,7 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
         tasks.append({"task_id": ti["task_id"], "map_index": ti["map_index"], "state": str(ti["state"]),
                       "try_number": ti["try_number"], "start": parse_time(ti.get("start_date")),
                       "end": parse_time(ti.get("end_date"))})
-    starts = [t["start"] for t in tasks if t["start"]]
+    starts = [t["start"] for t in tasks if t["start"] and t["start"] >= trigger_at]  # (a cleared run keeps the rest)
     summary = {"run_id": run_id, "logical_date": logical.isoformat(), "state": str(run["state"]),
                "seconds": round(elapsed, 1), "task_states": states, "tasks": tasks, "scheduler": "real",
                "stack_up_s": stack.last_up.get("seconds"), "dag_parsed_s": round(parsed_s, 1),
