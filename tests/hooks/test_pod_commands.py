@@ -236,3 +236,40 @@ def test_pod_states_from_provider_objects() -> None:
     state, why = pod_state(pod("Failed", reason="DeadlineExceeded"))
     assert state is CommandState.FAILED and "timed out" in why
     assert pod_state(pod("Unknown"))[0] is CommandState.LOST
+
+
+def test_the_hooks_context_runs_a_sites_commands_in_its_pods(cfg) -> None:
+    """``CampaignHook.get_conn``'s context holds each site's command runner, built when an
+    action first asks for it from the site's ``commands`` connection: here the Kubernetes
+    one, whose pod renders the hub's graph build as ``actions`` names and runs it. No
+    cluster is asked (rendering only); a hand-built context gets the embedded runner."""
+    import types
+
+    from multisite_drp.hooks.campaign import CampaignHook
+    from multisite_drp.hooks.pods import PodCommandService
+    from multisite_drp.services import actions
+    from multisite_drp.services.commands.embedded import EmbeddedCommandService
+
+    def conn(extra, host=None, login=None, password=None):
+        return types.SimpleNamespace(extra_dejson=extra, host=host, login=login, password=password, schema=None,
+                                     port=None)
+
+    conns = {}
+    for s in cfg.sites:
+        conns[s.connections.replica] = conn({"adapter": "rucio"}, "https://rucio.example", "drp", FAKE_SECRET)
+        conns[s.connections.commands] = conn(_extra(s.name), password=FAKE_SECRET)
+    ctx = CampaignHook(str(PRODUCTION), config=cfg, connections=conns).get_conn()
+    assert repr(ctx.commands) == "LazyPorts(sites=['usdf', 'frdf', 'ukdf'], built=[])"
+    runner = ctx.commands["frdf"]
+    assert isinstance(runner, PodCommandService) and runner.namespace == "drp-frdf"
+    argv = middleware.merge_argv(cfg.repo_of("frdf"), names.site_work_dir(cfg, "frdf") / "graphs" / "g.qg")
+    spec = actions._command(ctx, "step1", "frdf", 2, "merge", argv, cfg.work_path / "logs" / "merge.log")
+    assert spec.name == names.command_name(cfg, "step1", "frdf", 0, 2, "merge") and spec.site == "frdf"
+    assert spec.timeout == cfg.timeouts.command_seconds
+    pod = runner.render(spec)
+    assert pod.spec.containers[0].args == list(argv) and pod.metadata.name == names.pod_name(spec.name)
+    assert pod.spec.active_deadline_seconds == int(cfg.timeouts.command_seconds)
+
+    hand = actions.CampaignContext(config=cfg, workflows={}, replica=None, butlers={})
+    assert isinstance(hand.commands["usdf"], EmbeddedCommandService)
+    assert hand.commands["usdf"].root == names.command_dir(cfg, "usdf")
