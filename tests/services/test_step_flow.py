@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from multisite_drp.campaign import names
-from multisite_drp.services import actions
+from multisite_drp.services import actions, middleware
 from multisite_drp.services.butler import SiteButler
+from multisite_drp.services.commands.base import CommandFailedError
+from multisite_drp.services.fileio import read_json
 from multisite_drp.services.replica.base import RuleRef, replication_progress
 from multisite_drp.services.workflow.base import WmsStates, WorkflowRef
 from multisite_drp.services.workflow.embedded import EmbeddedWorkflowService
@@ -61,6 +63,14 @@ def test_step1_at_remote_site_end_to_end(ctx: actions.CampaignContext) -> None:
     qg = actions.generate_qg(ctx, "step1", "frdf", 0)
     assert qg["quanta"] == 2 * 2 * 4  # (isr, calibrate) x 2 visits x 4 detectors
     assert Path(qg["site_qgraph"]).read_bytes() == Path(qg["qgraph"]).read_bytes()
+    # frdf's graph was built at the hub, by the hub's command runner, under the group's command name.
+    record = names.command_dir(cfg, "usdf") / names.command_name(cfg, "step1", "frdf", 0, 0, "qgraph")
+    spec, result = read_json(record / "spec.json"), read_json(record / "result.json")
+    assert (spec["site"], spec["kind"], spec["attempt"]) == ("usdf", "qgraph", 1)
+    assert spec["argv"][0] == middleware.pipetask_executable() and spec["argv"][1] == "qgraph"
+    assert str(Path(qg["qgraph"]).with_name(Path(qg["qgraph"]).stem + ".partial.qg")) in spec["argv"]
+    assert spec["log_path"] == str(Path(qg["qgraph"]).with_suffix(".log"))
+    assert (result["state"], result["exit_code"]) == ("SUCCEEDED", 0)
 
     inputs_rule = actions.replicate_inputs(ctx, "step1", "frdf", 0)
     assert inputs_rule is not None
@@ -131,3 +141,41 @@ def test_killed_workflow_is_restarted_and_finishes(ctx: actions.CampaignContext)
     assert done.attempt == 2
     merged = actions.merge(ctx, "step1", "usdf", 0)
     assert merged["counts"] == merged["predicted"]
+
+
+def test_graph_build_runs_again_after_a_failure_and_not_after_a_success(
+        ctx: actions.CampaignContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate_qg's ``pipetask qgraph`` through the hub's command runner: a build that failed
+    is run again by the next try (a new attempt under the same name, same argv); one that
+    succeeded is not, while its graph is there; when its graph is gone, it is."""
+    cfg = ctx.config
+    fail_once = tmp_path / "fail-once"
+    fail_once.touch()
+    # The real pipetask behind a wrapper that fails its first call (the argv stays the same).
+    wrapper = tmp_path / "pipetask"
+    wrapper.write_text(f"#!/bin/sh\nif [ -e {fail_once} ]; then rm {fail_once}; echo 'no graph this time' >&2; "
+                       f"exit 3; fi\nexec {middleware.pipetask_executable()} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("MULTISITE_PIPETASK", str(wrapper))
+    record = names.command_dir(cfg, "usdf") / names.command_name(cfg, "step1", "usdf", 0, 0, "qgraph")
+    graph = names.graph_path(cfg, "step1", "usdf", 0, 0)
+
+    with pytest.raises(middleware.MiddlewareCommandError, match="exit code 3") as failed:
+        actions.generate_qg(ctx, "step1", "usdf", 0)
+    assert isinstance(failed.value, CommandFailedError) and "no graph this time" in str(failed.value)
+    assert not graph.exists() and read_json(record / "result.json")["exit_code"] == 3
+
+    qg = actions.generate_qg(ctx, "step1", "usdf", 0)  # the retry: attempt 2 of the same command
+    assert qg["quanta"] == 2 * 2 * 4 and graph.exists()
+    assert read_json(record / "spec.json")["attempt"] == 2 and read_json(record / "spec.json")["argv"][0] == str(wrapper)
+    assert read_json(record / "result.1.json")["exit_code"] == 3
+    assert (read_json(record / "result.json")["state"], read_json(record / "result.json")["exit_code"]) == ("SUCCEEDED", 0)
+
+    built = graph.stat().st_mtime_ns
+    assert actions.generate_qg(ctx, "step1", "usdf", 0)["quanta"] == qg["quanta"]  # the graph is there: no command
+    assert read_json(record / "spec.json")["attempt"] == 2 and graph.stat().st_mtime_ns == built
+
+    graph.unlink()  # the succeeded build's graph gone: its success is discarded, it runs again
+    assert actions.generate_qg(ctx, "step1", "usdf", 0)["quanta"] == qg["quanta"]
+    assert read_json(record / "spec.json")["attempt"] == 3 and read_json(record / "result.json")["exit_code"] == 0
+    assert read_json(record / "result.2.discarded.json")["state"] == "SUCCEEDED"
