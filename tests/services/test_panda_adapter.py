@@ -84,7 +84,7 @@ def _ctx(bed, service, generation: int, visits: int = 2, monkeypatch=None) -> ac
     hub = ctx.butlers[SITE].butler
     ids = sorted(r.id for r in hub.query_dimension_records("visit", explain=False))[:visits]
     monkeypatch.setattr(actions, "data_query",
-                        lambda c, step, site: f"instrument = 'MiniCam' AND visit IN ({', '.join(map(str, ids))})")
+                        lambda c, step, site, group: f"instrument = 'MiniCam' AND visit IN ({', '.join(map(str, ids))})")
     actions.generate_qg(ctx, "step1", SITE, 0)
     ctx.visit_ids = ids  # type: ignore[attr-defined]
     return ctx
