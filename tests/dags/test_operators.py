@@ -318,7 +318,7 @@ def test_through_airflow_a_bad_extra_is_tried_once_a_transient_error_is_retried(
     dags.mkdir()
     (dags / "errors_dag.py").write_text(ERRORS_DAG)
     env = {**os.environ, **connections, "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-           "AIRFLOW_CONN_DRP_FRDF_WORKFLOW": json.dumps(_SLURM)}
+           "AIRFLOW_CONN_DRP_FRDF_REPLICA": json.dumps(_SLURM)}  # get_conn reads every replica connection
     result, text = run_dag_test(dags, "drp_errors_test", _params(), env, tmp_path / "dag_test.log")
     assert result["state"] == "failed"
     assert result["tasks"]["bad_extra"] == ["failed", 1]
