@@ -211,7 +211,14 @@ def plan_groups(config: CampaignConfig, site_plans: list[SitePlan], inputs: Spat
     """Every (step, site) split into submission groups of at most the step's ``max_group_size``
     (default ``planner.max_group_size``) quanta-equivalents (:mod:`.grouping`); a global step
     is one group at the hub."""
-    from .grouping import group_label_text, main_tracts, split_weighted, tract_weights, visit_order, visit_weights
+    from .grouping import (
+        group_label_text,
+        main_tracts,
+        split_weighted,
+        tract_weights,
+        visit_order,
+        visit_weights,
+    )
 
     hub = next(p.name for p in site_plans if p.role == "hub")
     main = main_tracts(inputs) if inputs is not None else None  # once: one sort of the overlap table
