@@ -67,14 +67,14 @@ def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campai
         extra = ("--panda-root", str(panda_root), *extra)
     if stack_root is not None:
         # (given up before the subprocess timeout below, so that a summary is written)
-        extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--timeout", "1300", *extra)
+        extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--timeout", "2700", *extra)
         if fresh_stack:  # an empty metadata database: no run of an interrupted session queued before this one
             extra = ("--fresh-stack", *extra)
     with open(log, "w") as fh:
         proc = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "run_campaign.py"), "--data-root", str(data_root),
              "--rucio-root", str(RUCIO_TEST_ROOT), "--json-out", str(out), "--poll", "0.5", "--quiet", *extra],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=1500, check=False,
+            stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=3000, check=False,
         )
     assert out.exists(), f"run_campaign wrote no summary; see {log}:\n" + log.read_text()[-3000:]
     summary = json.loads(out.read_text())
