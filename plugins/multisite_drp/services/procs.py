@@ -27,12 +27,16 @@ recorded group id is never another process's group.
 from __future__ import annotations
 
 import enum
+import fcntl
 import os
 import re
 import signal
 import socket
-from collections.abc import Mapping
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 __all__ = ["CHILD_ENV_NAMES", "CHILD_ENV_PREFIXES", "CHILD_ENV_SUFFIXES", "Liveness", "child_env", "group_alive",
            "identity", "is_secret_name", "is_secret_value", "kill_runner", "process_start", "runner_liveness",
@@ -217,3 +221,50 @@ def kill_runner(record: Mapping[str, object] | None, sig: int = signal.SIGTERM) 
     except ProcessLookupError:
         return False
     return True
+
+
+#: How long a launch waits for a runner lock held by a status probe (an instant) before it
+#: concludes a runner holds it (for its whole life).
+PROBE_GRACE_SECONDS = 2.0
+
+
+def lock_held(lock: str | os.PathLike[str]) -> bool:
+    """True while another process holds the ``flock`` on ``lock`` (a detached runner's lock)."""
+    path = Path(lock)
+    if not path.exists():
+        return False
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def launch_holding_lock(lock: str | os.PathLike[str], argv: Sequence[str], *,
+                        stdout: int | IO = subprocess.DEVNULL) -> int | None:
+    """Start ``argv + ["--lock-fd", N]`` detached (its own process group, :func:`child_env`),
+    handing it the ``flock`` on ``lock`` taken here, so the lock is held for the child's life.
+    Returns its pid (= its pgid), or None if the lock is still held after
+    :data:`PROBE_GRACE_SECONDS` (another runner has it: the caller must not start one)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + PROBE_GRACE_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.02)
+        proc = subprocess.Popen(
+            [*argv, "--lock-fd", str(fd)], stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a cancel kills the whole tree
+            close_fds=True, pass_fds=(fd,),  # the child inherits the held lock
+            env=child_env({"PYTHONUNBUFFERED": "1"}),  # no credential reaches the child
+        )
+    finally:
+        os.close(fd)  # the lock stays held by the child's copy of the descriptor
+    return proc.pid

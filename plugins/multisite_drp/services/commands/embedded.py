@@ -19,10 +19,8 @@ same tail; what is new is that a second ``start`` of the same name finds the fir
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +37,15 @@ from multisite_drp.services.commands.base import (
 )
 from multisite_drp.services.fileio import atomic_write_json, file_lock, read_json
 from multisite_drp.services.middleware import LOG_TAIL_LINES
-from multisite_drp.services.procs import Liveness, child_env, identity, kill_runner, runner_liveness
+from multisite_drp.services.procs import (
+    Liveness,
+    child_env,
+    identity,
+    kill_runner,
+    launch_holding_lock,
+    lock_held,
+    runner_liveness,
+)
 
 __all__ = ["EmbeddedCommandService"]
 
@@ -49,23 +55,13 @@ RESULT_FILE = "result.json"
 RUNNER_LOCK = "runner.lock"
 START_LOCK = "start.lock"
 #: A status probe holds the runner lock for an instant; a launch waits this long for it.
-PROBE_GRACE_SECONDS = 2.0
 #: Longest wait for another ``start`` or ``cancel`` of the same name (each takes milliseconds).
 START_LOCK_SECONDS = 120.0
 
 
 def _busy(record_dir: Path) -> bool:
     """True while a supervisor holds the record's runner lock."""
-    path = record_dir / RUNNER_LOCK
-    if not path.exists():
-        return False
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+    return lock_held(record_dir / RUNNER_LOCK)
 
 
 def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
@@ -136,27 +132,11 @@ class EmbeddedCommandService(CommandService):
         return self._ref(record, attempt, found=False)
 
     def _launch(self, d: Path) -> int:
-        fd = os.open(d / RUNNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + PROBE_GRACE_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise CommandError(f"{d}: a runner already holds {RUNNER_LOCK}; not starting another") from None
-                    time.sleep(0.02)
-            proc = subprocess.Popen(
-                [self.python, "-m", "multisite_drp.services.commands.local_runner", str(d), "--lock-fd", str(fd)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: cancel takes the whole tree
-                close_fds=True, pass_fds=(fd,),  # the supervisor inherits the held lock
-                env=child_env({"PYTHONUNBUFFERED": "1"}),  # no credential reaches the command
-            )
-        finally:
-            os.close(fd)
-        return proc.pid
+        pid = launch_holding_lock(d / RUNNER_LOCK,
+                                  [self.python, "-m", "multisite_drp.services.commands.local_runner", str(d)])
+        if pid is None:
+            raise CommandError(f"{d}: a runner already holds {RUNNER_LOCK}; not starting another")
+        return pid
 
     def _state(self, d: Path) -> CommandState:
         result = read_json(d / RESULT_FILE)

@@ -34,10 +34,8 @@ Crash safety (a worker may die at any line):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,9 +46,10 @@ from multisite_drp.crashpoints import crashpoint
 from multisite_drp.services.fileio import atomic_write_json, file_lock, read_json
 from multisite_drp.services.procs import (
     Liveness,
-    child_env,
     identity,
     kill_runner,
+    launch_holding_lock,
+    lock_held,
     runner_liveness,
     this_host,
 )
@@ -74,7 +73,6 @@ STARTING_PHASES = ("starting", "restarting")
 #: The limits a runner gets when the service is given none (the campaign's defaults).
 DEFAULT_TIMEOUTS = TimeoutSettings().model_dump()
 #: Seconds a launch waits for the runner lock, which a status probe may hold for an instant.
-PROBE_GRACE_SECONDS = 2.0
 #: Seconds a cancelled runner gets to stop after SIGTERM before SIGKILL.
 CANCEL_GRACE_SECONDS = 5.0
 #: Seconds a runner that has recorded its end (FAILED, DELETED) gets to exit before a restart
@@ -84,16 +82,7 @@ EXIT_GRACE_SECONDS = 60.0
 
 def runner_busy(submit_dir: str | os.PathLike[str]) -> bool:
     """True while a runner holds the directory's runner lock."""
-    path = Path(submit_dir) / RUNNER_LOCK
-    if not path.exists():
-        return False
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+    return lock_held(Path(submit_dir) / RUNNER_LOCK)
 
 
 class EmbeddedWorkflowService(WorkflowService):
@@ -143,39 +132,15 @@ class EmbeddedWorkflowService(WorkflowService):
         )
 
     def _launch(self, submit_dir: Path) -> int:
-        """Start the runner holding the directory's runner lock; return its pid (= its pgid)."""
-        fd = os.open(submit_dir / RUNNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            # A status probe (runner_busy) holds the lock for an instant; a runner holds it for
-            # its life. So a lock still held after PROBE_GRACE_SECONDS is a runner.
-            deadline = time.monotonic() + PROBE_GRACE_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise WorkflowError(f"{submit_dir}: a runner already holds {RUNNER_LOCK}; "
-                                            "not starting another") from None
-                    time.sleep(0.05)
-            log = open(submit_dir / "runner.log", "ab")  # noqa: SIM115 - handed to the child
-            try:
-                proc = subprocess.Popen(
-                    [self.python, "-m", "multisite_drp.services.workflow.runner", str(submit_dir),
-                     "--lock-fd", str(fd)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: cancel kills the whole tree
-                    close_fds=True,
-                    pass_fds=(fd,),  # the runner inherits the held runner lock
-                    env=child_env({"PYTHONUNBUFFERED": "1"}),  # no credential outlives the task in the runner
-                )
-            finally:
-                log.close()
-        finally:
-            os.close(fd)  # the lock stays held by the runner's copy of the descriptor
-        return proc.pid
+        """Start the runner holding the directory's runner lock; return its pid (= its pgid).
+        A status probe (runner_busy) holds the lock for an instant; a runner holds it for its life."""
+        with open(submit_dir / "runner.log", "ab") as log:
+            pid = launch_holding_lock(submit_dir / RUNNER_LOCK,
+                                      [self.python, "-m", "multisite_drp.services.workflow.runner", str(submit_dir)],
+                                      stdout=log)
+        if pid is None:
+            raise WorkflowError(f"{submit_dir}: a runner already holds {RUNNER_LOCK}; not starting another")
+        return pid
 
     def _start(self, submit_dir: Path) -> None:
         """Launch the runner, then record who it is (the runner records itself too)."""
