@@ -33,7 +33,7 @@ from multisite_drp.errors import InputError
 from multisite_drp.hooks.campaign import CampaignHook
 from multisite_drp.services.replica.base import RuleRef, replication_progress
 
-__all__ = ["ReplicationTrigger", "SharedPoll", "WorkflowTrigger"]
+__all__ = ["ReplicationTrigger", "SharedPoll", "SiteRefsTrigger", "WorkflowTrigger"]
 
 
 class SharedPoll:
@@ -142,10 +142,19 @@ class _CampaignTrigger(BaseTrigger):
         return await CampaignHook.afrom_params(self.params, self.conn_ids)
 
 
-class WorkflowTrigger(_CampaignTrigger):
-    """Fires when every workflow in ``refs`` is in a terminal state (SUCCEEDED, FAILED, ...)."""
+class SiteRefsTrigger(_CampaignTrigger):
+    """Base of the triggers that wait on handles of one site's port (workflows, stack
+    commands): carries ``site`` and the handles' dicts, builds the port and the refs in a
+    thread, joins the site's :class:`SharedPoll`, and fires once every handle is terminal.
+    ``on_kill`` cancels them unless the campaign's ``on_kill.workflows`` is ``leave``.
 
-    def __init__(self, params: dict[str, Any], conn_ids: list[str], site: str, refs: list[dict[str, str]],
+    A subclass names ``kind`` and says how to build (``_build``), key (``_ref_id``), show
+    (``_shown``) and report (``_done``) its handles.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, params: dict[str, Any], conn_ids: list[str], site: str, refs: list[dict[str, Any]],
                  poll_interval: float, label: str = "") -> None:
         super().__init__(params, conn_ids, poll_interval, label)
         self.site = site
@@ -155,15 +164,22 @@ class WorkflowTrigger(_CampaignTrigger):
         return (f"{type(self).__module__}.{type(self).__qualname__}",
                 {**self._kwargs(), "site": self.site, "refs": self.refs})
 
-    async def _service(self):
+    def _build(self, hook: CampaignHook) -> tuple[Any, list[Any]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def _ref_id(ref: Any) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _shown(self, statuses: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _done(self, service: Any, refs: list[Any], statuses: dict[str, Any]) -> TriggerEvent:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    async def _service(self) -> tuple[Any, list[Any]]:
         hook = await self._hook()
-
-        def build():  # imports the LSST middleware: off the event loop
-            from multisite_drp.services.workflow.base import WorkflowRef
-
-            return hook.workflow_service(self.site), [WorkflowRef.from_dict(r) for r in self.refs]
-
-        return await asyncio.to_thread(build)
+        return await asyncio.to_thread(self._build, hook)  # may import the LSST middleware: off the loop
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -172,8 +188,8 @@ class WorkflowTrigger(_CampaignTrigger):
             yield input_error_event(exc)
             return
         last = None
-        ids = [r.run_id for r in refs]
-        poll = SharedPoll.join(_poll_key("workflow", self, self.site), service.status, self.poll_interval,
+        ids = [self._ref_id(r) for r in refs]
+        poll = SharedPoll.join(_poll_key(self.kind, self, self.site), service.status, self.poll_interval,
                                dict(zip(ids, refs, strict=True)))
         try:
             while True:
@@ -182,35 +198,54 @@ class WorkflowTrigger(_CampaignTrigger):
                 except InputError as exc:  # refused token, request gone: an operator's job, fail now, say why
                     yield input_error_event(exc)
                     return
-                except Exception as exc:  # noqa: BLE001 - the workflow system briefly unreachable: keep waiting
+                except Exception as exc:  # noqa: BLE001 - the system briefly unreachable: keep waiting, say so
                     self.log.warning("%s: status call failed (%s: %s); trying again in %.0f s", self.label,
                                      type(exc).__name__, exc, self.poll_interval)
                     continue
-                summary = {rid: (st.state.name, st.quanta_succeeded, st.quanta_total)
-                           for rid, st in statuses.items()}
-                if summary != last:
-                    self.log.info("%s: %s", self.label, summary)
-                    last = summary
+                shown = self._shown(statuses)
+                if shown != last:
+                    self.log.info("%s: %s", self.label, shown)
+                    last = shown
                 if all(st.terminal for st in statuses.values()):
-                    yield TriggerEvent({"status": "done",
-                                        "workflows": {k: v.to_dict() for k, v in statuses.items()}})
+                    yield await self._done(service, refs, statuses)
                     return
         finally:
             poll.leave(ids)
 
     async def on_kill(self) -> None:
-        """The deferred task was marked failed or cleared in the UI: stop the workflows' jobs
-        (PanDA: iDDS ``abort``; embedded: the runner's process group), unless the campaign's
-        ``on_kill.workflows`` is ``leave``. Not called on triggerer restarts (Airflow 3.3)."""
+        """The deferred task was marked failed or cleared in the UI: cancel the handles
+        (PanDA: iDDS ``abort``; embedded: the runner's process group; pods: deleted), unless
+        the campaign's ``on_kill.workflows`` is ``leave``. Not called on triggerer restarts
+        (Airflow 3.3)."""
         hook = await self._hook()
         if hook.config.on_kill.workflows == "leave":
-            self.log.warning("%s: task killed; its workflows run on (on_kill.workflows: leave)", self.label)
+            self.log.warning("%s: task killed; its %ss run on (on_kill.workflows: leave)", self.label, self.kind)
             return
         service, refs = await self._service()
         for ref in refs:
-            self.log.warning("%s: task killed by a user; cancelling workflow %s (%s)", self.label, ref.name,
-                             ref.run_id)
+            self.log.warning("%s: task killed by a user; cancelling %s %s", self.label, self.kind, self._ref_id(ref))
             await asyncio.to_thread(service.cancel, ref)
+
+
+class WorkflowTrigger(SiteRefsTrigger):
+    """Fires when every workflow in ``refs`` is in a terminal state (SUCCEEDED, FAILED, ...)."""
+
+    kind = "workflow"
+
+    def _build(self, hook: CampaignHook) -> tuple[Any, list[Any]]:
+        from multisite_drp.services.workflow.base import WorkflowRef
+
+        return hook.workflow_service(self.site), [WorkflowRef.from_dict(r) for r in self.refs]
+
+    @staticmethod
+    def _ref_id(ref: Any) -> str:
+        return ref.run_id
+
+    def _shown(self, statuses: dict[str, Any]) -> dict[str, Any]:
+        return {rid: (st.state.name, st.quanta_succeeded, st.quanta_total) for rid, st in statuses.items()}
+
+    async def _done(self, service: Any, refs: list[Any], statuses: dict[str, Any]) -> TriggerEvent:
+        return TriggerEvent({"status": "done", "workflows": {k: v.to_dict() for k, v in statuses.items()}})
 
 
 class ReplicationTrigger(_CampaignTrigger):
