@@ -367,19 +367,14 @@ class AirflowStack:
         _procs.write_json(self.state_file, state)
 
     def _secrets(self) -> dict[str, str]:
-        sec = _procs.read_json(self.secrets_file)
-        changed = False
-        for key in ("db_password", "jwt_secret", "api_secret_key"):
-            if not sec.get(key):
-                sec[key] = secrets.token_urlsafe(24)  # [A-Za-z0-9_-]: safe in URLs and SQL literals
-                changed = True
-        if not sec.get("fernet_key"):
-            import base64
+        import base64
 
-            sec["fernet_key"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-            changed = True
-        if changed:
-            _procs.write_json(self.secrets_file, sec, private=True)
+        def token() -> str:
+            return secrets.token_urlsafe(24)  # [A-Za-z0-9_-]: safe in URLs and SQL literals
+
+        sec = _procs.fill_secrets(self.secrets_file, {
+            "db_password": token, "jwt_secret": token, "api_secret_key": token,
+            "fernet_key": lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()})
         passwords = _procs.read_json(self.password_file)
         if not passwords.get(USERNAME):
             passwords[USERNAME] = secrets.token_urlsafe(18)

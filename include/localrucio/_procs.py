@@ -11,7 +11,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,18 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+
+
+def fill_secrets(path: Path, makers: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """The secrets file at ``path`` with every key of ``makers`` that it lacks made now, the
+    file rewritten (mode 0600) only if something was added. A deployment's generated secrets."""
+    sec = read_json(path)
+    missing = [k for k in makers if not sec.get(k) and sec.get(k) != {}]
+    for key in missing:
+        sec[key] = makers[key]()
+    if missing:
+        write_json(path, sec, private=True)
+    return sec
 
 
 def tail(path: Path, lines: int = 30) -> str:

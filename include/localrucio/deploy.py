@@ -451,18 +451,8 @@ class LocalRucio:
         _procs.write_json(self.state_file, state)
 
     def _secrets(self) -> dict[str, Any]:
-        sec = _procs.read_json(self.secrets_file)
-        changed = False
-        for key in ("db_password", "root_password"):
-            if not sec.get(key):
-                sec[key] = _password()
-                changed = True
-        if "accounts" not in sec:
-            sec["accounts"] = {}
-            changed = True
-        if changed:
-            self._save_secrets(sec)
-        return sec
+        return _procs.fill_secrets(self.secrets_file, {"db_password": _password, "root_password": _password,
+                                                       "accounts": dict})
 
     def _save_secrets(self, sec: dict[str, Any]) -> None:
         _procs.write_json(self.secrets_file, sec, private=True)
