@@ -33,6 +33,10 @@ PLAN_FILE = "plan.json"
 COMPLETE_FILE = "COMPLETE"
 
 
+#: Plans read by :meth:`CampaignPlan.load_current`, by directory: (file key, plan).
+_LOADED: dict[str, tuple[tuple, CampaignPlan]] = {}
+
+
 class IncompletePlanError(DRPError, FileNotFoundError):
     """A plan directory lacks its ``COMPLETE`` marker: its writer stopped before the end."""
 
@@ -170,6 +174,22 @@ class CampaignPlan(_Model):
             return cls.model_validate_json(path.read_text())
         except OSError as exc:
             raise FileNotFoundError(f"{path}: cannot read campaign plan: {exc.strerror or exc}") from None
+
+    @classmethod
+    def load_current(cls, directory: str | os.PathLike[str]) -> CampaignPlan:
+        """:meth:`load`, once per process for the same ``plan.json`` (again when the file
+        changed: keyed by its mtime, size and inode). A task's skip decision and its action
+        both read the plan; the second is free. The result is shared: do not modify it."""
+        path = Path(directory)
+        try:
+            st = (path / PLAN_FILE).stat()
+            key = (str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return cls.load(path)  # raises the plan's own error (missing, incomplete)
+        cached = _LOADED.get(key[0])
+        if cached is None or cached[0] != key or not plan_complete(path):
+            _LOADED[key[0]] = (key, cls.load(path))
+        return _LOADED[key[0]][1]
 
     # -- queries the DAG uses --------------------------------------------------------------
 

@@ -182,7 +182,7 @@ class CampaignHook(BaseHook):
         from multisite_drp.campaign import names
         from multisite_drp.campaign.plan import CampaignPlan
 
-        return CampaignPlan.load(names.plan_dir(self.config, self.generation))
+        return CampaignPlan.load_current(names.plan_dir(self.config, self.generation))
 
     def replica_service(self):
         """The campaign's replica service alone (what the replication trigger polls)."""

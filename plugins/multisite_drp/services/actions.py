@@ -79,22 +79,11 @@ class CampaignContext:
     def hub(self) -> str:
         return self.config.hub.name
 
-    _plan_cache: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
-
     def plan(self):  # -> CampaignPlan (imported lazily: the planner pulls in numpy/pipe_base)
-        """The generation's plan, read once per context (again if ``plan.json`` changed)."""
-        from multisite_drp.campaign.plan import PLAN_FILE, CampaignPlan
+        """The generation's plan (read once per process while ``plan.json`` is unchanged)."""
+        from multisite_drp.campaign.plan import CampaignPlan
 
-        directory = names.plan_dir(self.config, self.generation)
-        try:
-            st = (directory / PLAN_FILE).stat()
-            key = (str(directory), st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            key = None
-        if key is None or self._plan_cache is None or self._plan_cache[0] != key:
-            plan = CampaignPlan.load(directory)  # raises the plan's own errors (missing, incomplete)
-            self._plan_cache = (key, plan)
-        return self._plan_cache[1]
+        return CampaignPlan.load_current(names.plan_dir(self.config, self.generation))
 
 
 def read_graph(path):
