@@ -157,6 +157,12 @@ class AirflowClient:
         return list(self._pages(f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}/taskInstances",
                                 "task_instances", page=page, order_by="id"))
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+        """A task instance's XCom value (deserialised)."""
+        path = (f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}/taskInstances/{quote(task_id)}"
+                f"/xcomEntries/{quote(key)}")
+        return self.get(path, map_index=map_index, deserialize=True)["value"]
+
     def wait_run(self, dag_id: str, run_id: str, timeout: float, poll: float = 2.0, progress=None,
                  stall_after: float | None = None) -> dict:
         """Poll the run until it is success or failed; ``progress(run, task_instances)`` is called

@@ -52,6 +52,8 @@ from typing import Any
 from localrucio import _procs
 from localrucio._pg import PgCluster
 
+from airflowstack.preload import LOCAL_SETTINGS
+
 INCLUDE = Path(__file__).resolve().parents[1]
 REPO = INCLUDE.parent
 DB_NAME = "airflow"
@@ -137,6 +139,7 @@ class AirflowStack:
         airflow_bin: Path | str | None = None,
         pg_bin: Path | str | None = None,
         settings: Mapping[str, str] | None = None,
+        preload: bool = True,
     ):
         self.root = Path(root).resolve()
         self.dags_folder = Path(dags_folder or REPO / "dags").resolve()
@@ -144,6 +147,7 @@ class AirflowStack:
         self.base_env = passed_env(os.environ if env is None else env)
         self.airflow_bin = Path(airflow_bin or Path(sys.executable).with_name("airflow"))
         self.settings = dict(settings or {})
+        self.preload = preload
         self.pg = PgCluster(self.root / "pg", self.root / "pgrun", Path(pg_bin) if pg_bin else None, cwd=self.root)
         self.last_up: dict[str, Any] = {}
         self._lock = _procs.FileLock(self.root / "run" / "lock")
@@ -186,8 +190,10 @@ class AirflowStack:
             self.pg.check_install()
             self.root.mkdir(parents=True, exist_ok=True)
             os.chmod(self.root, 0o755)  # PostgreSQL (another user when we are root) traverses it
-            for d in (self.home, self.logs):
+            for d in (self.home, self.logs, self.home / "config"):
                 d.mkdir(exist_ok=True)
+            # Every Airflow process imports it at start-up; it preloads only when told (env below).
+            (self.home / "config" / "airflow_local_settings.py").write_text(LOCAL_SETTINGS)
             sec = self._secrets()
             state = self._state()
             t = time.monotonic()
@@ -315,6 +321,8 @@ class AirflowStack:
             "AIRFLOW__API__PORT": str(api_port),
             "AIRFLOW__API__BASE_URL": url,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+            # airflowstack.preload: the scheduler and triggerer import the campaign's modules once.
+            "AIRFLOWSTACK_PRELOAD": "1" if self.preload else "0",
         })
         env.update(self.settings)
         return env

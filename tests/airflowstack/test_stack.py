@@ -32,6 +32,13 @@ def stack_tiny():
 
     double.expand(x=items())
 
+    @task
+    def preloaded():
+        import sys  # this DAG file imports no lsst module: only the scheduler's preload can have
+        return sorted(m for m in ("lsst.daf.butler", "multisite_drp.services.actions") if m in sys.modules)
+
+    preloaded()
+
 stack_tiny()
 '''
 
@@ -62,15 +69,19 @@ def test_tiny_dag_through_the_rest_api(stack: AirflowStack) -> None:
     assert done["state"] == "success"
     tis = client.task_instances("stack_tiny", run["dag_run_id"], page=2)  # three pages
     assert sorted((t["task_id"], t["map_index"]) for t in tis) == \
-        [("double", i) for i in range(5)] + [("items", -1)]
+        [("double", i) for i in range(5)] + [("items", -1), ("preloaded", -1)]
     assert all(t["state"] == "success" and t["try_number"] == 1 and t["start_date"] and t["end_date"] for t in tis)
+    # The task process was forked from the scheduler, which had imported them (airflowstack.preload).
+    assert client.xcom("stack_tiny", run["dag_run_id"], "preloaded") == ["lsst.daf.butler",
+                                                                          "multisite_drp.services.actions"]
     grid = client.grid_seconds("stack_tiny", run["dag_run_id"])
     assert set(grid) == {"structure", "runs", "ti_summaries", "total"}
     # Clearing one task (every map index) through the API runs just that task again.
     client.clear("stack_tiny", run["dag_run_id"], task_ids=["double"])
     assert client.wait_run("stack_tiny", run["dag_run_id"], timeout=240, poll=1.0)["state"] == "success"
     again = {(t["task_id"], t["map_index"]): t for t in client.task_instances("stack_tiny", run["dag_run_id"])}
-    assert {k: t["try_number"] for k, t in again.items()} == {("items", -1): 1, **{("double", i): 2 for i in range(5)}}
+    assert {k: t["try_number"] for k, t in again.items()} == {("items", -1): 1, ("preloaded", -1): 1,
+                                                              **{("double", i): 2 for i in range(5)}}
     assert all(t["state"] == "success" for t in again.values())
 
 
