@@ -324,3 +324,60 @@ def test_through_airflow_a_bad_extra_is_tried_once_a_transient_error_is_retried(
     assert result["tasks"]["bad_extra"] == ["failed", 1]
     assert result["tasks"]["relay_down"] == ["failed", 3]
     assert "extra field 'adapter' is 'slurm'" in text and "AirflowFailException" in text
+
+
+# --- a graph build defers while its command runs (operators.commands.CommandOperatorMixin) ----
+
+
+def test_graph_build_defers_while_its_command_runs_and_a_retry_finds_it(connections, sites_root) -> None:
+    """GenerateGraphOperator starts the group's ``pipetask qgraph`` through the hub's command
+    runner (here the embedded one: a local subprocess; in production a pod, no cluster here)
+    and defers on a CommandTrigger that carries Params, connection ids and the command's ref,
+    no secret. A second try while it runs finds the same command (attempt 1), the trigger's
+    event ends the task with the graph kept, summarised and copied to the site; once built,
+    the task returns without deferring."""
+    import asyncio
+
+    from airflow.sdk.exceptions import TaskDeferred
+    from multisite_drp.campaign import names
+    from multisite_drp.operators.drp import GenerateGraphOperator
+    from multisite_drp.services import actions
+    from multisite_drp.services.fileio import read_json
+
+    hook = CampaignHook(str(CAMPAIGN), data_root=str(sites_root), generation=8)
+    shutil.rmtree(names.plan_dir(hook.config, 8), ignore_errors=True)
+    actions.make_plan(hook.config, 8)
+    context = {"params": _params(data_root=str(sites_root), generation=8)}
+    op = GenerateGraphOperator(task_id="step1.frdf.generate_qg", step="step1", site="frdf",
+                               group={"group": 0, "label": "visits"})
+    with pytest.raises(TaskDeferred) as first:
+        op.execute(context)
+    with pytest.raises(TaskDeferred) as again:  # a retry while the build runs: found, not started twice
+        op.execute(context)
+    trigger = first.value.trigger
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "multisite_drp.triggers.commands.CommandTrigger"
+    assert kwargs["site"] == "usdf"  # every group's graph is built at the hub
+    assert {k: kwargs["params"][k] for k in ("campaign_file", "data_root", "generation")} == \
+        {k: context["params"][k] for k in ("campaign_file", "data_root", "generation")}
+    text = json.dumps(kwargs)
+    assert not any(v in text for k, v in connections.items() if "secret" in v)
+    ref = first.value.kwargs["ref"]
+    assert again.value.kwargs["ref"]["name"] == ref["name"] and again.value.kwargs["ref"]["attempt"] == ref["attempt"] == 1
+    record = names.command_dir(hook.config, "usdf") / ref["name"]
+    graph = names.graph_path(hook.config, "step1", "frdf", 8, 0)
+    assert not graph.exists()
+
+    async def first_event():
+        async for event in trigger.run():
+            return event
+
+    event = asyncio.run(asyncio.wait_for(first_event(), 300))
+    assert event.payload["status"] == "done"
+    result = op.execute_complete(context, event.payload, **first.value.kwargs)
+    assert graph.exists() and result["quanta"] > 0 and result["qgraph"] == str(graph)
+    assert Path(result["site_qgraph"]).read_bytes() == graph.read_bytes()
+    assert read_json(actions.graph_summary_path(graph))["quanta"] == result["quanta"]
+    assert read_json(record / "spec.json")["attempt"] == 1
+    assert op.execute(context)["sha256"] == result["sha256"]  # built: no command, no deferral
+    assert read_json(record / "spec.json")["attempt"] == 1

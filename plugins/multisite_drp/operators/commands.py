@@ -37,9 +37,11 @@ STARTUP_ALLOWANCE_SECONDS = 1800.0
 class CommandOperatorMixin:
     """``start_command`` + defer + ``execute_complete`` for an operator that runs one command."""
 
-    def start_command(self, context, hook: CampaignHook, spec: CommandSpec) -> Any:
+    def start_command(self, context, hook: CampaignHook, spec: CommandSpec, *, again: bool = False) -> Any:
+        """Start ``spec`` (``again``: discard a succeeded predecessor first, its output being
+        gone) or find it, and defer until it ends; returns at once if it already has."""
         service = hook.command_service(spec.site)
-        ref = service.start(spec)
+        ref = service.begin(spec, again=again)
         self.log.info("%s: command %s %s (%s, attempt %d)", self.task_id, spec.name,
                       "found" if ref.found else "started", ref.handle, ref.attempt)
         state = service.status([ref])[ref.name]

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseOperator, BaseOperatorLink, SkipMixin
 
 from multisite_drp.hooks.mixin import GROUP_MAP_INDEX, CampaignTaskMixin, group_id
+from multisite_drp.operators.commands import CommandOperatorMixin
 
 __all__ = [
     "BarrierOperator",
@@ -137,9 +138,38 @@ class SplitStepOperator(CampaignActionOperator):
         return groups
 
 
-class GenerateGraphOperator(StepSiteOperator):
+class GenerateGraphOperator(CommandOperatorMixin, StepSiteOperator):
+    """Builds the group's graph at the hub through the hub's command runner, and defers while
+    the command runs (a pod in production: tens of GB and hours at DR1 scale, no worker
+    held); then keeps, summarises and distributes the graph (``actions.finish_graph``). A
+    graph already built is found; a retried task finds its predecessor's command by name."""
+
     action = "generate_qg"
     ui_color = "#d9ead3"
+
+    def execute(self, context) -> Any:
+        from multisite_drp.services import actions
+
+        hook, ctx = self.prepare(context)
+        pending = actions.graph_command(ctx, self.step, self.site, self.group_id)
+        if pending is None:
+            return self._finish(ctx)
+        spec, again = pending
+        return self.start_command(context, hook, spec, again=again)
+
+    # Its own attribute, so that CampaignTaskMixin ends the project's errors here too.
+    execute_complete = CommandOperatorMixin.execute_complete
+
+    def command_done(self, context, ref, result) -> Any:
+        _, ctx = self.prepare(context)
+        return self._finish(ctx)
+
+    def _finish(self, ctx) -> Any:
+        from multisite_drp.services import actions
+
+        result = actions.finish_graph(ctx, self.step, self.site, self.group_id)
+        self.log.info("%s: %s", self.task_id, json.dumps(result, default=str)[:4000])
+        return result
 
 
 class ReplicateInputsOperator(StepSiteOperator):

@@ -104,7 +104,8 @@ def _site_chain(step: str, site: str, *, is_global: bool, wait_timeout: timedelt
             task_id="generate_qg", step=step, site=site, group=group, pool=site_pool(site),
             doc_md=f"Build this group's {step} QuantumGraph for {site} at the hub (pipetask qgraph, restricted "
                    f"to the group's visits or tracts by the plan) and copy it, checksummed, to {site}. "
-                   "Kept at the hub as provenance. An existing graph is reused.")
+                   "Kept at the hub as provenance. An existing graph is reused. The build runs through the "
+                   "hub's command runner (a pod in production) and the task defers while it runs.")
         inputs = ReplicateInputsOperator(
             task_id="replicate_inputs", step=step, site=site, group=group, pool=REPLICATION_POOL,
             doc_md=f"The group graph's overall inputs that {site}'s butler lacks become one Rucio dataset "

@@ -304,28 +304,46 @@ def _command(ctx: CampaignContext, step: str, runs_at: str, group: int, kind: st
                 "group": str(group), "kind": kind})
 
 
-def generate_qg(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
-    """Build one group's predicted graph at the hub and distribute it to the site (idempotent)."""
+def graph_command(ctx: CampaignContext, step: str, site: str, group: int) -> tuple[CommandSpec, bool] | None:
+    """The hub's build of one group's graph, if the graph is not there yet: ``(spec, again)``.
+
+    Named by the group (``campaign.names.command_name``): a retry finds a build still
+    running or finished instead of starting another; a failed one is run again, and so is
+    one that succeeded but whose partial graph is gone (``again``). ``None``: already built."""
+    cfg = ctx.config
+    path = names.graph_path(cfg, step, site, ctx.generation, group)
+    if path.exists():
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_graph(path)
+    argv = middleware.qgraph_argv(
+        cfg.repo_of(ctx.hub),
+        cfg.pipeline_path,
+        [*_earlier_output_runs(ctx, step), *cfg.input_collections],
+        None,  # no -o: the step's chain holds only its RUNs; a new generation reads exactly these inputs
+        names.output_run(cfg, step, site, ctx.generation, group),
+        tmp,
+        subset=cfg.step(step).subset,
+        data_query=data_query(ctx, step, site, group),
+    )
+    spec = _command(ctx, step, ctx.hub, group, "qgraph", argv, path.with_suffix(".log"), site=site)
+    return spec, not tmp.exists()
+
+
+def _partial_graph(path: Path) -> Path:
+    """Where the graph build writes; renamed to ``path`` once the build has succeeded."""
+    return path.with_name(path.stem + ".partial.qg")
+
+
+def finish_graph(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
+    """After the group's graph build succeeded (or found built): keep the graph at the hub,
+    write its summary, and distribute a checksummed copy to the site (idempotent)."""
     cfg = ctx.config
     path = names.graph_path(cfg, step, site, ctx.generation, group)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".partial.qg")
-        argv = middleware.qgraph_argv(
-            cfg.repo_of(ctx.hub),
-            cfg.pipeline_path,
-            [*_earlier_output_runs(ctx, step), *cfg.input_collections],
-            None,  # no -o: the step's chain holds only its RUNs; a new generation reads exactly these inputs
-            names.output_run(cfg, step, site, ctx.generation, group),
-            tmp,
-            subset=cfg.step(step).subset,
-            data_query=data_query(ctx, step, site, group),
-        )
-        # Through the hub's command runner, under the group's command name: a retry finds a
-        # build still running or finished (and renames its graph) instead of starting another;
-        # a failed one is run again; one that succeeded but whose graph is gone, too.
-        spec = _command(ctx, step, ctx.hub, group, "qgraph", argv, path.with_suffix(".log"), site=site)
-        ctx.commands[ctx.hub].run(spec, again=not tmp.exists())
+        tmp = _partial_graph(path)
+        if not tmp.exists():
+            raise RuntimeError(f"{step}/{site} group {group}: the graph build ended without writing {tmp}")
         tmp.rename(path)
     contents = read_graph(path)
     summary = {"qgraph": str(path), "quanta": contents.n_quanta, "quanta_by_task": contents.quanta_by_task,
@@ -340,6 +358,18 @@ def generate_qg(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
         shutil.copy2(path, dest.with_suffix(".tmp"))
         dest.with_suffix(".tmp").rename(dest)
     return {**summary, "group": group, "site_qgraph": str(dest), "sha256": digest, "visits": len(contents.visits)}
+
+
+def generate_qg(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
+    """Build one group's predicted graph at the hub and distribute it to the site (idempotent):
+    :func:`graph_command` run to its end through the hub's command runner, then
+    :func:`finish_graph`. The DAG's ``generate_qg`` task does the same but defers while the
+    command runs (``operators.drp.GenerateGraphOperator``)."""
+    pending = graph_command(ctx, step, site, group)
+    if pending is not None:
+        spec, again = pending
+        ctx.commands[ctx.hub].run(spec, again=again)
+    return finish_graph(ctx, step, site, group)
 
 
 def graph_summary_path(graph: str | Path) -> Path:

@@ -220,6 +220,16 @@ class CommandService(abc.ABC):
         code = result.exit_code if result.exit_code is not None else -1
         raise CommandFailedError(argv, code, ref.log_path, (result.message + "\n" + result.tail).strip())  # type: ignore[arg-type]
 
+    def begin(self, spec: CommandSpec, *, again: bool = False) -> CommandRef:
+        """``start``; with ``again`` (the caller knows a succeeded predecessor's output is gone
+        or stale) that predecessor is discarded first, so the command runs anew. What ``run``
+        and a deferring operator (``operators.commands``) both start with."""
+        if again:
+            found = self.find(spec)
+            if found is not None and self.status([found])[found.name] is CommandState.SUCCEEDED:
+                self.discard(found)
+        return self.start(spec)
+
     def wait(self, ref: CommandRef, timeout: float | None = None) -> CommandState:
         """Poll ``status`` until the command ends (``timeout``: give up with the state so far)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -237,11 +247,7 @@ class CommandService(abc.ABC):
         (not run again), one that failed is replaced by a new attempt. ``again``: the caller
         knows the succeeded predecessor's output is gone or stale, so it is discarded and the
         command runs anew."""
-        if again:
-            found = self.find(spec)
-            if found is not None and self.status([found])[found.name] is CommandState.SUCCEEDED:
-                self.discard(found)
-        ref = self.start(spec)
+        ref = self.begin(spec, again=again)
         try:
             self.wait(ref)
         except BaseException:  # interrupted (the task killed): take the command down with us
