@@ -100,6 +100,24 @@ def _local_services(args: argparse.Namespace, cfg) -> None:
                   f"{time.monotonic() - t0:.1f} s (scope {cfg.replication.scope}, root {root})", flush=True)
 
 
+def _conn_extras(items: list[str]) -> None:
+    """``--conn-extra CONN_ID:KEY=VALUE``: set one extra field of an ``AIRFLOW_CONN_*`` connection."""
+    for item in items:
+        conn_id, sep, rest = item.partition(":")
+        key, eq, value = rest.partition("=")
+        var = f"AIRFLOW_CONN_{conn_id.upper()}"
+        if not (sep and eq and key) or var not in os.environ:
+            raise SystemExit(f"--conn-extra {item!r}: expected CONN_ID:KEY=VALUE naming a known connection")
+        conn = json.loads(os.environ[var])
+        conn.setdefault("extra", {})[key] = value
+        os.environ[var] = json.dumps(conn, sort_keys=True)
+
+
+#: The tasks whose extra links ``--links`` records (first group of each chain, and the distribution).
+LINKED = ("submit", "wait_workflow", "replicate_inputs", "wait_inputs", "register", "replicate_outputs",
+          "wait_outputs", "bootstrap", "raws", "wait_ingested")
+
+
 def _migrate() -> None:
     home = Path(os.environ["AIRFLOW_HOME"])
     stamp = home / ".db-migrated"
@@ -157,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         build_sites(data_root, scope=shape.replication.scope,
                     holds_all_raws=[s.name for s in shape.sites if s.holds_all_raws])
     _local_services(args, cfg)
+    _conn_extras(args.conn_extra)
     if args.scheduler == "real":
         return _run_real(args, conf, cfg)
     _migrate()
@@ -266,6 +285,12 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
         elapsed = time.monotonic() - t0
         tis = client.task_instances(DAG_ID, run_id)
         grid = client.grid_seconds(DAG_ID, run_id)
+        links = {}
+        if args.links:
+            for ti in tis:
+                if ti["task_id"].rsplit(".", 1)[-1] in LINKED and ti["map_index"] in (-1, 0):
+                    label = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
+                    links[label] = client.links(DAG_ID, run_id, ti["task_id"], ti["map_index"])
     finally:
         if not (args.keep_stack or args.up_only):
             stack.down()
@@ -282,7 +307,7 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
                "stack_up_s": stack.last_up.get("seconds"), "dag_parsed_s": round(parsed_s, 1),
                "first_task_s": round(min(starts) - trigger_at, 1) if starts else None,
                "first_running_seen_s": round(first_running[0], 1) if first_running else None,
-               "grid_s": grid, "gave_up": gave_up}
+               "grid_s": grid, "gave_up": gave_up, "links": links}
     return _finish(args, cfg, summary)
 
 
@@ -321,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
                                   "a mapped task's instances, so one group's tasks can be cleared alone)")
     p.add_argument("--poll", type=float, help="override the connections' poll_interval (seconds)")
     p.add_argument("--processes", type=int, help="override the workflow connections' processes")
+    p.add_argument("--conn-extra", action="append", default=[], metavar="CONN_ID:KEY=VALUE",
+                   help="set one extra field of a connection (repeatable), after the local services filled them "
+                        "in, e.g. drp_usdf_replica:webui_url=https://rucio-ui.example.org")
+    p.add_argument("--links", action="store_true",
+                   help="with --scheduler real: record in the summary the extra links (as the UI shows them) of "
+                        "every task instance of the first group of each chain and of the distribution")
     p.add_argument("--json-out", help="write the run's summary (state, seconds, task states) here")
     p.add_argument("--rucio-root", default=str(ROOT / "var" / "rucio"),
                    help="the local Rucio deployment's directory (for replica connections on host local-rucio)")

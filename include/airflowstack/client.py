@@ -164,6 +164,11 @@ class AirflowClient:
                 f"/xcomEntries/{quote(key)}")
         return self.get(path, map_index=map_index, deserialize=True)["value"]
 
+    def links(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, str | None]:
+        """A task instance's extra links as the UI shows them (name -> URL, None when unset)."""
+        path = f"/api/v2/dags/{quote(dag_id)}/dagRuns/{quote(run_id)}/taskInstances/{quote(task_id)}/links"
+        return self.get(path, map_index=map_index)["extra_links"]
+
     def wait_run(self, dag_id: str, run_id: str, timeout: float, poll: float = 2.0, progress=None,
                  stall_after: float | None = None, ti_poll: float = 10.0) -> dict:
         """Poll the run until it is success or failed, every ``poll`` seconds; its task instances

@@ -50,6 +50,8 @@ STEPS = [f"step{i}" for i in range(1, 10)]
 KILL_STEP, KILL_SITE = "step1", "usdf"  # the embedded adapter's restart
 PANDA_KILL_SITE = "ukdf"  # a PanDA job killed under the relay's pilot: PanDA retries it
 PANDA_SITES = ("frdf", "ukdf")
+# The main run's web pages (no such servers here: the links are only built and shown).
+RUCIO_WEBUI, MONITOR = "https://rucio-ui.example.org", "https://panda-mon.example.org/"
 
 
 def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campaign: Path | None = None,
@@ -164,8 +166,11 @@ def campaign(rucio_campaign_factory) -> dict:
     stack.down()  # a stack left by an interrupted session: stopped by its recorded pids
     t0 = time.monotonic()
     try:
-        first = _run_dag(data_root, base / "airflow", base / "run1.json", campaign=rucio.campaign_file,
-                         panda_root=base / "panda", stack_root=stack.root, fresh_stack=True)
+        first = _run_dag(data_root, base / "airflow", base / "run1.json", "--links",
+                         "--conn-extra", f"drp_usdf_replica:webui_url={RUCIO_WEBUI}",
+                         *[a for s in PANDA_SITES for a in ("--conn-extra", f"drp_{s}_workflow:monitor_url={MONITOR}")],
+                         campaign=rucio.campaign_file, panda_root=base / "panda", stack_root=stack.root,
+                         fresh_stack=True)
     finally:
         stack.down()  # by pid and process group, even if run_campaign was killed
         stop.set()
@@ -510,6 +515,59 @@ def test_remote_workflows_went_through_ctrl_bps_panda(cfg, plan, campaign) -> No
         assert request["name"] == name
         labels = {e["label"] for e in executed[sub["request_id"]] if e.get("exit_code") == 0}
         assert {"pipetaskInit", "finalJob"} <= labels, (step, site, labels)
+
+
+def test_workflow_and_replication_tasks_link_out(cfg, campaign, rucio) -> None:
+    """The extra links the UI shows for the main run's task instances (read back through the
+    REST API, as the UI reads them; group 0 of every chain and the distribution): the PanDA
+    monitor's request page for the PanDA sites' workflows, the logs directory for USDF's
+    embedded ones, and the Rucio WebUI page of each replication task's rule or dataset; a
+    waiting task shows the link of the task it waits on; no rule, no link."""
+    from urllib.parse import urlencode
+
+    from rucio.common.exception import DataIdentifierNotFound
+
+    links, scope = campaign["first"]["links"], cfg.replication.scope
+
+    def rule_urls(dataset: str) -> set[str | None]:
+        """The pages of the dataset's rules (a global step's outputs have one per remote site,
+        and the link shows the first); {None} if it has none."""
+        try:
+            rules = list(rucio.root_client.list_did_rules(scope, dataset))
+        except DataIdentifierNotFound:
+            rules = []
+        return {f"{RUCIO_WEBUI}/rule?{urlencode({'rule_id': r['id']})}" for r in rules} or {None}
+
+    checked = {"workflow": 0, "rule": 0, "dataset": 0}
+    for label, shown in links.items():
+        task_id = label.split("[")[0]
+        parts = task_id.split(".")
+        if parts[0] == "distribute":
+            what = "bootstrap" if parts[2] == "bootstrap" else "raws"  # wait_ingested shows the raws' rule
+            expected = rule_urls(names.rucio_dataset(cfg, what, parts[1], "inputs" if what == "bootstrap" else "raw", 0))
+        else:
+            step, site, kind = parts
+            if kind in ("submit", "wait_workflow"):
+                sdir = names.submit_dir(cfg, step, site, 0, 0)
+                if site in PANDA_SITES:
+                    request = json.loads((sdir / "panda.json").read_text())["submissions"][0]["request_id"]
+                    assert shown["Workflow monitor"] == f"{MONITOR}idds/wfprogress/?requestid={request}", label
+                else:
+                    assert shown["Workflow monitor"] == (sdir / "logs").as_uri(), label
+                checked["workflow"] += 1
+                continue
+            if kind == "register":
+                name = names.rucio_dataset(cfg, step, site, "outputs", 0, 0)
+                assert shown["Rucio"] == f"{RUCIO_WEBUI}/did?{urlencode({'scope': scope, 'name': name})}", label
+                checked["dataset"] += 1
+                continue
+            role = "inputs" if kind in ("replicate_inputs", "wait_inputs") else "outputs"
+            expected = rule_urls(names.rucio_dataset(cfg, step, site, role, 0, 0))
+        assert shown["Rucio"] in expected, (label, shown, expected)
+        checked["rule"] += shown["Rucio"] is not None
+    # Every chain's two workflow tasks, every chain's registration, and many rules were checked.
+    assert checked["workflow"] == 2 * checked["dataset"] and checked["dataset"] == 7 * 3 + 2, checked
+    assert checked["rule"] >= 2 * (7 * 2 + 2), checked
 
 
 def test_killed_panda_job_was_retried_by_the_relay(cfg, campaign) -> None:

@@ -30,8 +30,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from airflow.sdk import BaseOperator, BaseOperatorLink, SkipMixin
+from airflow.sdk import BaseOperator, SkipMixin
 
+from multisite_drp.hooks.links import RUCIO_URL_KEY, RucioLink, WorkflowMonitorLink
 from multisite_drp.hooks.mixin import GROUP_MAP_INDEX, CampaignTaskMixin, group_id
 from multisite_drp.operators.commands import CommandOperatorMixin
 
@@ -47,6 +48,7 @@ __all__ = [
     "RegisterOutputsOperator",
     "ReplicateInputsOperator",
     "ReplicateOutputsOperator",
+    "RucioLink",
     "SplitStepOperator",
     "StepSiteOperator",
     "SubmitWorkflowOperator",
@@ -55,19 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class WorkflowMonitorLink(BaseOperatorLink):
-    """The workflow's page in its workflow system (the PanDA monitor's request page), from
-    the submit task's XCom (``monitor_url``; the monitor's base comes from the connection)."""
-
-    name = "Workflow monitor"
-
-    def get_link(self, operator, *, ti_key) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        value = XCom.get_value(ti_key=ti_key, key="return_value")
-        return str(value.get("monitor_url") or "") if isinstance(value, dict) else ""
 
 
 class CampaignActionOperator(CampaignTaskMixin, BaseOperator):
@@ -81,10 +70,18 @@ class CampaignActionOperator(CampaignTaskMixin, BaseOperator):
         self.step = step
         self.site = site
 
+    #: Whether the task's result is a Rucio rule or dataset (see :class:`RucioLink`).
+    links_to_rucio: bool = False
+
     def execute(self, context) -> Any:
         _, ctx = self.prepare(context)
         result = self.act(ctx, context)
         self.log.info("%s: %s", self.task_id, json.dumps(result, default=str)[:4000])
+        if self.links_to_rucio:
+            url = ctx.replica.webui_link(result)
+            if url:
+                context["ti"].xcom_push(key=RUCIO_URL_KEY, value=url)
+                self.log.info("%s: in Rucio at %s", self.task_id, url)
         return result
 
     def act(self, ctx, context) -> Any:  # pragma: no cover - abstract
@@ -173,6 +170,8 @@ class GenerateGraphOperator(CommandOperatorMixin, StepSiteOperator):
 
 
 class ReplicateInputsOperator(StepSiteOperator):
+    links_to_rucio = True
+    operator_extra_links = (RucioLink(),)
     action = "replicate_inputs"
     ui_color = "#fce5cd"
 
@@ -203,11 +202,15 @@ class MergeOutputsOperator(StepSiteOperator):
 
 
 class RegisterOutputsOperator(StepSiteOperator):
+    links_to_rucio = True
+    operator_extra_links = (RucioLink(),)
     action = "register"
     ui_color = "#fce5cd"
 
 
 class ReplicateOutputsOperator(StepSiteOperator):
+    links_to_rucio = True
+    operator_extra_links = (RucioLink(),)
     action = "replicate_outputs"
     ui_color = "#fce5cd"
 
@@ -217,6 +220,7 @@ class DistributeOperator(CampaignActionOperator):
     or ``input_chain`` (recreate the input chains once their members arrived)."""
 
     ui_color = "#fff2cc"
+    operator_extra_links = (RucioLink(),)
     _ACTIONS: ClassVar[dict[str, str]] = {
         "bootstrap": "distribute_bootstrap", "raws": "distribute_raws", "input_chain": "ensure_input_chain"}
 
@@ -225,6 +229,10 @@ class DistributeOperator(CampaignActionOperator):
             raise ValueError(f"DistributeOperator: what={what!r}; expected one of {sorted(self._ACTIONS)}")
         super().__init__(site=site, **kwargs)
         self.what = what
+
+    @property
+    def links_to_rucio(self) -> bool:  # type: ignore[override]
+        return self.what != "input_chain"
 
     def act(self, ctx, context) -> Any:
         from multisite_drp.services import actions

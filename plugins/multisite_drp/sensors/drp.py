@@ -22,6 +22,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from multisite_drp.hooks.campaign import CampaignHook
+from multisite_drp.hooks.links import RucioLink, WorkflowMonitorLink
 from multisite_drp.hooks.mixin import GROUP_MAP_INDEX, CampaignTaskMixin, group_id
 from multisite_drp.triggers.site import ReplicationTrigger, WorkflowTrigger
 
@@ -74,6 +75,8 @@ class WorkflowSensor(_SiteSensor):
     ``failed_quanta_threshold``) is restarted up to ``auto_restarts`` times (``bps
     restart``: only unfinished quanta run again) before the task fails.
     """
+
+    operator_extra_links = (WorkflowMonitorLink(),)
 
     def __init__(self, *, step: str, site: str, group: Any, auto_restarts: int = 1, **kwargs: Any) -> None:
         super().__init__(step=step, site=site, group=group, **kwargs)
@@ -170,6 +173,8 @@ class ReplicationSensor(_SiteSensor):
     retried, the stuck rules are handed back to Rucio first (``ReplicaService.retry``), and
     for ``retry_grace`` seconds a rule that still reads STUCK counts as waiting.
     """
+
+    operator_extra_links = (RucioLink(),)
 
     KINDS = ("distribution", "inputs", "outputs")
 

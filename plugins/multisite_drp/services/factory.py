@@ -235,10 +235,29 @@ def replica_settings(config: CampaignConfig, conns: Mapping[str, ConnectionInfo]
         "adapter": adapter, "campaign": config.name, "hub": hub, "scope": config.replication.scope,
         "activity": config.replication.activity, "lifetime": config.replication.lifetime_seconds,
         "sites": sites, "poll_interval": poll,
+        # The Rucio WebUI the tasks link to: the hub connection's (one Rucio, one WebUI).
+        "webui_url": web_base_url(conns[hub].extra, "webui_url", conns[hub].where),
     }
 
 
-RUCIO_EXTRAS = ("adapter", "poll_interval", "account", "auth_host", "auth_type", "rse_root", "dtn_url", "ca_cert")
+def web_base_url(extra: Mapping[str, Any], key: str, where: str) -> str | None:
+    """An optional base URL of a service's web pages from a connection extra: ``http(s)://host[/path]``,
+    without credentials, query or fragment (it ends up in links anyone with the UI sees)."""
+    from urllib.parse import urlsplit
+
+    value = extra.get(key)
+    if value in (None, ""):
+        return None
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+            or parts.password or parts.query or parts.fragment):
+        raise AdapterError(f"{where}: extra field {key!r} is {value!r}; expected a base URL like "
+                           "'https://rucio-ui.example.org' (http or https, a host, no credentials, query or fragment)")
+    return value.rstrip("/")
+
+
+RUCIO_EXTRAS = ("adapter", "poll_interval", "account", "auth_host", "auth_type", "rse_root", "dtn_url", "ca_cert",
+                "webui_url")
 
 
 def _rucio_site(config: CampaignConfig, site: str, conn: ConnectionInfo) -> dict[str, Any]:
@@ -277,12 +296,14 @@ def replica_service(settings: Mapping[str, Any], secrets: Mapping[str, str] | No
     from multisite_drp.services.replica.rucio import RucioCredentials, RucioReplicaService, RucioSite
 
     secrets = secrets or {}
-    return RucioReplicaService(
+    service = RucioReplicaService(
         scope=settings["scope"], campaign=settings["campaign"], activity=settings["activity"],
         lifetime=settings["lifetime"], hub=settings["hub"],
         sites={k: RucioSite.from_dict(v) for k, v in settings["sites"].items()},
         credentials={k: RucioCredentials(secrets[k]) for k in settings["sites"] if k in secrets},
     )
+    service.webui_url = settings.get("webui_url")
+    return service
 
 
 BUTLER_EXTRAS = ("adapter",)

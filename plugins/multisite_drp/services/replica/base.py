@@ -24,6 +24,7 @@ import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from multisite_drp.errors import DRPError, InputError, TransientError
 
@@ -129,6 +130,15 @@ class IngestCheck:
 class ReplicaService(abc.ABC):
     """One per campaign (Rucio is one service); sites are addressed by name, mapped to RSEs."""
 
+    #: The base URL of the service's web pages (the Rucio WebUI), if the deployment has one.
+    webui_url: str | None = None
+
+    def webui_link(self, recorded: object) -> str:
+        """The web page of what a replication task recorded (its XCom): a rule (``rule_id``),
+        the first of a list of rules, or a dataset (``name``, in the service's ``scope`` unless
+        it says its own). ``""`` when the service has no web pages or there is nothing to show."""
+        return webui_link(self.webui_url, recorded, getattr(self, "scope", None))
+
     @abc.abstractmethod
     def register(self, site: str, dataset: str, refs: Sequence[DatasetRef]) -> RegisteredDataset:
         """Register the files of ``refs`` (resolved in ``site``'s butler) into ``dataset``.
@@ -181,6 +191,25 @@ class ReplicationProgress:
     states: dict[str, str]  # "dataset@site" -> rule state
     stuck: dict[str, str] = dataclasses.field(default_factory=dict)  # "dataset@site" -> error
     ingested: dict[str, str] = dataclasses.field(default_factory=dict)  # "dataset@site" -> "found/expected"
+
+
+def webui_link(base: str | None, recorded: object, scope: str | None = None) -> str:
+    """The Rucio WebUI page (``{base}/rule?rule_id=...``, ``{base}/did?scope=...&name=...``, the
+    WebUI's own routes) of a rule or dataset as a replication task records it; see
+    :meth:`ReplicaService.webui_link`."""
+    if not base:
+        return ""
+    if isinstance(recorded, list):
+        recorded = recorded[0] if recorded else None
+    if not isinstance(recorded, Mapping):
+        return ""
+    base = base.rstrip("/")
+    if recorded.get("rule_id"):
+        return f"{base}/rule?{urlencode({'rule_id': str(recorded['rule_id'])})}"
+    scope, name = recorded.get("scope") or scope, recorded.get("name")
+    if scope and name:
+        return f"{base}/did?{urlencode({'scope': str(scope), 'name': str(name)})}"
+    return ""
 
 
 def replication_progress(service: ReplicaService, rules: Sequence[RuleRef],

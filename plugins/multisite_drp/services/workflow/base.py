@@ -170,5 +170,10 @@ class WorkflowService(abc.ABC):
         return self.restart(ref)
 
     def monitor_url(self, ref: WorkflowRef) -> str | None:
-        """A page where an operator follows the workflow (the PanDA monitor), if there is one."""
-        return None
+        """A page where an operator follows the workflow (the PanDA monitor); by default its
+        submit directory's logs (``file://``: the embedded runner's, on the Airflow host)."""
+        if not ref.submit_dir:
+            return None
+        from pathlib import Path
+
+        return (Path(ref.submit_dir) / "logs").as_uri()
