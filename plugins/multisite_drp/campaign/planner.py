@@ -43,7 +43,7 @@ from multisite_drp.errors import InputError
 
 from .config import CampaignConfig, Sharding
 from .dataflow import Dataflow, DataflowError, dataflow_from_pipeline, key_of
-from .partition import components_per_site, partition, site_affinity
+from .partition import components_per_site, exact_split, partition, site_affinity
 from .plan import COMPLETE_FILE, CampaignPlan, GroupPlan, PlanMetrics, SitePlan, StepPlan, Transfer
 from .spatial import SpatialInputs
 
@@ -187,6 +187,9 @@ def plan_campaign(config: CampaignConfig, inputs: SpatialInputs, method: str | N
     target = np.asarray(shares)
     v_err = float(np.abs(v_share - target).max())
     t_err = float(np.abs(t_share - target).max())
+    tol = settings.share_tolerance
+    if max(v_err, t_err) > tol:  # never silent: what was achieved, against what, and why
+        warnings.append(share_warning(inputs, sites, target, v_share, t_share, tol, method, settings))
     aff = site_affinity(inputs, tract_owner, k)
     boundary = int(((aff > 0).sum(axis=1) > 1).sum())
     metrics = PlanMetrics(
@@ -205,6 +208,32 @@ def plan_campaign(config: CampaignConfig, inputs: SpatialInputs, method: str | N
         transfers=transfers, orphan_visits=sorted(inputs.visit_id[orphans].tolist()), warnings=warnings,
         metrics=metrics,
     )
+
+
+def share_warning(inputs: SpatialInputs, sites, target, v_share, t_share, tol: float, method: str,
+                  settings) -> str:
+    """The plan's warning when a share is outside ``planner.share_tolerance``: the shares achieved
+    (of detector-visits, which whole visits carry, and of coadd work, which whole tracts carry)
+    against their targets, and why no better split was found."""
+    achieved = ", ".join(f"{s.name} {v_share[i]:.3f} of detector-visits and {t_share[i]:.3f} of coadd work "
+                         f"(target {target[i]:.3f})" for i, s in enumerate(sites))
+    v_err, t_err = float(np.abs(v_share - target).max()), float(np.abs(t_share - target).max())
+    why = []
+    if t_err > tol:
+        exact = exact_split(inputs, [s.share for s in sites], tol) if method == "graph" else None
+        if exact is not None:
+            why.append(f"no contiguous split of the {exact.tracts} tracts comes within it: the best of all "
+                       f"{exact.splits} reaches {exact.best_error:.4f} (exact enumeration; this plan uses it)")
+        else:
+            why.append(f"method {method!r} found no balanced contiguous split of the {inputs.n_tracts} tracts "
+                       f"({settings.partition_trials} trials)")
+    if v_err > tol:
+        ndet = inputs.visit_ndet
+        why.append(f"visits go whole to one site: one visit is up to {ndet.max() / max(ndet.sum(), 1):.3f} of the "
+                   f"detector-visits ({inputs.n_visits} visits)")
+    reason = "; ".join(why)
+    return (f"shares outside planner.share_tolerance {tol} (error {max(v_err, t_err):.4f}): {achieved}. "
+            f"{reason[:1].upper()}{reason[1:]}. Widen planner.share_tolerance, or plan a finer sky, to meet it")
 
 
 def plan_groups(config: CampaignConfig, site_plans: list[SitePlan], inputs: SpatialInputs | None) -> list[GroupPlan]:
