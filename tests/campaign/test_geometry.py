@@ -13,16 +13,26 @@ def _poly(verts: np.ndarray) -> ConvexPolygon:
     return ConvexPolygon([UnitVector3d(*v) for v in verts])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_detector_tract_overlaps_match_sphgeom(seed: int) -> None:
+def _unequal_fp() -> np.ndarray:
+    """SMALL_FP with its first detector shrunk to a fifth of its size (about its centre): the
+    overlap test once sized every detector from the first one, and lost the others' corners."""
+    fp = SMALL_FP.copy()
+    centre = fp[0].mean(axis=0)
+    fp[0] = centre + (fp[0] - centre) * 0.2
+    return fp
+
+
+@pytest.mark.parametrize("seed, unequal", [(0, False), (1, False), (2, False), (3, False), (0, True), (1, True)])
+def test_detector_tract_overlaps_match_sphgeom(seed: int, unequal: bool) -> None:
+    fp = _unequal_fp() if unequal else SMALL_FP
     sky = synthetic.grid_skymap(20.0, -40.0 + 10 * seed, 5, 4, size=1.0)
     vis = small_visits(25, seed, (20.2, 24.8), (-39.8 + 10 * seed, -36.2 + 10 * seed))
-    got = synthetic.count_overlaps(vis, sky, SMALL_FP, detectors=True)["detectors"]
-    corners = synthetic.detector_vertices(vis["ra"], vis["dec"], vis["rot"], SMALL_FP)
+    got = synthetic.count_overlaps(vis, sky, fp, detectors=True)["detectors"]
+    corners = synthetic.detector_vertices(vis["ra"], vis["dec"], vis["rot"], fp)
     tracts = [_poly(sky.polygons.vertices[i, : sky.polygons.nvert[i]]) for i in range(len(sky.tract_id))]
     brute = set()
     for v in range(len(vis["visit"])):
-        for d in range(SMALL_FP.shape[0]):
+        for d in range(fp.shape[0]):
             dp = _poly(corners[v, d])
             for t, tp in enumerate(tracts):
                 if dp.overlaps(tp):

@@ -223,7 +223,9 @@ def count_overlaps(visits: dict[str, np.ndarray], skymap: SkyMapGeometry, fp: np
     """
     tracts = skymap.polygons
     fov = float(np.radians(np.hypot(np.abs(fp[..., 0]).max(), np.abs(fp[..., 1]).max()))) * 1.01
-    det_r = float(np.radians(np.hypot(*(fp[0, 2] - fp[0, 0]) / 2.0))) * 1.01 + 1e-9
+    # Each detector's own circumscribed radius (a focal plane's detectors need not be equal).
+    det_centre = fp.mean(axis=1, keepdims=True)
+    det_r = np.radians(np.hypot(*np.moveaxis(fp - det_centre, -1, 0)).max(axis=1)) * 1.01 + 1e-9  # (D,)
     vc = lonlat_to_xyz(visits["ra"], visits["dec"])
     vi, tj = candidate_pairs(vc, np.full(len(vc), fov), tracts.centres, tracts.radii)
     # Visit circle wholly outside some tract edge -> disjoint.
@@ -236,7 +238,7 @@ def count_overlaps(visits: dict[str, np.ndarray], skymap: SkyMapGeometry, fp: np
     order = np.lexsort((tj, vi, nv))
     vi, tj, nv = vi[order], tj[order], nv[order]
     slack = 1e-6  # float32 margin tests: anything this close to a threshold goes to the exact test
-    sin_r = np.float32(np.sin(det_r))
+    sin_r = np.sin(det_r).astype(np.float32)[None, :, None]  # against (P, D, E) distances
     normals32 = tracts.normals.astype(np.float32)
     out_v, out_t, out_n = [], [], []
     det_rows: list[np.ndarray] = []
