@@ -429,6 +429,13 @@ def test_rate_report_exists_and_adds_up(cfg, campaign) -> None:
     assert t["bytes_in"] == sum(r["bytes_in"] for r in rows) > 0  # step4 brings other sites' PVIs
     assert t["bytes_out"] == sum(r["bytes_out"] for r in rows) > 0
     assert set(report["distribution_bytes"]) == {"frdf", "ukdf"}
+    # Planned against moved: every byte Rucio moved is on a link, beside the plan's estimate.
+    pm = report["planned_vs_moved"]
+    assert pm["moved_bytes"] == t["bytes_in"] + t["bytes_out"] + t["bytes_distributed"]
+    assert pm["planned_bytes"] == sum(x.bytes for x in plan.transfers) > 0
+    assert {r["link"] for r in pm["by_link"] if r["moved_bytes"]} >= {"usdf->frdf", "usdf->ukdf", "frdf->usdf",
+                                                                      "ukdf->usdf"}
+    assert "Planned against moved" in md
     for r in rows:
         assert r["state"] == "SUCCEEDED" and r["accepted"] is True
         assert r["wall_seconds"] > 0

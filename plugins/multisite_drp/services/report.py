@@ -6,7 +6,8 @@ workflow, restarts included), bytes moved in (the group's input rule to the site
 (the rules returning or fanning out its outputs), and rates in quanta and visits per
 hour. ``steps`` sums the groups per (step, site) and per step, with the wall time from
 the first group's start to the last one's end. The rates are compared with the campaign's
-``rate_target``. Totals are sums of the rows; the
+``rate_target``. ``planned_vs_moved`` puts the planner's estimated bytes per link
+beside what Rucio's rules moved (:func:`planned_vs_moved`). Totals are sums of the rows; the
 campaign rate divides the total quanta by the campaign's wall time (first transfer or
 workflow start to last transfer or workflow end), which includes transfers, waits and
 orchestration between steps, so it is the honest figure.
@@ -23,21 +24,48 @@ from multisite_drp.campaign import names
 from multisite_drp.services.fileio import atomic_write_json, read_json
 from multisite_drp.services.replica.base import RuleRef
 
-__all__ = ["campaign_report", "render_markdown", "write_report"]
+__all__ = ["campaign_report", "planned_vs_moved", "render_markdown", "write_report"]
 
 
 def _per_hour(count: float, seconds: float) -> float | None:
     return round(count * 3600.0 / seconds, 1) if seconds > 0 else None
 
 
-def _rule_bytes(ctx, rules: list[list[dict]], window: list[float]) -> list[int]:
-    """Bytes moved by each row's rules, with one batched status call for all of them; widens
-    ``window`` [first, last] with the rules' times."""
+def _rule_statuses(ctx, rules: list[list[dict]], window: list[float]) -> dict:
+    """The status of every rule of ``rules`` (lists of rule dicts), with one batched call;
+    widens ``window`` [first, last] with the rules' times."""
     refs = {r["rule_id"]: RuleRef.from_dict(r) for rs in rules for r in rs}
     status = ctx.replica.rule_status(list(refs.values())) if refs else {}
     for st in status.values():
         window += [t for t in (st.created, st.updated) if t]
-    return [sum(status[r["rule_id"]].bytes for r in rs) for rs in rules]
+    return status
+
+
+def planned_vs_moved(transfers, moved: list[tuple[str, str, str, int]]) -> dict:
+    """The planner's estimated bytes (``transfers``: the plan's) beside what the replica
+    service moved (``moved``: (step, source, destination, bytes) per rule), per step and link
+    (``source->destination``) and per link. The plan books a transfer under the step that
+    consumes it and models site-to-site overlaps; the campaign's rules send every input from
+    the hub and book a global step's fan-out under that step: the per-link totals compare
+    like with like, the per-step rows show where the two models differ."""
+    rows: dict[tuple[str, str], dict] = {}
+    for t in transfers:
+        row = rows.setdefault((t.step, f"{t.source}->{t.destination}"), {"planned_bytes": 0, "moved_bytes": 0})
+        row["planned_bytes"] += int(t.bytes)
+    for step, src, dst, n in moved:
+        row = rows.setdefault((step, f"{src}->{dst}"), {"planned_bytes": 0, "moved_bytes": 0})
+        row["moved_bytes"] += int(n)
+    by_step_link = [{"step": k[0], "link": k[1], **v} for k, v in sorted(rows.items())]
+    links: dict[str, dict] = {}
+    for r in by_step_link:
+        tot = links.setdefault(r["link"], {"planned_bytes": 0, "moved_bytes": 0})
+        tot["planned_bytes"] += r["planned_bytes"]
+        tot["moved_bytes"] += r["moved_bytes"]
+    by_link = [{"link": k, **v, "moved_over_planned": round(v["moved_bytes"] / v["planned_bytes"], 3)
+                if v["planned_bytes"] else None} for k, v in sorted(links.items())]
+    return {"by_step_and_link": by_step_link, "by_link": by_link,
+            "planned_bytes": sum(r["planned_bytes"] for r in by_link),
+            "moved_bytes": sum(r["moved_bytes"] for r in by_link)}
 
 
 def _span(rows: list[dict]) -> float:
@@ -118,14 +146,21 @@ def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
                 })
                 rules_in.append(actions.input_rules(ctx, step.name, site, g.group))
                 rules_out.append(actions.output_rules(ctx, step.name, site, g.group))
-    moved = _rule_bytes(ctx, [*rules_in, *rules_out], window)  # one status call for every row's rules
-    for row, b_in, b_out in zip(rows, moved[:len(rows)], moved[len(rows):], strict=True):
-        row["bytes_in"], row["bytes_out"] = b_in, b_out
+    dist_rules = {site.name: actions.distribution_rules(ctx, site.name) for site in cfg.sites}
+    dist_rules = {k: v for k, v in dist_rules.items() if v}
+    # One status call for every rule of the campaign.
+    status = _rule_statuses(ctx, [*rules_in, *rules_out, *dist_rules.values()], window)
+    moved = []  # (step, source, destination, bytes) per rule
+    for row, r_in, r_out in zip(rows, rules_in, rules_out, strict=True):
+        row["bytes_in"] = sum(status[r["rule_id"]].bytes for r in r_in)
+        row["bytes_out"] = sum(status[r["rule_id"]].bytes for r in r_out)
+        moved += [(row["step"], plan.hub, r["site"], status[r["rule_id"]].bytes) for r in r_in]
+        moved += [(row["step"], row["site"], r["site"], status[r["rule_id"]].bytes) for r in r_out]
     distribution = {}
-    for site in cfg.sites:
-        rules = actions.distribution_rules(ctx, site.name)
-        if rules:
-            distribution[site.name] = _rule_bytes(ctx, [rules], window)[0]
+    first_step = cfg.steps[0].name  # the plan books the distribution under the first step too
+    for site, rules in dist_rules.items():
+        distribution[site] = sum(status[r["rule_id"]].bytes for r in rules)
+        moved += [(first_step, plan.hub, r["site"], status[r["rule_id"]].bytes) for r in rules]
     started, finished = (min(window), max(window)) if window else (None, None)
     campaign_wall = (finished - started) if window else 0.0
     total_quanta = sum(r["quanta_succeeded"] for r in rows)
@@ -163,6 +198,7 @@ def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
         "totals": totals,
         "distribution_bytes": distribution,
         "steps": {"by_step_and_site": _summaries(rows, ("step", "site")), "by_step": _summaries(rows, ("step",))},
+        "planned_vs_moved": planned_vs_moved(plan.transfers, moved),
         "rows": rows,
     }
 
@@ -216,6 +252,18 @@ def render_markdown(report: dict) -> str:
             f"{row['quanta_succeeded']} | {row['quanta_failed']} | {row['visits']} | {row['wall_seconds']:.1f} | "
             f"{_mb(row['bytes_in'])} | {_mb(row['bytes_out'])} | {row['quanta_per_hour']} |"
         )
+    pm = report.get("planned_vs_moved")
+    if pm:
+        lines += ["", (f"Planned against moved: {_mb(pm['planned_bytes'])} MB planned (the planner's estimate), "
+                  f"{_mb(pm['moved_bytes'])} MB moved (Rucio's rules). Per link:"), "",
+                  "| link | MB planned | MB moved | moved / planned |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['link']} | {_mb(r['planned_bytes'])} | {_mb(r['moved_bytes'])} | "
+                  f"{_dash(r['moved_over_planned'])} |" for r in pm["by_link"]]
+        lines += ["", ("Per step and link (the plan books a transfer under the step that consumes it, the rules "
+                  "under the step that made them):"), "", "| step | link | MB planned | MB moved |",
+                  "|---|---|---:|---:|"]
+        lines += [f"| {r['step']} | {r['link']} | {_mb(r['planned_bytes'])} | {_mb(r['moved_bytes'])} |"
+                  for r in pm["by_step_and_link"]]
     if report["distribution_bytes"]:
         lines += ["", "Distribution before step 1 (calibrations, refcat, raws): "
                   + ", ".join(f"{s} {_mb(b)} MB" for s, b in report["distribution_bytes"].items())]
