@@ -335,6 +335,30 @@ class TimeoutSettings(_Strict):
     )
 
 
+EMAIL = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$"
+
+
+class AlertSettings(_Strict):
+    """Where a failed task's alert goes besides the log and ``alerts.jsonl``: by e-mail through
+    the SMTP provider's ``SmtpNotifier`` (an Airflow connection of type ``smtp``: host, port,
+    login, password, extra ``from_email``). Connection ids only: the secrets stay in Airflow."""
+
+    smtp_conn_id: ConnId | None = Field(default=None, description="The SMTP connection alerts are mailed through.")
+    email_to: list[Annotated[str, StringConstraints(pattern=EMAIL)]] = Field(
+        default_factory=list, max_length=50, description="Who gets the alert mails (required with smtp_conn_id).")
+    send_seconds: float = Field(
+        default=10.0, gt=0.0, le=120.0,
+        description="Longest time a send may take (connect to last byte); past it the task's failure handling "
+        "goes on without it.",
+    )
+
+    @model_validator(mode="after")
+    def _recipients(self) -> AlertSettings:
+        if self.smtp_conn_id and not self.email_to:
+            raise ValueError("alerts.email_to is empty but alerts.smtp_conn_id is set; expected at least one address")
+        return self
+
+
 class OnKillSettings(_Strict):
     """What a wait that is killed (its task marked failed or cleared) does to the work it
     waits on. ``workflows``: ``cancel`` stops the workflow's jobs (embedded runner or PanDA
@@ -381,6 +405,7 @@ class CampaignConfig(_Strict):
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     on_kill: OnKillSettings = Field(default_factory=OnKillSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     replication: ReplicationSettings
     sites: list[SiteConfig] = Field(min_length=1)
     steps: list[StepConfig] = Field(min_length=1)

@@ -255,6 +255,7 @@ class CampaignAlertNotifier(BaseNotifier):
         self.deadline = deadline
 
     def notify(self, context: dict[str, Any]) -> None:
+        cfg = None
         record = alert_record(context)
         log.error("DRP ALERT %s", json.dumps(record))
         params = context.get("params") or {}
@@ -270,8 +271,11 @@ class CampaignAlertNotifier(BaseNotifier):
             with open(path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         except Exception as exc:  # noqa: BLE001 - the alert itself must not fail
+            cfg = None
             log.error("could not record the alert in the campaign's alerts.jsonl: %s",
                       _cap(str(redact(f"{type(exc).__name__}: {exc}")), ERROR_CHARS))
+        if cfg is not None and cfg.alerts.smtp_conn_id:
+            self.mail(record, cfg.alerts, context)
         url = os.environ.get(self.webhook_env)
         if url:
             text = f"DRP {record['task_id']} failed (try {record['try_number']}): {record['error']}"
@@ -284,3 +288,43 @@ class CampaignAlertNotifier(BaseNotifier):
                 reason = str(exc).replace(url, where)
                 log.error("alert webhook at %s ($%s) failed: %s: %s", where, self.webhook_env, type(exc).__name__,
                           _cap(str(redact(reason)), ERROR_CHARS))
+
+    def mail(self, record: dict[str, Any], settings: Any, context: dict[str, Any]) -> bool:
+        """Mail the (masked, bounded) record through the SMTP provider's ``SmtpNotifier`` on
+        ``settings.smtp_conn_id`` to ``settings.email_to``, within ``settings.send_seconds``
+        (the send runs in a daemon thread; past the limit it is abandoned, logged, and the
+        task's failure handling goes on). Subject and body are ours, plain text escaped into
+        HTML, never a template. True if the server accepted it."""
+        import html
+
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        subject = _cap(f"DRP alert: {record['task_id']} failed (try {record['try_number']})", 200)
+        rows = "".join(f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in record.items() if v is not None)
+        body = f"<p>{html.escape(str(record.get('error')))}</p><table>{rows}</table>"
+        notifier = SmtpNotifier(to=list(settings.email_to), smtp_conn_id=settings.smtp_conn_id, subject=subject,
+                                html_content=body)
+        outcome: dict[str, Any] = {}
+
+        def send() -> None:
+            try:
+                notifier.notify(context)
+                outcome["ok"] = True
+            except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=send, name="drp-alert-smtp", daemon=True)
+        worker.start()
+        worker.join(settings.send_seconds)
+        where = f"connection {settings.smtp_conn_id} to {len(settings.email_to)} recipient(s)"
+        if worker.is_alive():
+            log.error("alert mail through %s: no answer within %g s; given up", where, settings.send_seconds)
+            return False
+        if "error" in outcome:
+            exc = outcome["error"]
+            log.error("alert mail through %s failed: %s", where,
+                      _cap(str(redact(f"{type(exc).__name__}: {exc}")), ERROR_CHARS))
+            return False
+        log.info("alert mailed through %s", where)
+        return True
