@@ -38,7 +38,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 from multisite_drp.campaign.config import load_campaign
-from multisite_drp.notifiers.alert import CampaignAlertNotifier
+from multisite_drp.notifiers.alert import CampaignAlertNotifier, run_deadline
 from multisite_drp.operators.drp import (
     CampaignReportOperator,
     FinalizeOperator,
@@ -65,6 +65,8 @@ with DAG(
     max_active_tasks=32,
     tags=["drp", "multisite"],
     doc_md=__doc__,
+    # The campaign file's alerts.run_deadline_hours: an alert when a run is not done in time.
+    deadline=run_deadline(SHAPE.alerts.run_deadline_hours),
     default_args={
         "retries": 1,
         "retry_delay": timedelta(seconds=30),

@@ -351,6 +351,11 @@ class AlertSettings(_Strict):
         description="Longest time a send may take (connect to last byte); past it the task's failure handling "
         "goes on without it.",
     )
+    run_deadline_hours: float | None = Field(
+        default=None, gt=0.0, le=24 * 366.0,
+        description="Alert (Airflow DeadlineAlert, in the triggerer) when a campaign run is still not finished "
+        "this many hours after it was queued. Read from the campaign file the DAG is parsed with.",
+    )
 
     @model_validator(mode="after")
     def _recipients(self) -> AlertSettings:

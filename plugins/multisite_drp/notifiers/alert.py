@@ -46,7 +46,7 @@ from airflow.sdk import BaseNotifier
 from airflow.sdk._shared.secrets_masker import redact
 
 __all__ = ["DEADLINE_SECONDS", "ERROR_CHARS", "CampaignAlertNotifier", "WebhookRefused", "alert_record",
-           "post_webhook", "safe_url"]
+           "deadline_missed", "post_webhook", "run_deadline", "safe_url"]
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ class CampaignAlertNotifier(BaseNotifier):
                 log.error("alert webhook at %s ($%s) failed: %s: %s", where, self.webhook_env, type(exc).__name__,
                           _cap(str(redact(reason)), ERROR_CHARS))
 
-    def mail(self, record: dict[str, Any], settings: Any, context: dict[str, Any]) -> bool:
+    def mail(self, record: dict[str, Any], settings: Any, context: dict[str, Any], subject: str | None = None) -> bool:
         """Mail the (masked, bounded) record through the SMTP provider's ``SmtpNotifier`` on
         ``settings.smtp_conn_id`` to ``settings.email_to``, within ``settings.send_seconds``
         (the send runs in a daemon thread; past the limit it is abandoned, logged, and the
@@ -299,7 +299,7 @@ class CampaignAlertNotifier(BaseNotifier):
 
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-        subject = _cap(f"DRP alert: {record['task_id']} failed (try {record['try_number']})", 200)
+        subject = _cap(subject or f"DRP alert: {record['task_id']} failed (try {record['try_number']})", 200)
         rows = "".join(f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in record.items() if v is not None)
         body = f"<p>{html.escape(str(record.get('error')))}</p><table>{rows}</table>"
@@ -328,3 +328,57 @@ class CampaignAlertNotifier(BaseNotifier):
             return False
         log.info("alert mailed through %s", where)
         return True
+
+
+def run_deadline(hours: float | None):
+    """The campaign DAG's ``deadline``: a DeadlineAlert ``hours`` after a run is queued whose
+    callback (:func:`deadline_missed`, run in the triggerer) records and sends an alert;
+    None without a limit."""
+    if not hours:
+        return None
+    from datetime import timedelta
+
+    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(hours=hours),
+                         callback=AsyncCallback(deadline_missed, kwargs={"hours": hours}))
+
+
+async def deadline_missed(*, hours: float, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A campaign run missed its deadline: the same masked, bounded record as a failure
+    (``level`` "deadline", the run instead of a task), logged, appended to the campaign's
+    ``alerts.jsonl`` and mailed when the campaign says so. Runs in the triggerer; the file
+    and the mail go through a thread, so the event loop is not blocked."""
+    import asyncio
+
+    run = (context or {}).get("dag_run") or {}
+    conf = run.get("conf") or {}
+    record = redact({
+        "at": time.time(), "level": "deadline", "dag_id": run.get("dag_id"), "run_id": run.get("dag_run_id"),
+        "task_id": None, "step": None, "site": None, "try_number": None,
+        "error": _cap(f"run not finished {hours:g} h after it was queued (queued at {run.get('queued_at')}, "
+                      f"state {run.get('state')})", ERROR_CHARS),
+        "log_url": None, "campaign_file": conf.get("campaign_file"), "generation": conf.get("generation"),
+    })
+    log.error("DRP ALERT %s", json.dumps(record))
+
+    def write_and_mail() -> None:
+        from multisite_drp.campaign.config import load_campaign
+        from multisite_drp.hooks.campaign import deployment_roots
+
+        cfg = load_campaign(conf["campaign_file"], data_root=conf.get("data_root"), check_pipeline=False,
+                            allowed_roots=deployment_roots())
+        path = cfg.work_path / "alerts.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if cfg.alerts.smtp_conn_id:
+            CampaignAlertNotifier().mail(record, cfg.alerts, {},
+                                         subject=f"DRP alert: run {record['run_id']} missed its {hours:g} h deadline")
+
+    try:
+        await asyncio.to_thread(write_and_mail)
+    except Exception as exc:  # noqa: BLE001 - the alert is logged above whatever else fails
+        log.error("could not record or mail the deadline alert: %s",
+                  _cap(str(redact(f"{type(exc).__name__}: {exc}")), ERROR_CHARS))
+    return record
