@@ -244,6 +244,21 @@ def post_webhook(url: str, body: bytes, *, deadline: float = DEADLINE_SECONDS,
     return int(outcome["status"])
 
 
+def append_record(params: dict[str, Any], record: dict[str, Any]):
+    """Append ``record`` to the ``alerts.jsonl`` of the campaign the run's Params (or conf)
+    name, held inside the deployment's allowed roots; the loaded campaign config."""
+    from multisite_drp.campaign.config import load_campaign
+    from multisite_drp.hooks.campaign import deployment_roots
+
+    cfg = load_campaign(params["campaign_file"], data_root=params.get("data_root"), check_pipeline=False,
+                        allowed_roots=deployment_roots())
+    path = cfg.work_path / "alerts.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return cfg
+
+
 class CampaignAlertNotifier(BaseNotifier):
     """Log, record and (optionally) post an alert for a failed campaign task."""
 
@@ -260,16 +275,7 @@ class CampaignAlertNotifier(BaseNotifier):
         log.error("DRP ALERT %s", json.dumps(record))
         params = context.get("params") or {}
         try:
-            from multisite_drp.campaign.config import load_campaign
-            from multisite_drp.hooks.campaign import deployment_roots
-
-            # The Params name the file we append to: held inside the deployment's allowed roots.
-            cfg = load_campaign(params["campaign_file"], data_root=params.get("data_root"), check_pipeline=False,
-                                allowed_roots=deployment_roots())
-            path = cfg.work_path / "alerts.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            cfg = append_record(params, record)
         except Exception as exc:  # noqa: BLE001 - the alert itself must not fail
             cfg = None
             log.error("could not record the alert in the campaign's alerts.jsonl: %s",
@@ -363,15 +369,7 @@ async def deadline_missed(*, hours: float, context: dict[str, Any] | None = None
     log.error("DRP ALERT %s", json.dumps(record))
 
     def write_and_mail() -> None:
-        from multisite_drp.campaign.config import load_campaign
-        from multisite_drp.hooks.campaign import deployment_roots
-
-        cfg = load_campaign(conf["campaign_file"], data_root=conf.get("data_root"), check_pipeline=False,
-                            allowed_roots=deployment_roots())
-        path = cfg.work_path / "alerts.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        cfg = append_record(conf, record)
         if cfg.alerts.smtp_conn_id:
             CampaignAlertNotifier().mail(record, cfg.alerts, {},
                                          subject=f"DRP alert: run {record['run_id']} missed its {hours:g} h deadline")
