@@ -79,7 +79,7 @@ class CampaignActionOperator(CampaignTaskMixin, BaseOperator):
         self.log.info("%s: %s", self.task_id, json.dumps(result, default=str)[:4000])
         if self.links_to_rucio:
             url = ctx.replica.webui_link(result)
-            if url:
+            if url and context.get("ti") is not None:
                 context["ti"].xcom_push(key=RUCIO_URL_KEY, value=url)
                 self.log.info("%s: in Rucio at %s", self.task_id, url)
         return result
