@@ -26,6 +26,7 @@ from multisite_drp.services.butler import SiteButler
 from scripts.load_airflow_settings import connection_env
 from tests.conftest import CAMPAIGN, ROOT
 from tests.dags._dagtest import run_dag_test
+from tests.notifiers.test_alert_slack import SlackReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -64,6 +65,7 @@ def run(tmp_path_factory) -> dict:
     doc = yaml.safe_load(CAMPAIGN.read_text())
     doc["pipeline"] = str((CAMPAIGN.parent / doc["pipeline"]).resolve())
     doc["failed_quanta_threshold"] = THRESHOLD
+    doc["alerts"] = {"slack_webhook_conn_id": "drp_alerts_slack"}
     campaign = base / "campaign.yaml"
     campaign.write_text(yaml.safe_dump(doc, sort_keys=False))
     cfg = load_campaign(campaign, data_root=data_root, sites=[SITE])
@@ -92,9 +94,16 @@ def run(tmp_path_factory) -> dict:
     # (services.procs.child_env): the knob is added by name, for the runner and its children.
     env[FAULT_ENV] = f"isr:exposure={visit},detector=2"
     env["MULTISITE_DRP_CHILD_ENV"] = f"MULTISITE_DRP_CHILD_ENV,{FAULT_ENV}"
+    # Alerts go to Slack through the provider's notifier: here a loopback receiver (no Slack).
+    slack = SlackReceiver()
+    env["AIRFLOW_CONN_DRP_ALERTS_SLACK"] = json.dumps(
+        {"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{slack.port}/services", "password": "T0/B0/tok"})
     conf = {"campaign_file": str(campaign), "data_root": str(data_root), "sites": [SITE], "generation": 0}
-    result, text = run_dag_test(dags, "drp_restarts_test", conf, env, base / "dag_test.log")
-    return {"cfg": cfg, "visit": visit, "log": text, **result}
+    try:
+        result, text = run_dag_test(dags, "drp_restarts_test", conf, env, base / "dag_test.log")
+    finally:
+        slack.stop()
+    return {"cfg": cfg, "visit": visit, "log": text, "slack": slack.posts, **result}
 
 
 def test_the_wait_restarts_exactly_n_times_then_fails(run) -> None:
@@ -122,6 +131,7 @@ def test_the_wait_restarts_exactly_n_times_then_fails(run) -> None:
 
 def test_the_failure_is_an_alert_naming_the_task_fraction_and_threshold(run) -> None:
     alerts = [json.loads(ln) for ln in (run["cfg"].work_path / "alerts.jsonl").read_text().splitlines()]
+    alerts = [a for a in alerts if a["level"] == "failure"]
     assert [a["task_id"] for a in alerts] == ["step1.usdf.wait_workflow"]
     error = alerts[0]["error"]
     assert (f"minidrp_step1_usdf_g0_group000 rejected by the partial-success policy after {AUTO_RESTARTS + 1} "
@@ -129,3 +139,18 @@ def test_the_failure_is_an_alert_naming_the_task_fraction_and_threshold(run) -> 
         in error
     assert "1 failed and 1 blocked of 8 quanta" in error and "fraction 0.25 > threshold 0.1" in error
     assert alerts[0]["try_number"] == 1 and alerts[0]["dag_id"] == "drp_restarts_test"
+
+
+def test_each_restart_is_a_warning_and_all_reach_slack(run) -> None:
+    """The policy's restarts are warnings (one per attempt, however often the sensor
+    resumed), separate from the failure; each warning and the failure reached Slack."""
+    alerts = [json.loads(ln) for ln in (run["cfg"].work_path / "alerts.jsonl").read_text().splitlines()]
+    warnings = [a for a in alerts if a["level"] == "warning"]
+    assert [(w["kind"], w["task_id"]) for w in warnings] == \
+        [("workflow_restarted", "step1.usdf.wait_workflow")] * AUTO_RESTARTS
+    assert "restarted by policy, attempt 2 of 2" in warnings[0]["error"]
+    texts = [p["json"]["text"] for p in run["slack"]]
+    assert len(texts) == AUTO_RESTARTS + 1, texts
+    assert texts[0].startswith("*DRP warning (workflow_restarted): step1.usdf.wait_workflow*")
+    assert texts[-1].startswith("*DRP alert: step1.usdf.wait_workflow failed (try 1)*")
+    assert all(p["path"] == "/services/T0/B0/tok" for p in run["slack"])

@@ -122,7 +122,7 @@ def test_alert_is_posted_masked_and_bounded(tmp_path, receivers, monkeypatch, ca
     hook = Receiver("ok")
     receivers.append(hook)
     monkeypatch.setenv("MULTISITE_DRP_ALERT_WEBHOOK", hook.url())
-    caplog.set_level(logging.INFO, logger="multisite_drp.notifiers.alert")
+    caplog.set_level(logging.INFO, logger="multisite_drp.hooks.alerts")
 
     CampaignAlertNotifier().notify(_context(tmp_path, _failure()))
 
@@ -135,7 +135,7 @@ def test_alert_is_posted_masked_and_bounded(tmp_path, receivers, monkeypatch, ca
         assert alert["log_url"] == "http://localhost:8080/dags/drp_campaign/runs/r/tasks/t"
         assert alert["error"].startswith("RuntimeError: login to rucio as drp_frdf with password *** refused")
         assert "\n" not in alert["error"] and len(alert["error"]) <= ERROR_CHARS
-    assert body["text"].startswith("DRP step4.frdf.wait_workflow failed (try 2): RuntimeError: login")
+    assert body["text"].startswith("DRP alert: step4.frdf.wait_workflow failed (try 2): RuntimeError: login")
     # The secret is nowhere: body, record, logs. The hook's path is not in the logs either.
     assert SECRET not in hook.posts[0]["body"]
     assert SECRET not in (tmp_path / "work" / "alerts.jsonl").read_text()

@@ -78,7 +78,7 @@ def test_alert_is_mailed_masked_and_bounded(tmp_path, monkeypatch, caplog, allow
     try:
         _smtp_conn(monkeypatch, port)
         campaign = _campaign(tmp_path, smtp_conn_id="drp_alerts_smtp", email_to=["ops@example.org"])
-        caplog.set_level(logging.INFO, logger="multisite_drp.notifiers.alert")
+        caplog.set_level(logging.INFO, logger="multisite_drp.hooks.alerts")
         error = RuntimeError(f"SMTP-side secret {SECRET} in a long first line " + "x" * 2000 + "\nline two")
         CampaignAlertNotifier().notify(_context(campaign, tmp_path, error))
     finally:
@@ -92,7 +92,7 @@ def test_alert_is_mailed_masked_and_bounded(tmp_path, monkeypatch, caplog, allow
         assert field in text
     assert SECRET not in text and "line two" not in text and len(text) < 5000
     assert SECRET not in caplog.text
-    assert "alert mailed through connection drp_alerts_smtp to 1 recipient(s)" in caplog.text
+    assert "alert mail through connection drp_alerts_smtp to 1 recipient(s): sent" in caplog.text
     record = json.loads((tmp_path / "data" / "work" / "alerts.jsonl").read_text().splitlines()[-1])
     assert record["task_id"] == "step4.frdf.wait_workflow"  # the JSONL record is kept
 

@@ -180,7 +180,7 @@ def test_submit_and_merge_resume_after_a_crash(ctx, setup: Path) -> None:
     #    that runner in turn dies before its final job (its merge).
     _crash(setup, "submit.after_launch,runner.before_merge", "submit", "step1", "usdf", "0")
     # A try right now finds the running (unrecorded) runner through its lock: no second one.
-    assert actions.submit(ctx, "step1", "usdf", 0) == ref.to_dict()
+    assert actions.submit(ctx, "step1", "usdf", 0) == {**ref.to_dict(), "submission": "found"}
     dead = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s, timeout=300)
     assert dead.state is WmsStates.FAILED and "phase merge" in dead.message, dead
     assert len(_runner_starts(sdir)) == 1 and dead.attempt == 1 and not dead.merged
@@ -194,7 +194,9 @@ def test_submit_and_merge_resume_after_a_crash(ctx, setup: Path) -> None:
 
     # 4. The submit task's retry restarts the failed workflow (attempt 2): run-qbb skips every
     #    quantum, the final job merges again over outputs that are there: nothing doubles.
-    actions.submit(ctx, "step1", "usdf", 0)
+    restarted = actions.submit(ctx, "step1", "usdf", 0)
+    assert (restarted["submission"], restarted["previous_run_id"], restarted["previous_state"]) == \
+        ("restarted", ref.run_id, "FAILED")
     done = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s, timeout=300)
     assert done.state is WmsStates.SUCCEEDED and done.attempt == 2 and done.merged, done
     assert len(_runner_starts(sdir)) == 2

@@ -133,7 +133,7 @@ def test_find_by_name_when_the_record_was_lost(relay, bed, monkeypatch) -> None:
     (Path(spec.submit_dir) / "panda.json").unlink()
     submits = relay.stats()["commands"].get("submit", 0)
     found = actions.submit(ctx, "step1", SITE, 0)
-    assert found["run_id"] == ref.run_id
+    assert found["run_id"] == ref.run_id and found["submission"] == "found"
     assert relay.stats()["commands"].get("submit", 0) == submits
     assert json.loads((Path(spec.submit_dir) / "panda.json").read_text())["submissions"][0]["recovered"]
 
@@ -194,6 +194,8 @@ def test_rescue_is_a_new_request_that_runs_only_what_is_missing(relay, bed, monk
         relay.clear_faults()
     rescued = actions.submit(ctx, "step1", SITE, 0, rescue=True)
     assert rescued["run_id"] != first.run_id and rescued["name"].endswith("_rescue1")
+    assert (rescued["submission"], rescued["previous_run_id"], rescued["previous_state"]) == \
+        ("rescued", first.run_id, "FAILED")
     from multisite_drp.services.workflow.base import WorkflowRef
 
     ref = WorkflowRef.from_dict(rescued)

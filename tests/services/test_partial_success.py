@@ -105,3 +105,25 @@ def test_above_the_threshold_is_rejected_naming_fraction_and_threshold(finished)
     assert decision["reason"] == "1 failed and 1 blocked of 16 quanta (fraction 0.125, threshold 0.1): " \
                                  "fraction 0.125 > threshold 0.1"
     assert json.loads((Path(ref.submit_dir) / "decision.json").read_text())["accepted"] is False
+
+
+def test_an_accepted_partial_success_is_one_warning(finished, monkeypatch) -> None:
+    """The real sensor's ending (``WorkflowSensor._finish``), twice, as a retried wait would:
+    the task succeeds both times, and the operator gets one ``partial_success`` warning."""
+    from types import SimpleNamespace
+
+    from multisite_drp.sensors.drp import WorkflowSensor
+
+    ctx, ref = _with_threshold(finished["ctx"], 0.2), finished["ref"]
+    root = ctx.config.data_root_path
+    monkeypatch.setenv("MULTISITE_DRP_ALLOWED_ROOTS", f"{root}:{CAMPAIGN.parents[1]}")
+    sensor = WorkflowSensor(task_id="wait_workflow", step="step1", site=SITE, group=0)
+    for try_number in (1, 2):
+        ti = SimpleNamespace(dag_id="drp_campaign", run_id="manual__ps", task_id="step1.usdf.wait_workflow",
+                             map_index=0, try_number=try_number, log_url=None)
+        context = {"ti": ti, "params": {"campaign_file": str(CAMPAIGN), "data_root": str(root), "generation": 0}}
+        assert sensor._finish(ctx, ref, context)["outcome"] == "partial_success"
+    [warning] = [json.loads(ln) for ln in (ctx.config.work_path / "alerts.jsonl").read_text().splitlines()]
+    assert (warning["level"], warning["kind"], warning["task_id"], warning["map_index"]) == \
+        ("warning", "partial_success", "step1.usdf.wait_workflow", 0)
+    assert warning["error"].startswith(f"{ref.name} accepted as a partial success: 1 failed and 1 blocked of 16")

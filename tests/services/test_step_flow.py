@@ -112,7 +112,7 @@ def test_step1_at_remote_site_end_to_end(ctx: actions.CampaignContext) -> None:
     # Idempotency: every action again finds its earlier work.
     n_rules = len(ctx.replica.list_rules())
     assert actions.replicate_inputs(ctx, "step1", "frdf", 0) == inputs_rule
-    assert actions.submit(ctx, "step1", "frdf", 0) == ref.to_dict()
+    assert actions.submit(ctx, "step1", "frdf", 0) == {**ref.to_dict(), "submission": "found"}
     assert ctx.workflows["frdf"].status([ref])[ref.run_id].attempt == 1
     assert actions.register(ctx, "step1", "frdf", 0)["new_files"] == 0
     assert actions.replicate_outputs(ctx, "step1", "frdf", 0) == back
@@ -134,7 +134,10 @@ def test_killed_workflow_is_restarted_and_finishes(ctx: actions.CampaignContext)
     assert dead.state is WmsStates.FAILED and "gone" in dead.message
 
     # A retried submit task restarts the same workflow instead of submitting a new one.
-    again = WorkflowRef.from_dict(actions.submit(ctx, "step1", "usdf", 0, processes=1))
+    restarted = actions.submit(ctx, "step1", "usdf", 0, processes=1)
+    assert (restarted["submission"], restarted["previous_state"]) == ("restarted", "FAILED")
+    assert "gone" in restarted["previous_message"]
+    again = WorkflowRef.from_dict(restarted)
     assert again == ref
     done = wait_until(lambda: (s := service.status([ref])[ref.run_id]).terminal and s)
     assert done.state is WmsStates.SUCCEEDED, done

@@ -167,7 +167,7 @@ def test_alert_notifier_records_and_posts(tmp_path: Path, monkeypatch: pytest.Mo
     record = json.loads(lines[-1])
     assert record["task_id"] == "step4.frdf.wait_workflow" and record["try_number"] == 2
     assert record["error"] == "RuntimeError: minidrp_step4_frdf_g0 rejected"
-    assert _Hook.received and _Hook.received[-1]["text"].startswith("DRP step4.frdf.wait_workflow failed (try 2)")
+    assert _Hook.received and _Hook.received[-1]["text"].startswith("DRP alert: step4.frdf.wait_workflow failed (try 2)")
 
 
 def test_a_sites_group_triggers_share_one_status_call_per_interval(tmp_path: Path,

@@ -339,13 +339,24 @@ EMAIL = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$"
 
 
 class AlertSettings(_Strict):
-    """Where a failed task's alert goes besides the log and ``alerts.jsonl``: by e-mail through
-    the SMTP provider's ``SmtpNotifier`` (an Airflow connection of type ``smtp``: host, port,
-    login, password, extra ``from_email``). Connection ids only: the secrets stay in Airflow."""
+    """Where an alert goes besides the log and ``alerts.jsonl``: by e-mail through the SMTP
+    provider's ``SmtpNotifier`` (an Airflow connection of type ``smtp``: host, port, login,
+    password, extra ``from_email``) and to Slack through the Slack provider's
+    ``SlackWebhookNotifier`` (a connection of type ``slackwebhook``: the webhook URL, its
+    token as the password). Failures and missed deadlines always go; warnings (a STUCK
+    rule, a restarted workflow, an accepted partial success) too unless ``warnings`` is
+    false. Connection ids only: the secrets stay in Airflow."""
 
     smtp_conn_id: ConnId | None = Field(default=None, description="The SMTP connection alerts are mailed through.")
     email_to: list[Annotated[str, StringConstraints(pattern=EMAIL)]] = Field(
         default_factory=list, max_length=50, description="Who gets the alert mails (required with smtp_conn_id).")
+    slack_webhook_conn_id: ConnId | None = Field(
+        default=None, description="The Slack incoming-webhook connection alerts are posted through.")
+    warnings: bool = Field(
+        default=True,
+        description="Send warning alerts (STUCK rule, workflow restarted, partial success accepted) by mail and "
+        "Slack too; false keeps them in the log and alerts.jsonl only.",
+    )
     send_seconds: float = Field(
         default=10.0, gt=0.0, le=120.0,
         description="Longest time a send may take (connect to last byte); past it the task's failure handling "

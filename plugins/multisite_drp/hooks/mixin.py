@@ -22,6 +22,9 @@ creation, so no task can forget) by :func:`drp_errors`:
   capped by ``max_retry_delay`` 1 h) unless the task or the DAG's ``default_args`` say
   otherwise;
 * anything else is raised as is, and retried as the task's ``retries`` say.
+
+:meth:`CampaignTaskMixin.warn` raises a warning alert (``hooks/alerts.py``): something
+the operator should see that does not fail the task.
 """
 
 from __future__ import annotations
@@ -143,3 +146,11 @@ class CampaignTaskMixin:
             raise AirflowSkipException(reason)
         assert hook is not None  # skip_reason skips every dry run
         return hook, hook.get_conn()
+
+    def warn(self, context, kind: str, text: str, key: str) -> bool:
+        """Raise a warning alert of ``kind`` (``hooks.alerts.WARNING_KINDS``) for this task:
+        logged, recorded in ``alerts.jsonl`` and sent as the campaign's ``alerts`` say, once
+        per ``key``. Never raises: a warning must not fail the task. True if it was new."""
+        from multisite_drp.hooks.alerts import warn
+
+        return warn({**context, "task": self}, kind, text, key)

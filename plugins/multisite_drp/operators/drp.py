@@ -178,8 +178,9 @@ class ReplicateInputsOperator(StepSiteOperator):
 
 class SubmitWorkflowOperator(StepSiteOperator):
     """Submits once; finds an earlier submission; restarts a FAILED one (``bps restart``), or
-    with the Param ``rescue`` makes a rescue submission. Shows the workflow system's page
-    (the PanDA monitor) as an extra link."""
+    with the Param ``rescue`` makes a rescue submission, and raises a ``workflow_restarted``
+    warning alert when it does. Shows the workflow system's page (the PanDA monitor) as an
+    extra link."""
 
     ui_color = "#cfe2f3"
     operator_extra_links = (WorkflowMonitorLink(),)
@@ -191,6 +192,13 @@ class SubmitWorkflowOperator(StepSiteOperator):
         from multisite_drp.services.workflow.base import WorkflowRef
 
         url = ctx.workflows[self.site].monitor_url(WorkflowRef.from_dict(ref))
+        if ref["submission"] in ("restarted", "rescued"):
+            ti = context.get("ti")
+            self.warn(context, "workflow_restarted",
+                      f"{ref['name']} was found {ref['previous_state']} ({ref['previous_message']}) and "
+                      f"{ref['submission']} (run {ref['previous_run_id']} -> {ref['run_id']})",
+                      key=f"workflow_restarted:{ref['name']}:{ref['previous_run_id']}:{ref['submission']}:"
+                          f"{ref['run_id']}:{getattr(ti, 'run_id', None)}:{getattr(ti, 'try_number', None)}")
         if url:
             self.log.info("%s/%s group %d: follow it at %s", self.step, self.site, self.group_id, url)
         return {**ref, "monitor_url": url}

@@ -150,12 +150,20 @@ class WorkflowSensor(_SiteSensor):
         from multisite_drp.services import actions
 
         decision = actions.accept(ctx, ref)
+        attempt = decision.get("attempt", 1)
+        if decision["outcome"] == "partial_success":
+            self.warn(context, "partial_success", f"{ref.name} accepted as a partial success: {decision['reason']}",
+                      key=f"partial_success:{ref.name}:{ref.run_id}:{attempt}")
         if decision["accepted"]:
             return decision
-        if hook is not None and self.deferrable and decision.get("attempt", 1) <= self.auto_restarts:
+        if hook is not None and self.deferrable and attempt <= self.auto_restarts:
             self.log.warning("%s rejected (%s, %s); restarting it (attempt %d of %d)", ref.name, decision["state"],
-                             decision.get("message"), decision.get("attempt", 1) + 1, self.auto_restarts + 1)
+                             decision.get("message"), attempt + 1, self.auto_restarts + 1)
             ctx.workflows[self.site].restart(ref)
+            self.warn(context, "workflow_restarted",
+                      f"{ref.name} rejected ({decision['state']}: {decision['reason']}); restarted by policy, "
+                      f"attempt {attempt + 1} of {self.auto_restarts + 1}",
+                      key=f"workflow_restarted:{ref.name}:{ref.run_id}:attempt {attempt + 1}")
             self._defer(hook, ref, context)
         raise AirflowException(
             f"{ref.name} rejected by the partial-success policy after {decision.get('attempt', 1)} attempt(s): "
@@ -169,7 +177,8 @@ class ReplicationSensor(_SiteSensor):
 
     ``kind``: ``distribution`` (bootstrap and raws to ``site``), ``inputs`` (the step's
     inputs to ``site``) or ``outputs`` (the step's outputs from ``site`` to the hub, or
-    fanned out). A STUCK rule fails the task with the rule's error; when the task is
+    fanned out). A STUCK rule raises a ``replication_stuck`` warning alert and fails the
+    try with the rule's error; when the task is
     retried, the stuck rules are handed back to Rucio first (``ReplicaService.retry``), and
     for ``retry_grace`` seconds a rule that still reads STUCK counts as waiting.
     """
@@ -229,7 +238,11 @@ class ReplicationSensor(_SiteSensor):
         rules = self._rules(ctx)
         state = self._state(ctx, rules) if rules else "ok"
         if state == "stuck":
-            raise AirflowException(f"{self.task_id}: a rule is STUCK: {rules}")
+            from multisite_drp.services.replica.base import RuleRef, replication_progress
+
+            stuck = replication_progress(ctx.replica, [RuleRef.from_dict(r) for r in rules]).stuck
+            self._warn_stuck(context, rules, stuck)
+            raise AirflowException(f"{self.task_id}: a rule is STUCK: {stuck or rules}")
         return state == "ok" and bool(self._finish(ctx, rules))
 
     def execute(self, context) -> Any:
@@ -265,10 +278,23 @@ class ReplicationSensor(_SiteSensor):
         if event.get("status") == "error":
             raise AirflowException(f"{self.task_id}: waiting on the rules failed: {event.get('message') or event}")
         if event.get("status") == "stuck":
+            self._warn_stuck(context, self._rules(self.prepare(context)[1]), event.get("stuck") or {})
             raise AirflowException(f"{self.task_id}: replication STUCK: {event.get('stuck')}; the task's "
                                    "retry re-evaluates the rule")
         _, ctx = self.prepare(context)
         return self._finish(ctx, self._rules(ctx))
+
+    def _warn_stuck(self, context, rules: list[dict], stuck: dict[str, str]) -> None:
+        """The ``replication_stuck`` warning: which rules, and Rucio's error for each; once
+        per try of the task (its retry hands the rules back to Rucio, and may find them stuck
+        again)."""
+        ti = context.get("ti")
+        what = "; ".join(f"{where}: {error}" for where, error in sorted(stuck.items())) or "a rule"
+        self.warn(context, "replication_stuck",
+                  f"{len(stuck) or 1} of {len(rules)} rule(s) STUCK: {what}. The task's retry hands them back to "
+                  "Rucio",
+                  key=f"replication_stuck:{','.join(sorted(r['rule_id'] for r in rules))}:"
+                      f"{getattr(ti, 'run_id', None)}:{getattr(ti, 'try_number', None)}")
 
     def _finish(self, ctx, rules: list[dict]) -> list[dict]:
         from multisite_drp.services import actions

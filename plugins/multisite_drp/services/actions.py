@@ -455,24 +455,36 @@ def bps_config_path(ctx: CampaignContext, step: str, site: str, group: int) -> s
 def submit(ctx: CampaignContext, step: str, site: str, group: int, *, processes: int | None = None,
            restart_failed: bool = True, rescue: bool = False) -> dict:
     """Submit once; a failed earlier submission is restarted (not resubmitted), or with
-    ``rescue`` replaced by a rescue submission (a new name; only missing outputs run)."""
+    ``rescue`` replaced by a rescue submission (a new name; only missing outputs run).
+
+    The workflow's reference (``WorkflowRef.to_dict``) plus ``submission``: ``new`` (first
+    submission), ``found`` (submitted before and not failed: nothing done), ``restarted``
+    or ``rescued``; for the last two, ``previous_run_id``, ``previous_state`` and
+    ``previous_message`` say what was found (the caller raises the warning alert)."""
     spec = workflow_spec(ctx, step, site, group, processes)
     service = ctx.workflows[site]
     ref = service.find(spec)
+    previous: dict = {}
     if ref is None:
         ref = service.submit(spec)
+        submission = "new"
         log.info("submitted %s", ref.name)
     else:
         st = service.status([ref])[ref.run_id]
-        if st.state in (WmsStates.FAILED, WmsStates.DELETED) and rescue:
+        failed = st.state in (WmsStates.FAILED, WmsStates.DELETED)
+        if failed and (rescue or restart_failed):
+            previous = {"previous_run_id": ref.run_id, "previous_state": st.state.name,
+                        "previous_message": st.message}
+        if failed and rescue:
             log.info("%s found in state %s (%s): rescue submission", ref.name, st.state.name, st.message)
-            ref = service.rescue(spec)
-        elif st.state in (WmsStates.FAILED, WmsStates.DELETED) and restart_failed:
+            ref, submission = service.rescue(spec), "rescued"
+        elif failed and restart_failed:
             log.info("%s found in state %s (%s): restarting", ref.name, st.state.name, st.message)
-            ref = service.restart(ref)
+            ref, submission = service.restart(ref), "restarted"
         else:
+            submission = "found"
             log.info("%s already submitted, state %s: not submitting again", ref.name, st.state.name)
-    return ref.to_dict()
+    return {**ref.to_dict(), "submission": submission, **previous}
 
 
 def accept(ctx: CampaignContext, ref: WorkflowRef) -> dict:
