@@ -121,6 +121,22 @@ def test_replication_trigger_reports_stuck_then_ok_after_retry(rucio_campaign_fa
     event = _first_event(_rebuilt(trigger))
     assert event.payload["status"] == "stuck"
     assert f"{dataset}@frdf" in event.payload["stuck"] and event.payload["stuck"][f"{dataset}@frdf"]
+    # The sensor fails the try on it, with a replication_stuck warning alert first, once per try.
+    from types import SimpleNamespace
+
+    from airflow.exceptions import AirflowException
+    from multisite_drp.sensors.drp import ReplicationSensor
+
+    monkeypatch.setenv("MULTISITE_DRP_ALLOWED_ROOTS", f"{env.campaign_file.parent}:{env.data_root}:{CAMPAIGN.parents[1]}")
+    sensor = ReplicationSensor(task_id="wait_inputs", site="frdf", kind="inputs", step="step1", group=0)
+    ti = SimpleNamespace(dag_id="drp_campaign", run_id="r1", task_id="step1.frdf.wait_inputs", map_index=0,
+                         try_number=1, log_url=None)
+    for _ in range(2):
+        with pytest.raises(AirflowException, match="replication STUCK"):
+            sensor.execute_complete({"ti": ti, "params": params}, event.payload)
+    [warning] = [json.loads(ln) for ln in (cfg.work_path / "alerts.jsonl").read_text().splitlines()]
+    assert (warning["level"], warning["kind"], warning["site"]) == ("warning", "replication_stuck", "frdf")
+    assert warning["error"].startswith(f"1 rule(s) STUCK: {dataset}@frdf: ")
 
     shutil.move(hidden, source)
     replica.retry(rule)

@@ -278,23 +278,23 @@ class ReplicationSensor(_SiteSensor):
         if event.get("status") == "error":
             raise AirflowException(f"{self.task_id}: waiting on the rules failed: {event.get('message') or event}")
         if event.get("status") == "stuck":
-            self._warn_stuck(context, self._rules(self.prepare(context)[1]), event.get("stuck") or {})
+            self._warn_stuck(context, None, event.get("stuck") or {})
             raise AirflowException(f"{self.task_id}: replication STUCK: {event.get('stuck')}; the task's "
                                    "retry re-evaluates the rule")
         _, ctx = self.prepare(context)
         return self._finish(ctx, self._rules(ctx))
 
-    def _warn_stuck(self, context, rules: list[dict], stuck: dict[str, str]) -> None:
-        """The ``replication_stuck`` warning: which rules, and Rucio's error for each; once
-        per try of the task (its retry hands the rules back to Rucio, and may find them stuck
-        again)."""
+    def _warn_stuck(self, context, rules: list[dict] | None, stuck: dict[str, str]) -> None:
+        """The ``replication_stuck`` warning: which rules (``dataset@site``), and Rucio's
+        error for each; once per try of the task (its retry hands the rules back to Rucio,
+        and may find them stuck again)."""
         ti = context.get("ti")
         what = "; ".join(f"{where}: {error}" for where, error in sorted(stuck.items())) or "a rule"
+        of = f" of {len(rules)}" if rules else ""
+        which = ",".join(sorted(stuck)) or ",".join(sorted(r["rule_id"] for r in rules or []))
         self.warn(context, "replication_stuck",
-                  f"{len(stuck) or 1} of {len(rules)} rule(s) STUCK: {what}. The task's retry hands them back to "
-                  "Rucio",
-                  key=f"replication_stuck:{','.join(sorted(r['rule_id'] for r in rules))}:"
-                      f"{getattr(ti, 'run_id', None)}:{getattr(ti, 'try_number', None)}")
+                  f"{len(stuck) or 1}{of} rule(s) STUCK: {what}. The task's retry hands them back to Rucio",
+                  key=f"replication_stuck:{which}:{getattr(ti, 'run_id', None)}:{getattr(ti, 'try_number', None)}")
 
     def _finish(self, ctx, rules: list[dict]) -> list[dict]:
         from multisite_drp.services import actions
