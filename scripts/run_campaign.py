@@ -285,12 +285,13 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
         elapsed = time.monotonic() - t0
         tis = client.task_instances(DAG_ID, run_id)
         grid = client.grid_seconds(DAG_ID, run_id)
-        links = {}
+        links, page = {}, None
         if args.links:
             for ti in tis:
                 if ti["task_id"].rsplit(".", 1)[-1] in LINKED and ti["map_index"] in (-1, 0):
                     label = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
                     links[label] = client.links(DAG_ID, run_id, ti["task_id"], ti["map_index"])
+            page = _campaign_page(client, run_id, Path(args.json_out).parent if args.json_out else None)
     finally:
         if not (args.keep_stack or args.up_only):
             stack.down()
@@ -307,7 +308,7 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
                "stack_up_s": stack.last_up.get("seconds"), "dag_parsed_s": round(parsed_s, 1),
                "first_task_s": round(min(starts) - trigger_at, 1) if starts else None,
                "first_running_seen_s": round(first_running[0], 1) if first_running else None,
-               "grid_s": grid, "gave_up": gave_up, "links": links}
+               "grid_s": grid, "gave_up": gave_up, "links": links, "campaign_page": page}
     return _finish(args, cfg, summary)
 
 
@@ -315,6 +316,26 @@ def _logical(args: argparse.Namespace) -> datetime:
     logical = (datetime.fromisoformat(args.logical_date) if args.logical_date
                else datetime.now(UTC).replace(microsecond=0))
     return logical if logical.tzinfo else logical.replace(tzinfo=UTC)
+
+
+def _campaign_page(client, run_id: str, out: Path | None) -> dict:
+    """The "DRP campaign" page of the run, fetched as the UI would (the token in its
+    cookie) and refused without one: statuses, and the page and its map written beside
+    the summary (``campaign_page.html``, ``campaign_map.png``)."""
+    q = {"dag_id": DAG_ID, "run_id": run_id}
+    page = client.page("/drp-campaign/run", auth="cookie", **q)
+    png = client.page("/drp-campaign/map.png", **q)
+    found = {"status": page.status_code, "map_status": png.status_code, "map_type": png.headers.get("content-type"),
+             "index_status": client.page("/drp-campaign/", auth="cookie").status_code,
+             "anonymous_status": client.page("/drp-campaign/run", auth=None, **q).status_code,
+             "anonymous_map_status": client.page("/drp-campaign/map.png", auth=None, **q).status_code,
+             "plugin": next((p for p in client.get("/api/v2/plugins", limit=100)["plugins"]
+                             if p["name"] == "multisite_drp"), None)}
+    if out is not None:
+        (out / "campaign_page.html").write_text(page.text)
+        (out / "campaign_map.png").write_bytes(png.content)
+        found["html"], found["png"] = str(out / "campaign_page.html"), str(out / "campaign_map.png")
+    return found
 
 
 def _finish(args: argparse.Namespace, cfg, summary: dict) -> int:

@@ -82,6 +82,20 @@ class AirflowClient:
             return resp
         raise AssertionError("unreachable")
 
+    def page(self, path: str, *, auth: str | None = "token", **params: Any) -> httpx.Response:
+        """GET a page of the API server as it is: ``auth`` ``token`` (this client's bearer
+        token), ``cookie`` (the token in the UI's ``_token`` cookie, as a logged-in browser
+        sends it), or None (anonymous). Any status is returned, none raised."""
+        headers, cookies = {}, {}
+        if auth is not None:
+            token = self._token or self.token()
+            if auth == "cookie":
+                cookies["_token"] = token
+            else:
+                headers["Authorization"] = f"Bearer {token}"
+        return httpx.get(str(self._http.base_url).rstrip("/") + path, params=params, headers=headers,
+                         cookies=cookies, timeout=120.0)
+
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params).json()
 

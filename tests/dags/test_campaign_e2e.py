@@ -579,6 +579,41 @@ def test_workflow_and_replication_tasks_link_out(cfg, campaign, rucio) -> None:
     assert checked["rule"] >= 2 * (7 * 2 + 2), checked
 
 
+def test_the_campaign_page_shows_the_run_behind_airflows_login(cfg, plan, campaign) -> None:
+    """The "DRP campaign" page of the main run, fetched from the real API server when the run
+    ended, as a logged-in browser does (the UI's token cookie): every group done, every
+    covered tract done on the map, the report's figures and the run's warnings; nothing
+    without a token; the plugin's views registered for the navigation bar and the run."""
+    page = campaign["first"]["campaign_page"]
+    assert (page["status"], page["index_status"], page["map_status"]) == (200, 200, 200), page
+    assert (page["anonymous_status"], page["anonymous_map_status"]) == (401, 401), page
+    views = {(v["destination"], v["href"]) for v in page["plugin"]["external_views"]}
+    assert views == {("nav", "/drp-campaign/"),
+                     ("dag_run", "/drp-campaign/run?dag_id={DAG_ID}&run_id={RUN_ID}")}, views
+    assert [a["url_prefix"] for a in page["plugin"]["fastapi_apps"]] == ["/drp-campaign"]
+
+    html = Path(page["html"]).read_text()
+    run_id = campaign["first"]["run_id"]
+    assert f"Run <b>{run_id}</b> of drp_campaign: <b>success</b>" in html
+    assert f"Groups: {len(plan.groups)} done." in html, html[:2000]
+    owned = {t: s.name for s in plan.sites for t in [*s.tracts, *s.empty_tracts]}
+    covered = {t for g in plan.groups if g.dimension == "tract" for t in g.ids if owned.get(t) == g.site}
+    waiting = len(owned) - len(covered)
+    assert f"{len(owned)} tracts: {len(covered)} done{f', {waiting} waiting' if waiting else ''}." in html
+    report = json.loads((names.report_dir(cfg, 0) / "report.json").read_text())
+    assert f"Wall {report['wall_seconds']:,.0f} s; {report['rate']['quanta_per_hour']:,.0f} quanta/h" in html
+    for row in report["steps"]["by_step_and_site"]:
+        assert f"<td class=l>{row['step']}</td><td class=l>{row['site']}</td><td>{row['groups']}</td>" \
+               f"<td>{row['quanta']}</td>" in html
+    for link in report["planned_vs_moved"]["by_link"]:
+        assert f"<td class=l>{link['link'].replace('>', '&gt;')}</td>" in html
+    records = [json.loads(ln) for ln in (cfg.work_path / "alerts.jsonl").read_text().splitlines()]
+    warnings = [r for r in records if r["run_id"] == run_id and r["level"] == "warning"]
+    assert f"Open alerts ({len(warnings)})" in html if warnings else "<h2>Open alerts</h2><p class=muted>None." in html
+    png = Path(page["png"]).read_bytes()
+    assert page["map_type"] == "image/png" and png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
 def test_killed_panda_job_was_retried_by_the_relay(cfg, campaign) -> None:
     name = names.workflow_name(cfg, KILL_STEP, PANDA_KILL_SITE, 0, 0)
     runs = [e for e in campaign["relay"].executions()

@@ -17,7 +17,12 @@ import numpy as np
 from .plan import CampaignPlan
 from .spatial import SpatialInputs
 
-__all__ = ["footprint_outlines", "plan_summary", "write_markdown", "write_report", "write_skymap_png"]
+__all__ = ["TRACTS_FILE", "footprint_outlines", "plan_summary", "read_tract_centres", "write_markdown",
+           "write_report", "write_skymap_png", "write_tract_centres"]
+
+#: The tract centres a plan was made over (``tract``, ``ra``, ``dec`` lists), beside plan.json:
+#: what the campaign page draws its progress map from without reading the butler.
+TRACTS_FILE = "tracts.json"
 
 SITE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 
@@ -228,7 +233,8 @@ def write_skymap_png(plan: CampaignPlan, inputs: SpatialInputs, path: str | os.P
 
 def write_report(plan: CampaignPlan, inputs: SpatialInputs | None, out_dir: str | os.PathLike[str],
                  baselines: dict[str, CampaignPlan] | None = None) -> dict[str, Path]:
-    """Write ``report.json``, ``plan.md`` and (with inputs) ``skymap.png`` into ``out_dir``."""
+    """Write ``report.json``, ``plan.md`` and (with inputs) ``skymap.png`` and
+    :data:`TRACTS_FILE` into ``out_dir``."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     summary = plan_summary(plan)
@@ -240,4 +246,24 @@ def write_report(plan: CampaignPlan, inputs: SpatialInputs | None, out_dir: str 
     out["json"].write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     if inputs is not None:
         out["png"] = write_skymap_png(plan, inputs, d / "skymap.png")
+        out["tracts"] = write_tract_centres(inputs, d / TRACTS_FILE)
     return out
+
+
+def write_tract_centres(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
+    """The tracts' ids and centres (degrees, 6 decimals) as JSON."""
+    p = Path(path)
+    p.write_text(json.dumps({"tract": [int(t) for t in inputs.tract_id],
+                             "ra": [round(float(x), 6) for x in inputs.tract_ra],
+                             "dec": [round(float(x), 6) for x in inputs.tract_dec]}))
+    return p
+
+
+def read_tract_centres(directory: str | os.PathLike[str]) -> dict[int, tuple[float, float]] | None:
+    """``{tract: (ra, dec)}`` from a plan directory's :data:`TRACTS_FILE`; None if the plan
+    has none (written before it existed, or planned without spatial inputs)."""
+    p = Path(directory) / TRACTS_FILE
+    if not p.is_file():
+        return None
+    doc = json.loads(p.read_text())
+    return {int(t): (float(r), float(d)) for t, r, d in zip(doc["tract"], doc["ra"], doc["dec"], strict=True)}

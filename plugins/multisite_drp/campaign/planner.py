@@ -472,7 +472,7 @@ def plan_to_directory(config: CampaignConfig, out_dir: str | Path, *, inputs: Sp
     """Plan and write everything the campaign DAG reads: the function the DAG calls.
 
     ``out_dir`` receives ``plan.json`` (:meth:`CampaignPlan.load`), ``bps/{step}/{site}/group{NNN}.yaml``,
-    ``report.json``, ``plan.md`` and ``skymap.png``. With ``baselines`` the RA-stripes and
+    ``report.json``, ``plan.md``, ``skymap.png`` and ``tracts.json``. With ``baselines`` the RA-stripes and
     round-robin plans of the same inputs are computed for the report's comparison.
 
     All of it is written into ``.{name}.partial-{pid}`` beside ``out_dir``, closed with a
