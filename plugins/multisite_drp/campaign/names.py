@@ -18,8 +18,8 @@ from multisite_drp.errors import InputError
 
 from .config import COLLECTION_NAME, DATASET_TYPE_NAME, SITE_NAME, STEP_NAME, CampaignConfig
 
-__all__ = ["NameError_", "campaign_chain", "graph_path", "group_label", "output_chain", "output_run",
-           "output_run_pattern", "rucio_dataset", "run_generation", "site_graph_path", "site_work_dir", "submit_dir",
+__all__ = ["NameError_", "campaign_chain", "check_day_obs", "day_obs_of", "graph_path", "group_label",
+           "night_assignment_path", "night_raw_dataset", "output_chain", "output_run", "output_run_pattern", "rucio_dataset", "run_generation", "site_graph_path", "site_work_dir", "submit_dir",
            "workflow_name"]
 
 # Transfers that belong to no single step are named under these pseudo-steps.
@@ -146,6 +146,48 @@ def site_graph_path(config: CampaignConfig, step: str, site: str, generation: in
 def campaign_chain(config: CampaignConfig) -> str:
     """The hub's CHAINED collection holding every step's outputs: the campaign's output prefix."""
     return _check(config.output_prefix, COLLECTION_NAME, "campaign chain")
+
+
+def check_day_obs(day_obs: int) -> int:
+    """``day_obs`` if it is a night as an integer YYYYMMDD; `NameError_` otherwise."""
+    import datetime
+
+    try:
+        if isinstance(day_obs, bool) or not isinstance(day_obs, int) or not re.fullmatch(r"[0-9]{8}", str(day_obs)):
+            raise ValueError
+        datetime.datetime.strptime(str(day_obs), "%Y%m%d")
+    except ValueError:
+        raise NameError_(f"day_obs: expected a night as an integer YYYYMMDD, got {day_obs!r}") from None
+    return day_obs
+
+
+def day_obs_of(when) -> int:
+    """The observing night (``day_obs``, YYYYMMDD) of a UTC instant, in the observatory's
+    convention: the Rubin day rolls over at noon in Chile, taken as UTC-12h. So the night
+    that begins on the evening of 2024-06-01 (local) is day_obs 20240601, and the instant
+    2024-06-01T12:00Z, its first moment, maps to it."""
+    import datetime
+
+    if when.tzinfo is None:
+        raise NameError_(f"day_obs_of: {when!r} has no time zone; expected an aware UTC datetime")
+    return int((when.astimezone(datetime.UTC) - datetime.timedelta(hours=12)).strftime("%Y%m%d"))
+
+
+def night_raw_dataset(config: CampaignConfig, tract: int, day_obs: int) -> str:
+    """The Rucio dataset of one night's raws routed by one tract (the visits whose home
+    tract it is): ``Dataset/{instrument}/raw/Tract{tract}/{day_obs}``, Rubin's raw-routing
+    convention, in the campaign's scope. Raws are not per generation: a night is
+    registered once."""
+    if isinstance(tract, bool) or not isinstance(tract, int) or tract < 0:
+        raise NameError_(f"tract: expected an integer >= 0, got {tract!r}")
+    return _check(f"Dataset/{config.instrument}/raw/Tract{tract}/{check_day_obs(day_obs)}", RUCIO_NAME, "rucio dataset")
+
+
+def night_assignment_path(config: CampaignConfig, generation: int, day_obs: int) -> Path:
+    """Where a night's visits are assigned to sites with the generation's tract regions:
+    ``nights/g{generation}/{day_obs}.json`` in the work dir (what ``drp_nightly`` writes;
+    outside the plan directory, which a plan writer replaces whole)."""
+    return config.work_path / "nights" / f"g{int(generation)}" / f"{check_day_obs(day_obs)}.json"
 
 
 def plan_dir(config: CampaignConfig, generation: int = 0) -> Path:

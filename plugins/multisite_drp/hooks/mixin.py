@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from multisite_drp.services.actions import CampaignContext
 
 __all__ = ["GROUP_MAP_INDEX", "RETRY_DEFAULTS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "group_id",
-           "skip_reason"]
+           "night_of", "skip_reason"]
 
 #: The retry settings a campaign task gets unless the task or the DAG's default_args set them.
 RETRY_DEFAULTS: dict[str, Any] = {"retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(hours=1)}
@@ -64,6 +64,24 @@ def group_id(group: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"group: expected a group id (an integer >= 0) or a mapped item with one, got {group!r}")
     return value
+
+
+def night_of(context) -> int:
+    """The observing night (``day_obs``) a ``drp_nightly`` task works on: the Param
+    ``day_obs`` if set, else the night of the run's logical date
+    (``names.day_obs_of``: UTC-12h, so a scheduled or backfilled run of the night that
+    begins at 12:00 UTC on D is day_obs D). An ``InputError`` if neither is there."""
+    from multisite_drp.campaign import names
+
+    day_obs = (context.get("params") or {}).get("day_obs")
+    if day_obs:
+        return names.check_day_obs(int(day_obs))
+    when = context.get("logical_date")
+    if when is None:
+        raise InputError("day_obs: the run has no logical date and the Param day_obs is empty; expected a night "
+                         "(YYYYMMDD) in the Param, or a run with a logical date (scheduled, backfilled, or "
+                         "triggered with one)")
+    return names.day_obs_of(when)
 
 
 def skip_reason(params: dict[str, Any], hook: CampaignHook | None, step: str | None, site: str | None) -> str | None:

@@ -23,7 +23,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from multisite_drp.hooks.campaign import CampaignHook
 from multisite_drp.hooks.links import RucioLink, WorkflowMonitorLink
-from multisite_drp.hooks.mixin import GROUP_MAP_INDEX, CampaignTaskMixin, group_id
+from multisite_drp.hooks.mixin import GROUP_MAP_INDEX, CampaignTaskMixin, group_id, night_of
 from multisite_drp.triggers.site import ReplicationTrigger, WorkflowTrigger
 
 __all__ = ["ReplicationSensor", "WorkflowSensor"]
@@ -176,8 +176,9 @@ class ReplicationSensor(_SiteSensor):
     """Waits until the rules of one kind are OK and their datasets ingested at the destination.
 
     ``kind``: ``distribution`` (bootstrap and raws to ``site``), ``inputs`` (the step's
-    inputs to ``site``) or ``outputs`` (the step's outputs from ``site`` to the hub, or
-    fanned out). A STUCK rule raises a ``replication_stuck`` warning alert and fails the
+    inputs to ``site``), ``outputs`` (the step's outputs from ``site`` to the hub, or
+    fanned out) or ``night`` (``drp_nightly``: the night's raw datasets to ``site``; the
+    night is the run's, ``hooks.mixin.night_of``). A STUCK rule raises a ``replication_stuck`` warning alert and fails the
     try with the rule's error; when the task is
     retried, the stuck rules are handed back to Rucio first (``ReplicaService.retry``), and
     for ``retry_grace`` seconds a rule that still reads STUCK counts as waiting.
@@ -185,13 +186,17 @@ class ReplicationSensor(_SiteSensor):
 
     operator_extra_links = (RucioLink(),)
 
-    KINDS = ("distribution", "inputs", "outputs")
+    KINDS = ("distribution", "inputs", "outputs", "night")
+    UNGROUPED = ("distribution", "night")
+
+    #: The night a ``night`` wait is on (set from the run's context before the rules are read).
+    _night: int | None = None
 
     def __init__(self, *, site: str, kind: str, step: str | None = None, group: Any = None,
                  retry_grace: float = 300.0, **kwargs: Any) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"ReplicationSensor: kind={kind!r}; expected one of {list(self.KINDS)}")
-        if (kind == "distribution") != (group is None):
+        if (kind in self.UNGROUPED) != (group is None):
             raise ValueError(f"ReplicationSensor: kind={kind!r} takes {'no group' if group is None else 'a group'}")
         super().__init__(step=step, site=site, group=group, **kwargs)
         self.kind = kind
@@ -202,6 +207,10 @@ class ReplicationSensor(_SiteSensor):
 
         if self.kind == "distribution":
             return actions.distribution_rules(ctx, self.site)
+        if self.kind == "night":
+            from multisite_drp.services import nightly
+
+            return nightly.night_rules(ctx, self.site, self._night)
         if self.kind == "inputs":
             return actions.input_rules(ctx, self.step, self.site, self.group_id)
         return actions.output_rules(ctx, self.step, self.site, self.group_id)
@@ -232,8 +241,13 @@ class ReplicationSensor(_SiteSensor):
                              r["rule_id"])
             ctx.replica.delete_rule(RuleRef.from_dict(r))
 
+    def _on_night(self, context) -> None:
+        if self.kind == "night":
+            self._night = night_of(context)
+
     def poke(self, context) -> bool:
         self._kill_params = dict(context["params"])
+        self._on_night(context)
         _, ctx = self.prepare(context)
         rules = self._rules(ctx)
         state = self._state(ctx, rules) if rules else "ok"
@@ -248,6 +262,7 @@ class ReplicationSensor(_SiteSensor):
     def execute(self, context) -> Any:
         if not self.deferrable:
             return super().execute(context)
+        self._on_night(context)
         hook, ctx = self.prepare(context)
         rules = self._rules(ctx)
         if not rules:
@@ -281,6 +296,7 @@ class ReplicationSensor(_SiteSensor):
             self._warn_stuck(context, None, event.get("stuck") or {})
             raise AirflowException(f"{self.task_id}: replication STUCK: {event.get('stuck')}; the task's "
                                    "retry re-evaluates the rule")
+        self._on_night(context)
         _, ctx = self.prepare(context)
         return self._finish(ctx, self._rules(ctx))
 
