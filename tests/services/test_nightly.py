@@ -139,3 +139,13 @@ def test_bad_nights_are_refused() -> None:
             names.night_raw_dataset(cfg, 1, bad)
     with pytest.raises(names.NameError_, match="no time zone"):
         names.day_obs_of(datetime(2024, 6, 1, 12))
+
+
+def test_a_generation_without_a_plan_is_refused_saying_what_to_run(night_ctx) -> None:
+    import dataclasses
+
+    ctx, _ = night_ctx
+    other = dataclasses.replace(ctx, generation=7)
+    with pytest.raises(nightly.NightAssignmentError, match=r"generation 7 has no plan at .*plan/g7.*plan_campaign"):
+        nightly.assign_night(other, {"day_obs": NIGHT, "visits": {1: {"1": 4}}})
+    assert not names.night_assignment_path(ctx.config, 7, NIGHT).exists()

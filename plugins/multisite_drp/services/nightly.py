@@ -73,8 +73,14 @@ def assign_night(ctx, night: dict) -> dict:
 
     Returns ``{"day_obs", "generation", "visits": {visit: {"site", "tract", "new"}},
     "found": bool}``; ``found`` when every visit was already in the written assignment."""
-    cfg, plan = ctx.config, ctx.plan()
-    day_obs = night["day_obs"]
+    cfg, day_obs = ctx.config, night["day_obs"]
+    try:
+        plan = ctx.plan()
+    except FileNotFoundError:
+        raise NightAssignmentError(
+            f"night {day_obs}: generation {ctx.generation} has no plan at {names.plan_dir(cfg, ctx.generation)}; "
+            "expected the campaign's tract regions: run drp_campaign's plan_campaign for this generation first "
+            "(a dry_run run plans and does nothing else)") from None
     path = names.night_assignment_path(cfg, ctx.generation, day_obs)
     recorded = read_json(path) or {}
     done = {int(v): a for v, a in (recorded.get("visits") or {}).items()}
