@@ -22,7 +22,7 @@ export PANDA_URL_SSL ?= http://127.0.0.1:25080/server/panda
 # use $(DATA), which must lie inside one; scripts/run_campaign.py adds its own data root.
 export MULTISITE_DRP_ALLOWED_ROOTS ?= $(ROOT)/include/campaigns:$(ROOT)/include/pipelines:$(ROOT)/var
 
-.PHONY: down venv rucio-venv test test-fast demo sites single-site up airflow-settings bench lint clean
+.PHONY: browser down venv rucio-venv test test-fast demo sites single-site up airflow-settings bench lint clean
 
 venv: $(STAMP)
 
@@ -50,7 +50,13 @@ $(RUCIO_STAMP): requirements-rucio.txt constraints-rucio.txt
 
 # Two pytest sessions side by side (scripts/run_tests.py): the end-to-end campaign module in
 # one, the rest of the suite in the other, each with its own local Rucio and Airflow home.
-test: venv rucio-venv
+# Debian's Chromium and chromedriver, for the test that looks at the campaign page in Airflow's UI.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
+
+test: venv rucio-venv browser
 	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/python scripts/run_tests.py $(PYTEST_ARGS)
 

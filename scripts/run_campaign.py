@@ -291,7 +291,8 @@ def _run_real(args: argparse.Namespace, conf: dict, cfg) -> int:
                 if ti["task_id"].rsplit(".", 1)[-1] in LINKED and ti["map_index"] in (-1, 0):
                     label = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
                     links[label] = client.links(DAG_ID, run_id, ti["task_id"], ti["map_index"])
-            page = _campaign_page(client, run_id, Path(args.json_out).parent if args.json_out else None)
+            page = _campaign_page(client, run_id, Path(args.json_out).parent if args.json_out else None,
+                                  browser=ep if args.browser else None)
     finally:
         if not (args.keep_stack or args.up_only):
             stack.down()
@@ -318,10 +319,12 @@ def _logical(args: argparse.Namespace) -> datetime:
     return logical if logical.tzinfo else logical.replace(tzinfo=UTC)
 
 
-def _campaign_page(client, run_id: str, out: Path | None) -> dict:
+def _campaign_page(client, run_id: str, out: Path | None, browser=None) -> dict:
     """The "DRP campaign" page of the run, fetched as the UI would (the token in its
     cookie) and refused without one: statuses, and the page and its map written beside
-    the summary (``campaign_page.html``, ``campaign_map.png``)."""
+    the summary (``campaign_page.html``, ``campaign_map.png``). With ``browser`` (the
+    stack's endpoint), also as an operator sees it: a headless Chromium logs in through
+    the UI and opens the run's tab (``airflowstack.browser``; ``campaign_ui.png``)."""
     q = {"dag_id": DAG_ID, "run_id": run_id}
     page = client.page("/drp-campaign/run", auth="cookie", **q)
     png = client.page("/drp-campaign/map.png", **q)
@@ -335,6 +338,18 @@ def _campaign_page(client, run_id: str, out: Path | None) -> dict:
         (out / "campaign_page.html").write_text(page.text)
         (out / "campaign_map.png").write_bytes(png.content)
         found["html"], found["png"] = str(out / "campaign_page.html"), str(out / "campaign_map.png")
+    if browser is not None:
+        import dataclasses
+
+        from airflowstack.browser import campaign_view
+
+        try:
+            view = campaign_view(browser.url, browser.username, browser.password, DAG_ID, run_id,
+                                 (out or Path.cwd()) / "campaign_ui.png")
+            found["browser"] = {**dataclasses.asdict(view), "screenshot": str(view.screenshot)}
+        except Exception as exc:  # noqa: BLE001 - recorded for the test; the run's summary is still written
+            found["browser"] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"campaign page in the browser: {found['browser']['error']}", flush=True)
     return found
 
 
@@ -373,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--links", action="store_true",
                    help="with --scheduler real: record in the summary the extra links (as the UI shows them) of "
                         "every task instance of the first group of each chain and of the distribution")
+    p.add_argument("--browser", action="store_true",
+                   help="with --links: also open the run's DRP campaign tab in the UI with a headless Chromium "
+                        "(logged in through the login form) and record what it shows, with a screenshot")
     p.add_argument("--json-out", help="write the run's summary (state, seconds, task states) here")
     p.add_argument("--rucio-root", default=str(ROOT / "var" / "rucio"),
                    help="the local Rucio deployment's directory (for replica connections on host local-rucio)")

@@ -167,7 +167,7 @@ def campaign(rucio_campaign_factory) -> dict:
     stack.down()  # a stack left by an interrupted session: stopped by its recorded pids
     t0 = time.monotonic()
     try:
-        first = _run_dag(data_root, base / "airflow", base / "run1.json", "--links",
+        first = _run_dag(data_root, base / "airflow", base / "run1.json", "--links", "--browser",
                          "--conn-extra", f"drp_usdf_replica:webui_url={RUCIO_WEBUI}",
                          *[a for s in PANDA_SITES for a in ("--conn-extra", f"drp_{s}_workflow:monitor_url={MONITOR}")],
                          campaign=rucio.campaign_file, panda_root=base / "panda", stack_root=stack.root,
@@ -612,6 +612,22 @@ def test_the_campaign_page_shows_the_run_behind_airflows_login(cfg, plan, campai
     assert f"Open alerts ({len(warnings)})" in html if warnings else "<h2>Open alerts</h2><p class=muted>None." in html
     png = Path(page["png"]).read_bytes()
     assert page["map_type"] == "image/png" and png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_an_operator_sees_the_campaign_page_in_the_airflow_ui(plan, campaign) -> None:
+    """A headless Chromium (Debian's, through Selenium) as an operator: refused before
+    logging in; logged in through the UI's login form; "DRP campaign" in the Browse menu;
+    the run's "DRP campaign" tab frames the page with its figures and a loaded map."""
+    seen = campaign["first"]["campaign_page"]["browser"]
+    assert "error" not in seen, seen["error"]
+    run_id = campaign["first"]["run_id"]
+    assert "Not authenticated" in seen["anonymous_text"]
+    assert seen["nav_entry"], seen
+    assert "/drp-campaign/run?dag_id=drp_campaign&run_id=" in seen["frame_src"]
+    assert f"Run {run_id} of drp_campaign: success. Groups: {len(plan.groups)} done." in seen["text"]
+    assert "Bytes per link (MB): planned against moved" in seen["text"] and seen["map_loaded"]
+    shot = Path(seen["screenshot"]).read_bytes()
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 50_000
 
 
 def test_killed_panda_job_was_retried_by_the_relay(cfg, campaign) -> None:

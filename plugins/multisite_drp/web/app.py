@@ -174,8 +174,11 @@ def index(dag_id: DagId = DEFAULT_DAG) -> str:
 
 @app.get("/run", response_class=HTMLResponse, dependencies=[Authorized])
 def run_page(run_id: RunId, dag_id: DagId = DEFAULT_DAG) -> str:
-    from .page import render_run
+    from .page import render_index, render_run
 
+    if dag_id != DEFAULT_DAG:  # the UI offers the tab on every DAG's runs
+        return render_index(DEFAULT_DAG, [], note=f"{dag_id} is not the campaign DAG: this page follows the runs of "
+                                                  f"{DEFAULT_DAG}; open it from one of them, or from the Browse menu.")
     run, tis = _run(dag_id, run_id)
     data = run_page_data(dag_id, run, tis)
     return render_run(dag_id=dag_id, run=run, config=data["config"], plan=data["plan"], groups=data["groups"],

@@ -57,14 +57,14 @@ def _page(title: str, body: str, refresh: int | None = None) -> str:
             f"<style>{_CSS}</style></head><body>{body}</body></html>")
 
 
-def render_index(dag_id: str, runs: list[dict]) -> str:
-    """The list of a DAG's recent runs, each linking to its page."""
+def render_index(dag_id: str, runs: list[dict], note: str | None = None) -> str:
+    """The list of a DAG's recent runs, each linking to its page (``note``: a line above it)."""
     rows = [[(f'<a href="run?{_e(urllib.parse.urlencode({"dag_id": dag_id, "run_id": r["run_id"]}))}">'
               f'{_e(r["run_id"])}</a>'), _e(r.get("state")), _e(r.get("campaign_file")), _e(r.get("generation")),
              _e(r.get("start"))] for r in runs]
-    body = (f"<h1>DRP campaign runs ({_e(dag_id)})</h1>"
+    body = (f"<h1>DRP campaign runs ({_e(dag_id)})</h1>" + (f"<p class=muted>{_e(note)}</p>" if note else "")
             + (_table(["run", "state", "campaign file", "generation", "started"], rows, left=3) if rows
-               else "<p class=muted>No run yet. Trigger the DAG from the Airflow UI.</p>"))
+               else "" if note else "<p class=muted>No run yet. Trigger the DAG from the Airflow UI.</p>"))
     return _page("DRP campaign", body)
 
 

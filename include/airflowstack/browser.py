@@ -1,0 +1,121 @@
+"""A headless Chromium driving Airflow's own UI, as an operator does (Selenium, chromedriver).
+
+:func:`campaign_view` logs in through the UI's login form, finds the plugin's "DRP
+campaign" entry in the navigation bar's Browse menu, opens a DAG run's page in the UI,
+picks its "DRP campaign" tab (an external view: the UI shows our page in a frame), and
+returns what the frame shows, with a screenshot of the whole window. It uses Debian's
+``chromium`` and ``chromium-driver`` (``make test`` installs them); Selenium does not
+download a browser.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BrowserMissing", "CampaignView", "campaign_view", "find_browser"]
+
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
+DRIVER = ("chromedriver", "chromium-driver")
+
+
+class BrowserMissing(RuntimeError):
+    """No Chromium and chromedriver on PATH."""
+
+
+@dataclass
+class CampaignView:
+    anonymous_text: str  # what the page shows without logging in
+    nav_entry: bool  # the navigation bar's Browse menu has the "DRP campaign" entry
+    frame_src: str  # the frame's URL inside the UI
+    text: str  # the page's text, in the UI's frame
+    map_loaded: bool  # the progress map image loaded (natural width > 0)
+    screenshot: Path
+
+
+def find_browser() -> tuple[str, str]:
+    """(chromium, chromedriver) paths; `BrowserMissing` saying how to install them."""
+    browser = next((p for p in map(shutil.which, CHROMIUM) if p), None)
+    driver = next((p for p in map(shutil.which, DRIVER) if p), None)
+    if not (browser and driver):
+        raise BrowserMissing("Chromium and chromedriver are needed (Debian: apt-get install chromium "
+                             f"chromium-driver; found browser={browser}, driver={driver}); `make test` installs them")
+    return browser, driver
+
+
+def _driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver = find_browser()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1500,1400", "--no-first-run"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def _wait(fn, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < end:
+        try:
+            value = fn()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - the page is still loading
+            last = exc
+        time.sleep(0.3)
+    raise TimeoutError(f"{what}: not within {timeout:.0f} s" + (f" ({type(last).__name__}: {last})" if last else ""))
+
+
+def campaign_view(url: str, username: str, password: str, dag_id: str, run_id: str, screenshot: Path,
+                  timeout: float = 90.0) -> CampaignView:
+    """Log in to the UI at ``url``, open the run's "DRP campaign" tab, read the framed page."""
+    from urllib.parse import quote, urlencode
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = _driver()
+    try:
+        driver.get(f"{url}/drp-campaign/run?{urlencode({'dag_id': dag_id, 'run_id': run_id})}")
+        anonymous = driver.find_element(By.TAG_NAME, "body").text
+        driver.get(f"{url}/auth/login/")
+        _wait(lambda: driver.find_element(By.NAME, "username"), timeout, "the login form")
+        driver.find_element(By.NAME, "username").send_keys(username)
+        driver.find_element(By.NAME, "password").send_keys(password)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        _wait(lambda: driver.get_cookie("_token"), timeout, "the session cookie after logging in")
+        driver.get(f"{url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}")
+        # The navigation bar's Browse menu lists the plugin's "DRP campaign" view.
+        browse = _wait(lambda: driver.find_elements(
+            By.XPATH, "//*[normalize-space(text())='Browse']/ancestor::button[1]"), timeout, "the Browse menu")
+        browse[0].click()
+        nav = bool(_wait(lambda: driver.find_elements(
+            By.XPATH, "//*[@role='menu']//*[normalize-space(text())='DRP campaign']"), 10, "the Browse menu's entry"))
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        tab = _wait(lambda: next((e for e in driver.find_elements(By.XPATH, "//a|//button")
+                                  if e.text.strip() == "DRP campaign" and e.is_displayed()), None), timeout,
+                    "the run's DRP campaign tab")
+        tab.click()
+        frame = _wait(lambda: next((f for f in driver.find_elements(By.TAG_NAME, "iframe")
+                                    if "/drp-campaign/" in (f.get_attribute("src") or "")), None), timeout,
+                      "the framed campaign page")
+        src = frame.get_attribute("src") or ""
+        driver.switch_to.frame(frame)
+        text = _wait(lambda: (t := driver.find_element(By.TAG_NAME, "body").text) and "DRP campaign" in t and t,
+                     timeout, "the campaign page's text")
+        imgs = driver.find_elements(By.CSS_SELECTOR, "img[alt='progress map']")
+        loaded = bool(imgs) and bool(_wait(lambda: driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", imgs[0]), timeout, "the progress map"))
+        driver.switch_to.default_content()
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+        return CampaignView(anonymous_text=anonymous, nav_entry=nav, frame_src=src, text=text, map_loaded=loaded,
+                            screenshot=screenshot)
+    finally:
+        driver.quit()
