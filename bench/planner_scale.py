@@ -20,8 +20,15 @@ Usage: ``.venv/bin/python bench/planner_scale.py [--visits N] [--small-visits M]
    from the registry, overlaps by the vectorised test); prints both times, their ratio
    and whether the overlap tables and the plans agree.
 
+5. Against the exact oracle (``partition.exact_split``: every contiguous split of a
+   small sky): ``--oracle-skies`` seeded random skies of 6 to 12 tracts, 2 or 3 sites
+   (the layouts of ``tests/campaign``), split by the METIS path (enumeration off, as for
+   DR1-sized skies); prints how often it meets the tolerance where a split can, and its
+   cost over the optimum at the median, p90 and worst.
+
 The last line is
-``planner: visits=N seconds=S peak_gb=G transfer_ratio_vs_stripes=R share_error=E connected=yes|no``.
+``planner: visits=N seconds=S peak_gb=G transfer_ratio_vs_stripes=R share_error=E connected=yes|no
+oracle_p90=Q``.
 """
 
 from __future__ import annotations
@@ -185,6 +192,37 @@ def butler_comparison(n_visits: int, seed: int, work: Path) -> str:
     return f"{t_reg / max(t_geo, 1e-9):.2f}"
 
 
+def oracle_ratios(n_skies: int) -> dict:
+    """The METIS path (enumeration off) against the exact optimum on small seeded skies."""
+    sys.path.insert(0, str(ROOT / "tests" / "campaign"))
+    from layouts import small_inputs
+    from multisite_drp.campaign.partition import crossing_work, exact_split, partition_graph, share_error
+
+    ratios, met, feasible = [], 0, 0
+    t0 = time.perf_counter()
+    for seed in range(n_skies):
+        nx, ny = [(3, 2), (4, 2), (3, 3), (4, 3), (6, 2)][seed % 5]
+        shares = [0.6, 0.4] if seed % 2 else [0.35, 0.4, 0.25]
+        tolerance = 0.05
+        inputs = small_inputs(seed=seed, n_visits=int(np.random.default_rng(seed).integers(30, 120)), nx=nx, ny=ny)
+        ex = exact_split(inputs, shares, tolerance)
+        if not ex.feasible:
+            continue
+        feasible += 1
+        owner = partition_graph(inputs, shares, tolerance=tolerance, exact_tracts=0)  # the default 48 trials
+        if share_error(owner, inputs.tract_work(), shares) <= tolerance + 1e-12:
+            met += 1
+            ratios.append(crossing_work(inputs, owner, len(shares)) / max(ex.optimum, 1e-12))
+    r = np.sort(np.asarray(ratios))
+    out = {"skies": n_skies, "feasible": feasible, "met": met, "seconds": time.perf_counter() - t0,
+           "median": float(np.median(r)) if len(r) else float("nan"),
+           "p90": float(np.quantile(r, 0.9)) if len(r) else float("nan"), "worst": float(r[-1]) if len(r) else 0.0}
+    print(f"oracle: {n_skies} small skies (6-12 tracts, 2-3 sites, tolerance 0.05), {feasible} with a split in "
+          f"tolerance; the METIS path met it in {met} ({met / max(feasible, 1):.0%}); cost over the optimum where met: "
+          f"median {out['median']:.3f}, p90 {out['p90']:.3f}, worst {out['worst']:.3f}; {out['seconds']:.1f} s")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--visits", type=int, default=190_000)
@@ -193,6 +231,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-butler", action="store_true")
+    ap.add_argument("--oracle-skies", type=int, default=60)
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="planner_scale_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -240,9 +279,10 @@ def main() -> None:
           f"{m.cross_site_bytes / robin.metrics.cross_site_bytes:.3f}")
     if not args.skip_butler:
         butler_comparison(args.small_visits, args.seed, work)
+    oracle = oracle_ratios(args.oracle_skies)
     print(f"planner: visits={plan.n_visits} seconds={seconds:.1f} peak_gb={peak_gb():.2f} "
           f"transfer_ratio_vs_stripes={ratio:.3f} share_error={m.share_error:.4f} "
-          f"connected={'yes' if m.connected else 'no'}")
+          f"connected={'yes' if m.connected else 'no'} oracle_p90={oracle['p90']:.3f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,14 @@ from lsst.daf.butler import Butler
 from minidrp import constants
 from minidrp.instrument import INSTRUMENT_ZEROPOINT
 from minidrp.survey import make_survey
-from minidrp.validate import GOLDEN_DIGESTS_PATH, GOLDEN_PATH, VALIDATION_CHAIN, load_golden, validate
+from minidrp.validate import (
+    GOLDEN_DIGESTS_PATH,
+    GOLDEN_PATH,
+    VALIDATION_CHAIN,
+    digest_mismatches,
+    load_golden,
+    validate,
+)
 from multisite_drp.services import middleware as mw
 
 
@@ -79,12 +86,13 @@ def test_science_is_sane(minidrp_validation: dict, minidrp_root: Path) -> None:
 
 def test_outputs_match_the_golden_digests(minidrp_validation: dict) -> None:
     """Every science output's content is what the committed digests say: the test bed is
-    deterministic across runs and machines (the three-site campaign is held to the same
-    digests in tests/dags/test_campaign_e2e.py)."""
+    deterministic across runs and machines (float values within ``FLOAT_RTOL``: another
+    CPU's SIMD paths round differently; all else exactly). The three-site campaign is held
+    to the same digests in tests/dags/test_campaign_e2e.py."""
     golden = json.loads(GOLDEN_DIGESTS_PATH.read_text())
     science = {dt for step in constants.STEPS for dt in constants.STEP_OUTPUTS[step]}
     assert set(golden) == science
-    assert minidrp_validation["digests"] == golden
+    assert digest_mismatches(minidrp_validation["digests"], golden) == []
 
 
 def test_validate_rerun_skips_merged_steps(minidrp_validation: dict, minidrp_root: Path) -> None:
