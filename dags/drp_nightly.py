@@ -13,7 +13,7 @@ site with the generation's tract regions (the plan's; fixed: a visit the plan al
 places keeps its site, a new one goes to the owner of the tract it overlaps most, and an
 assignment once written never changes), in `work/nights/g<generation>/<day_obs>.json`.
 `register_raws` registers the raws at the hub as Rucio datasets, one per home tract
-(`Dataset/<instrument>/raw/Tract<tract>/<day_obs>`). Per remote site, `replicate` adds a
+(`Dataset/<instrument>/raw/Tract<tract>/<day_obs>`). Per remote site, `raws` adds a
 rule for each dataset it needs (a site that `holds_all_raws`, FrDF in DMTN-213, needs all;
 UKDF the raws of its own visits; the hub holds them already), and `wait_ingested` waits,
 deferred, until every rule is OK and the site's butler has ingested every raw. A night
@@ -92,7 +92,7 @@ with DAG(
     for site in REMOTE:
         with TaskGroup(site, tooltip=f"The night's raws {site} needs"):
             rules = NightOperator(
-                task_id="replicate", what="replicate", site=site, pool=REPLICATION_POOL,
+                task_id="raws", what="replicate", site=site, pool=REPLICATION_POOL,
                 doc_md=f"A rule to {site} for each of the night's datasets it needs (all of them if it holds "
                        "every raw; else those of its own tracts).")
             wait = ReplicationSensor(

@@ -14,13 +14,13 @@ The page enforces Airflow's own auth (a mounted app is not behind the login by i
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
-from multisite_drp.hooks.links import RucioLink, WorkflowMonitorLink
+from multisite_drp.hooks.links import CampaignPageLink, RucioLink, WorkflowMonitorLink
 from multisite_drp.web.app import PREFIX, app
 
 
 class MultisiteDrpPlugin(AirflowPlugin):
     name = "multisite_drp"
-    operator_extra_links = [WorkflowMonitorLink(), RucioLink()]  # noqa: RUF012 - AirflowPlugin reads a class attribute
+    operator_extra_links = [WorkflowMonitorLink(), RucioLink(), CampaignPageLink()]  # noqa: RUF012 - AirflowPlugin reads a class attribute
     fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "DRP campaign"}]  # noqa: RUF012
     external_views = [  # noqa: RUF012
         {"name": "DRP campaign", "href": f"{PREFIX}/", "destination": "nav", "url_route": "drp-campaign",

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.server
 
 DAG = "drp_nightly"
 NIGHTS = [datetime(2024, 6, d, 12, tzinfo=UTC) for d in (1, 2, 3)]
-TASKS = {"assign_visits", "register_raws", "frdf.replicate", "frdf.wait_ingested", "ukdf.replicate",
+TASKS = {"assign_visits", "register_raws", "frdf.raws", "frdf.wait_ingested", "ukdf.raws",
          "ukdf.wait_ingested"}
 
 

@@ -536,7 +536,7 @@ def test_workflow_and_replication_tasks_link_out(cfg, campaign, rucio) -> None:
 
     from rucio.common.exception import DataIdentifierNotFound
 
-    links, scope = campaign["first"]["links"], cfg.replication.scope
+    links, scope = dict(campaign["first"]["links"]), cfg.replication.scope
 
     def rule_urls(dataset: str) -> set[str | None]:
         """The pages of the dataset's rules (a global step's outputs have one per remote site,
@@ -547,6 +547,8 @@ def test_workflow_and_replication_tasks_link_out(cfg, campaign, rucio) -> None:
             rules = []
         return {f"{RUCIO_WEBUI}/rule?{urlencode({'rule_id': r['id']})}" for r in rules} or {None}
 
+    assert links.pop("plan_campaign") == {
+        "DRP campaign": f"/drp-campaign/run?{urlencode({'dag_id': 'drp_campaign', 'run_id': campaign['first']['run_id']})}"}
     checked = {"workflow": 0, "rule": 0, "dataset": 0}
     for label, shown in links.items():
         task_id = label.split("[")[0]

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, SkipMixin
 
-from multisite_drp.hooks.links import RUCIO_URL_KEY, RucioLink, WorkflowMonitorLink
+from multisite_drp.hooks.links import RUCIO_URL_KEY, CampaignPageLink, RucioLink, WorkflowMonitorLink
 from multisite_drp.hooks.mixin import GROUP_MAP_INDEX, CampaignTaskMixin, group_id
 from multisite_drp.operators.commands import CommandOperatorMixin
 
@@ -309,13 +309,15 @@ class ValidateCampaignOperator(CampaignTaskMixin, BaseOperator):
 
 
 class PlanCampaignOperator(CampaignActionOperator, SkipMixin):
-    """Plan the generation (runs in dry_run too: planning takes no external action).
+    """Plan the generation (runs in dry_run too: planning takes no external action). Its
+    extra link "DRP campaign" opens the run's campaign page.
 
     In a dry run it then marks every later task skipped at once, except the report,
     which prints the plan: nothing is built, moved or submitted, and nothing waits.
     """
 
     ui_color = "#d0e0e3"
+    operator_extra_links = (CampaignPageLink(),)
     REPORT_TASK = "finalize.report"
 
     def execute(self, context) -> Any:

@@ -29,11 +29,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from multisite_drp.hooks.links import CAMPAIGN_PAGE
+
 __all__ = ["DEFAULT_DAG", "PREFIX", "app", "run_page_data"]
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/drp-campaign"
+PREFIX = CAMPAIGN_PAGE  # hooks/links.py: the plan task links to it
 DEFAULT_DAG = "drp_campaign"
 RUNS_LISTED = 25
 
