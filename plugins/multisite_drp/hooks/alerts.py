@@ -42,6 +42,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -206,27 +207,32 @@ def append_record(params: dict[str, Any], record: dict[str, Any]):
 # --- sending -----------------------------------------------------------------------------
 
 
-def _within(seconds: float, what: str, send: Callable[[], Any]) -> bool:
-    """Run ``send`` in a daemon thread for at most ``seconds``; log how it ended. True if
-    it returned in time."""
+def _bounded(fn: Callable[[], Any], seconds: float, name: str) -> tuple[bool, Any, BaseException | None]:
+    """Run ``fn`` in a daemon thread for at most ``seconds``: ``(finished, result, error)``.
+    An unfinished call is left to its thread (a daemon: it never holds the process)."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            send()
-            outcome["ok"] = True
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
+            outcome["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             outcome["error"] = exc
 
-    worker = threading.Thread(target=run, name="drp-alert-send", daemon=True)
+    worker = threading.Thread(target=run, name=name, daemon=True)
     worker.start()
     worker.join(seconds)
-    if worker.is_alive():
+    return not worker.is_alive(), outcome.get("result"), outcome.get("error")
+
+
+def _within(seconds: float, what: str, send: Callable[[], Any]) -> bool:
+    """Run ``send`` for at most ``seconds`` (:func:`_bounded`); log how it ended. True if it
+    returned in time."""
+    finished, _, error = _bounded(send, seconds, "drp-alert-send")
+    if not finished:
         log.error("%s: no answer within %g s; given up", what, seconds)
         return False
-    if "error" in outcome:
-        exc = outcome["error"]
-        log.error("%s failed: %s", what, _masked(f"{type(exc).__name__}: {exc}"))
+    if error is not None:
+        log.error("%s failed: %s", what, _masked(f"{type(error).__name__}: {error}"))
         return False
     log.info("%s: sent", what)
     return True
@@ -273,8 +279,10 @@ def slack(record: dict[str, Any], settings: Any, context: dict[str, Any], subjec
     its token stay in Airflow), within ``settings.send_seconds``. True if Slack accepted it."""
     from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
+    # The client's own socket timeout is longer than our deadline, so the deadline decides
+    # (and says so); the abandoned thread then ends on the client's timeout.
     notifier = SlackWebhookNotifier(slack_webhook_conn_id=settings.slack_webhook_conn_id,
-                                    text=slack_text(record, subject), timeout=max(1, int(settings.send_seconds)))
+                                    text=slack_text(record, subject), timeout=math.ceil(settings.send_seconds) + 5)
     where = f"alert to Slack through connection {settings.slack_webhook_conn_id}"
     return _within(settings.send_seconds, where, lambda: notifier.notify(context))
 
@@ -388,28 +396,20 @@ def post_webhook(url: str, body: bytes, *, deadline: float = DEADLINE_SECONDS,
     check_url(url, allowed_hosts() if hosts is None else hosts)
     conns = _Connections()
     opener = _opener(conns)
-    outcome: dict[str, Any] = {}
 
-    def send() -> None:
-        try:
-            req = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-            with opener.open(req, timeout=deadline) as resp:
-                resp.read(65536)
-                outcome["status"] = resp.status
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            outcome["error"] = exc
+    def send() -> int:
+        req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+        with opener.open(req, timeout=deadline) as resp:
+            resp.read(65536)
+            return int(resp.status)
 
-    worker = threading.Thread(target=send, name="drp-alert-webhook", daemon=True)
-    worker.start()
-    worker.join(deadline)
-    if worker.is_alive():
+    finished, status, error = _bounded(send, deadline, "drp-alert-webhook")
+    if not finished:
         conns.shut()  # a server that trickles bytes keeps a read alive; end it
-        worker.join(1.0)
         raise TimeoutError(f"no complete answer within {deadline:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return int(outcome["status"])
+    if error is not None:
+        raise error
+    return status
 
 
 def _post_raw_webhook(record: dict[str, Any], url: str, env: str, deadline: float, subject: str) -> None:
