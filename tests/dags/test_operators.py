@@ -349,7 +349,7 @@ def test_graph_build_defers_while_its_command_runs_and_a_retry_finds_it(connecti
     actions.make_plan(hook.config, 8)
     context = {"params": _params(data_root=str(sites_root), generation=8)}
     op = GenerateGraphOperator(task_id="step1.frdf.generate_qg", step="step1", site="frdf",
-                               group={"group": 0, "label": "visits"})
+                               group={"group": 0, "label": "visits"}, settle_seconds=0)  # defer at once
     with pytest.raises(TaskDeferred) as first:
         op.execute(context)
     with pytest.raises(TaskDeferred) as again:  # a retry while the build runs: found, not started twice
@@ -378,6 +378,12 @@ def test_graph_build_defers_while_its_command_runs_and_a_retry_finds_it(connecti
     assert graph.exists() and result["quanta"] > 0 and result["qgraph"] == str(graph)
     assert Path(result["site_qgraph"]).read_bytes() == graph.read_bytes()
     assert read_json(actions.graph_summary_path(graph))["quanta"] == result["quanta"]
+    # A build that ends within the task's settle time needs no deferral: the task waits for it
+    # in the worker and returns the graph (group 1, its own command).
+    quick = GenerateGraphOperator(task_id="step1.frdf.generate_qg", step="step1", site="frdf",
+                                  group={"group": 1, "label": "visits"}, settle_seconds=300)
+    built = quick.execute(context)
+    assert Path(built["qgraph"]) == names.graph_path(hook.config, "step1", "frdf", 8, 1) and built["quanta"] > 0
     assert read_json(record / "spec.json")["attempt"] == 1
     assert op.execute(context)["sha256"] == result["sha256"]  # built: no command, no deferral
     assert read_json(record / "spec.json")["attempt"] == 1

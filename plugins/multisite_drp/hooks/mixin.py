@@ -42,11 +42,20 @@ from multisite_drp.hooks.campaign import CampaignHook
 if TYPE_CHECKING:
     from multisite_drp.services.actions import CampaignContext
 
-__all__ = ["GROUP_MAP_INDEX", "RETRY_DEFAULTS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "group_id",
+__all__ = ["GROUP_MAP_INDEX", "RETRY_DEFAULTS", "SETTLE_SECONDS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "group_id",
            "night_of", "skip_reason"]
 
 #: The retry settings a campaign task gets unless the task or the DAG's default_args set them.
 RETRY_DEFAULTS: dict[str, Any] = {"retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(hours=1)}
+
+#: How long a task that would defer first waits in its worker for work that ends soon
+#: (``CampaignTaskMixin.settled``). Short work then needs no deferral at all (saving the
+#: deferral's round trip: the worker's exit, the trigger's first poll, a new worker), and a
+#: trigger cannot fire while the deferring worker is still exiting: Airflow 3.3 then takes
+#: the stale exit of the deferred try for a state change made outside it and sends the
+#: resumed try to retry (seen four times in one end-to-end run, 30-50 s each; apache/airflow
+#: #72716 and #71580 are the same race).
+SETTLE_SECONDS = 10.0
 
 #: The methods whose errors :func:`drp_errors` translates, in every subclass that defines them.
 WRAPPED_METHODS = ("execute", "execute_complete", "poke")
@@ -149,6 +158,25 @@ class CampaignTaskMixin:
         operator metaclass applies default_args only to ``__init__`` methods of operator classes)."""
         dag_defaults = kwargs.get("default_args") or {}
         return {**{k: v for k, v in RETRY_DEFAULTS.items() if k not in dag_defaults}, **kwargs}
+
+    #: See :data:`SETTLE_SECONDS`; an operator's ``__init__`` takes ``settle_seconds``.
+    settle_seconds: float = SETTLE_SECONDS
+
+    def settled(self, done: Callable[[], bool]) -> bool:
+        """Whether ``done()`` became true within ``settle_seconds``, checked at once and then
+        at growing intervals (0.5 s up to 2.5 s: a handful of status calls)."""
+        import time
+
+        end = time.monotonic() + max(float(self.settle_seconds), 0.0)
+        pause = 0.5
+        while True:
+            if done():
+                return True
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause + 0.5, 2.5)
 
     def campaign_hook(self, context, **kwargs: Any) -> CampaignHook:
         """The hook for this DAG run's Params (campaign file, data root, sites, generation)."""

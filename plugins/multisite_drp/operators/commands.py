@@ -4,7 +4,8 @@ For an operator whose task is one heavy command (a group's graph build, a merge,
 registration): ``execute`` builds the ``CommandSpec`` (deterministic name from
 ``campaign.names.command_name``), calls :meth:`start_command` and returns what
 :meth:`command_done` returns. ``start_command`` starts the command (or finds the one a
-previous try started: same name, same argv), and, unless it has already ended, defers on
+previous try started: same name, same argv), waits up to the task's ``settle_seconds`` in
+the worker for a short command, and, unless it has ended by then, defers on
 ``triggers.commands.CommandTrigger`` with the campaign's ``timeouts.command_seconds``
 (plus the startup allowance) as the deferral's limit. ``execute_complete`` checks the
 event: an input-error event fails the task without retry, a command that failed raises
@@ -44,8 +45,9 @@ class CommandOperatorMixin:
         ref = service.begin(spec, again=again)
         self.log.info("%s: command %s %s (%s, attempt %d)", self.task_id, spec.name,
                       "found" if ref.found else "started", ref.handle, ref.attempt)
-        state = service.status([ref])[ref.name]
-        if state.terminal:  # a predecessor that had already succeeded: no need to wait
+        # A command that ends within the settle time (or a predecessor that had already
+        # ended) needs no deferral.
+        if self.settled(lambda: service.status([ref])[ref.name].terminal):
             return self.execute_complete(context, {"status": "done",
                                                    "commands": {ref.name: service.result(ref).to_dict()}},
                                          ref=ref.to_dict(), argv=list(spec.argv))

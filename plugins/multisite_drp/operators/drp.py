@@ -65,10 +65,13 @@ class CampaignActionOperator(CampaignTaskMixin, BaseOperator):
     template_fields: Sequence[str] = ()
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, step: str | None = None, site: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, step: str | None = None, site: str | None = None, settle_seconds: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**self.with_retry_defaults(kwargs))
         self.step = step
         self.site = site
+        if settle_seconds is not None:
+            self.settle_seconds = settle_seconds
 
     #: Whether the task's result is a Rucio rule or dataset (see :class:`RucioLink`).
     links_to_rucio: bool = False

@@ -1,9 +1,10 @@
 """Deferrable sensors for a site: its workflow, and its replication rules.
 
 Both look their target up by deterministic name (never through XCom), so a cleared
-sensor finds the same workflow or rules. Each checks once in the worker and returns at
-once if the wait is already over (a rerun of a finished campaign takes seconds);
-otherwise it defers to a trigger in ``multisite_drp.triggers`` with a ``timeout``.
+sensor finds the same workflow or rules. Each checks in the worker and returns at once if
+the wait is already over (a rerun of a finished campaign takes seconds), keeps checking
+for up to its ``settle_seconds`` (``CampaignTaskMixin.settled``: short work needs no
+deferral), and otherwise defers to a trigger in ``multisite_drp.triggers`` with a ``timeout``.
 
 ``deferrable=False`` falls back to Airflow's classic poke loop (``poke`` below).
 
@@ -44,7 +45,7 @@ class _SiteSensor(CampaignTaskMixin, BaseSensorOperator):
     template_fields: Sequence[str] = ("group",)
 
     def __init__(self, *, site: str, step: str | None = None, group: Any = None, deferrable: bool = True,
-                 **kwargs: Any) -> None:
+                 settle_seconds: float | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", timedelta(days=7))
         if group is not None:
             kwargs.setdefault("map_index_template", GROUP_MAP_INDEX)
@@ -53,6 +54,8 @@ class _SiteSensor(CampaignTaskMixin, BaseSensorOperator):
         self.site = site
         self.group = group
         self.deferrable = deferrable
+        if settle_seconds is not None:
+            self.settle_seconds = settle_seconds
 
     @property
     def group_id(self) -> int:
@@ -103,7 +106,7 @@ class WorkflowSensor(_SiteSensor):
             return super().execute(context)
         hook, ctx = self.prepare(context)
         ref = self._ref(ctx)
-        if ctx.workflows[self.site].status([ref])[ref.run_id].terminal:
+        if self.settled(lambda: ctx.workflows[self.site].status([ref])[ref.run_id].terminal):
             return self._finish(ctx, ref, context, hook)
         self._defer(hook, ref, context)
 
@@ -275,7 +278,13 @@ class ReplicationSensor(_SiteSensor):
             for r in rules:
                 ctx.replica.retry(RuleRef.from_dict(r))
             grace = self.retry_grace  # the repairer takes a boosted rule at its next pass
-        if self._state(ctx, rules) == "ok":
+        state: dict[str, str] = {}
+
+        def over() -> bool:  # OK, or STUCK (the trigger reports a rule that stays so)
+            state["now"] = self._state(ctx, rules)
+            return state["now"] != "waiting" and (state["now"] != "stuck" or grace == 0.0)
+
+        if self.settled(over) and state["now"] == "ok":
             return self._finish(ctx, rules)
         settings = hook.replica_settings
         self.defer(
