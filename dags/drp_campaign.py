@@ -46,6 +46,7 @@ from multisite_drp.operators.drp import (
     ValidateCampaignOperator,
 )
 from multisite_drp.operators.groups import distribution_group, step_group
+from multisite_drp.operators.params import campaign_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAMPAIGN = os.environ.get(
@@ -73,22 +74,9 @@ with DAG(
         "on_failure_callback": CampaignAlertNotifier(),
     },
     params={
-        "campaign_file": Param(DEFAULT_CAMPAIGN, type="string", minLength=1, maxLength=4096,
-                               description="Campaign YAML, validated before anything runs: an absolute path inside "
-                                           "the deployment's allowed roots ($MULTISITE_DRP_ALLOWED_ROOTS; default: "
-                                           "include/campaigns, include/pipelines and var of the repository), as "
-                                           "is: no $VAR or ~ is expanded. Its pipeline must lie inside them too."),
-        "data_root": Param(None, type=["null", "string"], maxLength=4096,
-                           description="Override the campaign's data_root (where the embedded sites live): a "
-                                       "directory inside the allowed roots, as is (no $VAR or ~). The work_dir "
-                                       "stays inside it."),
+        **campaign_params(DEFAULT_CAMPAIGN, SITES),
         "steps": Param([], type="array", items={"type": "string", "enum": STEPS}, uniqueItems=True,
                        description="Steps to run; empty means all."),
-        "sites": Param([], type="array", items={"type": "string", "enum": SITES}, uniqueItems=True,
-                       description="Sites to include (must include the hub); empty means all. Shares are rescaled."),
-        "generation": Param(0, type="integer", minimum=0, maximum=999,
-                            description="Bump for a fresh run in new collections; the same generation resumes."),
-        "dry_run": Param(False, type="boolean", description="Plan and report; take no external action."),
         "rescue": Param(False, type="boolean",
                         description="A failed workflow found by a cleared submit task gets a rescue submission "
                                     "(new name; only missing outputs run) instead of a restart."),

@@ -39,6 +39,7 @@ from multisite_drp.campaign.config import load_campaign
 from multisite_drp.notifiers.alert import CampaignAlertNotifier
 from multisite_drp.operators.groups import REPLICATION_POOL
 from multisite_drp.operators.nightly import NightOperator
+from multisite_drp.operators.params import campaign_params
 from multisite_drp.sensors.drp import ReplicationSensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,18 +67,9 @@ with DAG(
         "on_failure_callback": CampaignAlertNotifier(),
     },
     params={
-        "campaign_file": Param(DEFAULT_CAMPAIGN, type="string", minLength=1, maxLength=4096,
-                               description="Campaign YAML: an absolute path inside the deployment's allowed roots; "
-                                           "its plan's tract regions assign the night's visits to sites."),
-        "data_root": Param(None, type=["null", "string"], maxLength=4096,
-                           description="Override the campaign's data_root (inside the allowed roots)."),
-        "sites": Param([], type="array", items={"type": "string"}, uniqueItems=True,
-                       description="Sites to serve (must include the hub); empty means all."),
-        "generation": Param(0, type="integer", minimum=0, maximum=999,
-                            description="Whose plan's tract regions assign the visits."),
+        **campaign_params(DEFAULT_CAMPAIGN),
         "day_obs": Param(None, type=["null", "integer"], minimum=19700101, maximum=29991231,
                          description="The night (YYYYMMDD); empty: the night of the run's logical date (UTC-12h)."),
-        "dry_run": Param(False, type="boolean", description="Take no external action."),
     },
 ) as dag:
     assign = NightOperator(

@@ -140,14 +140,12 @@ def _alerts(path: Path, limit: int = 5000) -> list[dict]:
     return out
 
 
-def run_page_data(dag_id: str, run: dict, task_states: list[tuple[str, int, str | None]]) -> dict:
-    """Everything the run's page shows, from the durable state (no Airflow import here: the
-    caller read the run and its task instances)."""
+def _progress(run: dict, task_states: list[tuple[str, int, str | None]]) -> dict:
+    """The run's campaign, plan and progress (groups, tracts): what the page and the map share."""
     from multisite_drp.campaign import names
     from multisite_drp.campaign.plan import CampaignPlan
-    from multisite_drp.campaign.plan_report import read_tract_centres
 
-    from .progress import group_progress, open_alerts, step_site_table, tract_progress
+    from .progress import group_progress, tract_progress
 
     config = _campaign(run["params"])
     plan_dir = names.plan_dir(config, run["generation"])
@@ -156,11 +154,24 @@ def run_page_data(dag_id: str, run: dict, task_states: list[tuple[str, int, str 
     except Exception as exc:  # noqa: BLE001 - no plan yet (the plan task has not run)
         raise HTTPException(409, f"no plan for generation {run['generation']} yet ({exc})") from None
     groups = group_progress(plan, task_states)
+    return {"config": config, "plan": plan, "plan_dir": plan_dir, "groups": groups,
+            "tracts": tract_progress(plan, groups)}
+
+
+def run_page_data(dag_id: str, run: dict, task_states: list[tuple[str, int, str | None]]) -> dict:
+    """Everything the run's page shows, from the durable state (no Airflow import here: the
+    caller read the run and its task instances)."""
+    from multisite_drp.campaign import names
+    from multisite_drp.campaign.plan_report import TRACTS_FILE
+
+    from .progress import open_alerts, step_site_table
+
+    data = _progress(run, task_states)
+    config = data["config"]
     states = {(t, m): s for t, m, s in task_states}
     return {
-        "config": config, "plan": plan, "plan_dir": plan_dir, "groups": groups,
-        "table": step_site_table(groups), "tracts": tract_progress(plan, groups),
-        "centres": read_tract_centres(plan_dir),
+        **data, "table": step_site_table(data["groups"]),
+        "has_map": (data["plan_dir"] / TRACTS_FILE).is_file(),
         "report": _read_json(names.report_dir(config, run["generation"]) / "report.json"),
         "alerts": open_alerts(_alerts(config.work_path / "alerts.jsonl"), run["run_id"], states,
                               run["state"] in ("success", "failed")),
@@ -185,18 +196,21 @@ def run_page(run_id: RunId, dag_id: DagId = DEFAULT_DAG) -> str:
     data = run_page_data(dag_id, run, tis)
     return render_run(dag_id=dag_id, run=run, config=data["config"], plan=data["plan"], groups=data["groups"],
                       table=data["table"], tracts=data["tracts"], report=data["report"], alerts=data["alerts"],
-                      has_map=data["centres"] is not None)
+                      has_map=data["has_map"])
 
 
 @app.get("/map.png", dependencies=[Authorized])
 def progress_map(run_id: RunId, dag_id: DagId = DEFAULT_DAG) -> Response:
+    from multisite_drp.campaign.plan_report import read_tract_centres
+
     from .page import render_map_png
 
     run, tis = _run(dag_id, run_id)
-    data = run_page_data(dag_id, run, tis)
-    if data["centres"] is None:
+    data = _progress(run, tis)  # the map needs no report or alerts
+    centres = read_tract_centres(data["plan_dir"])
+    if centres is None:
         raise HTTPException(404, "the plan has no tract centres (tracts.json)")
-    png = render_map_png(data["plan"], data["centres"], data["tracts"])
+    png = render_map_png(data["plan"], centres, data["tracts"])
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 

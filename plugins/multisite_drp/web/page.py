@@ -14,6 +14,7 @@ import urllib.parse
 from typing import Any
 
 from multisite_drp.campaign.plan_report import SITE_COLOURS
+from multisite_drp.campaign.spatial import centres_xyz
 
 from .progress import STATES, GroupProgress
 
@@ -172,8 +173,7 @@ def render_map_png(plan: Any, centres: dict[int, tuple[float, float]], tracts: d
     if small:
         fig, ax = plt.subplots(figsize=(10, 5.5), dpi=100)
         if len(ids) > 1:
-            xyz = np.stack([np.cos(np.radians(dec)) * np.cos(np.radians(ra)),
-                            np.cos(np.radians(dec)) * np.sin(np.radians(ra)), np.sin(np.radians(dec))], 1)
+            xyz = centres_xyz(ra, dec)
             dots = np.clip(xyz @ xyz.T, -1, 1)
             np.fill_diagonal(dots, -1)
             side = float(np.median(np.degrees(np.arccos(dots.max(axis=1)))))
