@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,12 @@ def test_login_kept_private(stack: AirflowStack) -> None:
 def test_up_again_restarts_only_a_dead_process(stack: AirflowStack) -> None:
     before = json.loads(stack.state_file.read_text())["processes"]
     os.killpg(before["triggerer"]["pid"], signal.SIGKILL)  # its record is now stale
+    # SIGKILL takes effect when the kernel next runs the process: on a loaded machine it can
+    # still be alive when killpg returns, and up() would rightly keep it. Wait for the death.
+    deadline = time.monotonic() + 30
+    while _procs.alive(before["triggerer"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _procs.alive(before["triggerer"]), "the killed triggerer did not die within 30 s"
     stack.up()
     after = json.loads(stack.state_file.read_text())["processes"]
     assert after["triggerer"]["pid"] != before["triggerer"]["pid"] and _procs.alive(after["triggerer"])
