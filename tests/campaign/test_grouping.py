@@ -92,3 +92,57 @@ def test_a_steps_own_bound_overrides_the_planners(config, flow) -> None:
     assert split == {"step1", "step4"}  # only the steps with a small bound of their own
     assert all(g.weight <= 60 or len(g.ids) == 1 for g in plan.groups if g.step == "step1")
     assert all(g.weight <= 20 or len(g.ids) == 1 for g in plan.groups if g.step == "step4")
+
+
+def _night(plan, visits_by_site: dict[str, list[int]], tracts: dict[int, int]) -> dict:
+    return {"day_obs": 20240601, "generation": 0, "visits": {
+        str(v): {"site": site, "tract": tracts[v], "new": False} for site, vs in visits_by_site.items() for v in vs}}
+
+
+def test_a_nights_plan_holds_its_visits_at_their_sites_in_step1_groups(config, flow) -> None:
+    from multisite_drp.campaign import names
+    from multisite_drp.campaign.planner import night_plan
+
+    inputs = small_inputs(seed=2, n_visits=120)
+    cfg = _sized(config, 60)
+    plan = plan_campaign(cfg, inputs, dataflow=flow)
+    night_cfg = names.night_config(cfg, 20240601)
+    # Nine of the plan's visits, three per site, each with its own detector count and home tract.
+    picked = {s.name: s.visits[:3] for s in plan.sites}
+    visits = [v for vs in picked.values() for v in vs]
+    detectors = {v: 10 + 7 * i for i, v in enumerate(visits)}
+    tracts = {v: 100 - i for i, v in enumerate(visits)}
+    night = night_plan(night_cfg, plan, _night(plan, picked, tracts), detectors)
+    assert night.campaign == f"{cfg.name}-n20240601" and [s.name for s in night.steps] == [cfg.steps[0].name]
+    assert {s.name: sorted(s.visits) for s in night.sites} == {k: sorted(v) for k, v in picked.items()}
+    assert [s.tracts for s in night.sites] == [s.tracts for s in plan.sites]  # the regions stay
+    assert not night.transfers and {g.step for g in night.groups} == {cfg.steps[0].name}
+    for site, vs in picked.items():
+        groups = night.groups_for(cfg.steps[0].name, site)
+        assert sorted(v for g in groups for v in g.ids) == sorted(vs)  # every visit once
+        assert all(g.weight == sum(detectors[v] for v in g.ids) for g in groups)
+        assert all(g.weight <= 60 or len(g.ids) == 1 for g in groups)  # the step's bound
+        assert [g.group for g in groups] == list(range(len(groups)))
+    # Deterministic: the same assignment gives the same groups.
+    again = night_plan(night_cfg, plan, _night(plan, picked, tracts), detectors)
+    assert again.groups == night.groups
+    with pytest.raises(ValueError, match="no detector count"):
+        night_plan(night_cfg, plan, _night(plan, picked, tracts), {v: 1 for v in visits[1:]})
+
+
+def test_the_night_scope_names_everything_apart_from_the_campaign(config) -> None:
+    from multisite_drp.campaign import names
+
+    night = names.night_config(config, 20240601)
+    step = config.steps[0].name
+    assert night.name == f"{config.name}-n20240601"
+    assert night.work_path == config.work_path / "nights" / "20240601"
+    assert [s.name for s in night.steps] == [step]
+    pairs = [(names.output_run(c, step, "frdf", 0, 0), names.workflow_name(c, step, "frdf", 0, 0),
+              names.rucio_dataset(c, step, "frdf", "outputs", 0, 0), names.plan_dir(c, 0),
+              names.submit_dir(c, step, "frdf", 0, 0), names.graph_path(c, step, "frdf", 0, 0))
+             for c in (config, night)]
+    assert all(a != b for a, b in zip(*pairs, strict=True)), pairs
+    assert names.output_run(night, step, "frdf", 0, 3) == f"{config.output_prefix}/nightly/20240601/{step}/frdf/g0/group003"
+    with pytest.raises(names.NameError_, match="day_obs"):
+        names.night_config(config, 2024061)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from multisite_drp.errors import InputError
 
-from .config import COLLECTION_NAME, DATASET_TYPE_NAME, SITE_NAME, STEP_NAME, CampaignConfig
+from .config import CAMPAIGN_NAME, COLLECTION_NAME, DATASET_TYPE_NAME, SITE_NAME, STEP_NAME, CampaignConfig
 
 __all__ = ["NameError_", "campaign_chain", "check_day_obs", "day_obs_of", "graph_path", "group_label",
-           "night_assignment_path", "night_raw_dataset", "output_chain", "output_run", "output_run_pattern", "rucio_dataset", "run_generation", "site_graph_path", "site_work_dir", "submit_dir",
+           "night_assignment_path", "night_config", "night_raw_dataset", "output_chain", "output_run", "output_run_pattern", "rucio_dataset", "run_generation", "site_graph_path", "site_work_dir", "submit_dir",
            "workflow_name"]
 
 # Transfers that belong to no single step are named under these pseudo-steps.
@@ -181,6 +181,30 @@ def night_raw_dataset(config: CampaignConfig, tract: int, day_obs: int) -> str:
     if isinstance(tract, bool) or not isinstance(tract, int) or tract < 0:
         raise NameError_(f"tract: expected an integer >= 0, got {tract!r}")
     return _check(f"Dataset/{config.instrument}/raw/Tract{tract}/{check_day_obs(day_obs)}", RUCIO_NAME, "rucio dataset")
+
+
+def night_config(config: CampaignConfig, day_obs: int) -> CampaignConfig:
+    """The campaign scoped to one night's step 1 (``drp_nightly`` with ``run_step1``): the
+    same sites, inputs and pipeline, with every name and path of its own, so that the night's
+    graphs, workflows, RUNs and Rucio datasets never meet the campaign's:
+
+    * name ``{campaign}-n{day_obs}`` (workflow, request and command names, Rucio datasets);
+    * output prefix ``{output_prefix}/nightly/{day_obs}`` (chains and RUNs);
+    * work directory ``{work_dir}/nights/{day_obs}`` (its plan, submit directories, graphs);
+    * steps: the campaign's first step only, which must be visit-sharded.
+
+    Every other name derives from these, by the functions of this module."""
+    day_obs = check_day_obs(day_obs)
+    first = config.steps[0]
+    if first.sharding.value != "visit":
+        raise NameError_(f"{config.source_path}: steps[0] ({first.name}) is {first.sharding.value}-sharded; a "
+                         "night's step 1 needs the campaign's first step to be visit-sharded")
+    return config.model_copy(update={
+        "name": _check(f"{config.name}-n{day_obs}", CAMPAIGN_NAME, "night campaign name"),
+        "output_prefix": _check(f"{config.output_prefix}/nightly/{day_obs}", COLLECTION_NAME, "night output prefix"),
+        "work_dir": str(config.work_path / "nights" / str(day_obs)),
+        "steps": [first],
+    })
 
 
 def night_assignment_path(config: CampaignConfig, generation: int, day_obs: int) -> Path:

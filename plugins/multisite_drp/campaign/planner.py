@@ -481,12 +481,29 @@ def plan_to_directory(config: CampaignConfig, out_dir: str | Path, *, inputs: Sp
     of one. Partial directories of stopped writers are removed on the next call (one
     writer per plan directory at a time, as the DAG runs one plan task per generation).
     """
-    from .bps_config import write_bps_configs
     from .plan_report import write_report
 
     inputs = inputs if inputs is not None else load_inputs(config, parquet)
     dataflow = dataflow if dataflow is not None else dataflow_from_pipeline(config)
     plan = plan_campaign(config, inputs, method, dataflow)
+
+    def report(tmp: Path) -> None:
+        base = {}
+        if baselines:
+            for m in ("ra_stripes", "round_robin"):
+                if m != plan.method:
+                    base[m] = plan_campaign(config, inputs, m, dataflow)
+        write_report(plan, inputs, tmp, base)
+
+    return publish_plan(config, plan, out_dir, generation=generation, extra=report)
+
+
+def publish_plan(config: CampaignConfig, plan: CampaignPlan, out_dir: str | Path, *, generation: int = 0,
+                 extra=None) -> CampaignPlan:
+    """Write ``plan`` (``plan.json``, the BPS configs, whatever ``extra(tmp)`` adds) into
+    ``out_dir`` atomically: see :func:`plan_to_directory`."""
+    from .bps_config import write_bps_configs
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.partial-*"):
@@ -496,16 +513,51 @@ def plan_to_directory(config: CampaignConfig, out_dir: str | Path, *, inputs: Sp
     crashpoint("plan.after_plan_json")
     write_bps_configs(config, plan, tmp, generation=generation)
     crashpoint("plan.after_bps")
-    base = {}
-    if baselines:
-        for m in ("ra_stripes", "round_robin"):
-            if m != plan.method:
-                base[m] = plan_campaign(config, inputs, m, dataflow)
-    write_report(plan, inputs, tmp, base)
+    if extra is not None:
+        extra(tmp)
     _mark_complete(tmp, generation)
     crashpoint("plan.before_publish")
     _publish(tmp, out)
     return plan
+
+
+def night_plan(night_config: CampaignConfig, plan: CampaignPlan, assignment: dict,
+               detectors: dict[int, int]) -> CampaignPlan:
+    """One night's step-1 plan (``drp_nightly`` with ``run_step1``), derived from the
+    generation's ``plan`` without planning again: the same sites and tract regions, each
+    site's visits those the night's ``assignment`` gives it (``services.nightly``: written
+    once, never moved), no transfers (a group's missing inputs are replicated by its own
+    chain), and the step split into groups as the campaign splits it (visits ordered by home
+    tract then id, weighed by their detectors, at most the step's ``max_group_size``).
+    ``night_config`` is ``names.night_config`` of the campaign: its one step is the step."""
+    from .grouping import group_label_text, split_weighted
+
+    step = night_config.steps[0]
+    max_size = step.max_group_size or night_config.planner.max_group_size
+    by_site: dict[str, list[int]] = {}
+    home = {}
+    for visit, a in assignment["visits"].items():
+        by_site.setdefault(a["site"], []).append(int(visit))
+        home[int(visit)] = int(a["tract"])
+    missing = sorted(v for v in home if v not in detectors)
+    if missing:
+        raise ValueError(f"night {assignment['day_obs']}: no detector count for visits {missing[:10]}")
+    sites, groups = [], []
+    for sp in plan.sites:
+        visits = sorted(by_site.get(sp.name, []), key=lambda v: (home[v], v))
+        sites.append(sp.model_copy(update={"visits": sorted(visits),
+                                           "detector_visits": sum(detectors[v] for v in visits)}))
+        weights = [detectors[v] for v in visits]
+        for g, gids in enumerate(split_weighted(visits, weights, max_size) if visits else []):
+            gids = sorted(gids)
+            groups.append(GroupPlan(step=step.name, site=sp.name, group=g, dimension="visit", ids=gids,
+                                    weight=sum(detectors[v] for v in gids), label=group_label_text("visit", gids)))
+    unknown = sorted(set(by_site) - {sp.name for sp in plan.sites})
+    if unknown:
+        raise ValueError(f"night {assignment['day_obs']}: the assignment names sites {unknown} the plan lacks")
+    return plan.model_copy(update={
+        "campaign": night_config.name, "n_visits": len(home), "sites": sites, "steps": [plan.step(step.name)],
+        "transfers": [], "orphan_visits": [], "warnings": [], "max_group_size": max_size, "groups": groups})
 
 
 def _fsync_dir(path: Path) -> None:

@@ -59,8 +59,9 @@ def deployment_roots() -> AllowedRoots:
         return AllowedRoots.of(DEFAULT_ROOTS, source=f"default allowed roots ({ALLOWED_ROOTS_ENV} unset)")
     return AllowedRoots.parse(value, source=ALLOWED_ROOTS_ENV)
 
-#: The DAG run Params a hook is built from (what a trigger carries; none is a secret).
-PARAM_KEYS = ("campaign_file", "data_root", "sites", "generation")
+#: The DAG run Params a hook is built from (what a trigger carries; none is a secret). ``night``
+#: is not a Param: a night-scoped task (``drp_nightly``'s step 1) adds its run's night.
+PARAM_KEYS = ("campaign_file", "data_root", "sites", "generation", "night")
 
 
 class ConnectionMissingError(InputError, LookupError):
@@ -75,21 +76,26 @@ class CampaignHook(BaseHook):
 
     def __init__(self, campaign_file: str, *, data_root: str | None = None, sites: list[str] | None = None,
                  generation: int = 0, check_pipeline: bool = False, config: CampaignConfig | None = None,
-                 connections: Mapping[str, Any] | None = None) -> None:
+                 connections: Mapping[str, Any] | None = None, night: int | None = None) -> None:
         super().__init__()
         self.campaign_file = campaign_file
         self.data_root = data_root
         self.sites = list(sites or [])
         self.generation = int(generation)
-        self.config: CampaignConfig = config or load_campaign(campaign_file, data_root=data_root, sites=self.sites,
-                                                              check_pipeline=check_pipeline,
-                                                              allowed_roots=deployment_roots())
+        self.night = int(night) if night else None
+        config = config or load_campaign(campaign_file, data_root=data_root, sites=self.sites,
+                                         check_pipeline=check_pipeline, allowed_roots=deployment_roots())
+        if self.night is not None:  # the night's own scope: names, RUNs, plan (names.night_config)
+            from multisite_drp.campaign import names
+
+            config = names.night_config(config, self.night)
+        self.config: CampaignConfig = config
         self._connections = dict(connections) if connections is not None else None
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **kwargs: Any) -> CampaignHook:
         return cls(params["campaign_file"], data_root=params.get("data_root"), sites=params.get("sites") or [],
-                   generation=int(params.get("generation") or 0), **kwargs)
+                   generation=int(params.get("generation") or 0), night=params.get("night"), **kwargs)
 
     @staticmethod
     def carried_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,7 +122,8 @@ class CampaignHook(BaseHook):
             except Exception as exc:  # noqa: BLE001 - AirflowNotFoundException or the API's error
                 raise ConnectionMissingError(f"connection {conn_id!r} is not defined in Airflow ({exc})") from None
         return cls(params["campaign_file"], data_root=params.get("data_root"), sites=params.get("sites") or [],
-                   generation=int(params.get("generation") or 0), config=config, connections=conns)
+                   generation=int(params.get("generation") or 0), config=config, connections=conns,
+                   night=params.get("night"))
 
     def conn_ids(self, what: str, sites: list[str] | None = None) -> list[str]:
         """The connection ids of one kind (``butler``, ``replica``, ``workflow``, ``commands``) for

@@ -178,15 +178,38 @@ class CampaignTaskMixin:
             time.sleep(min(pause, left))
             pause = min(pause + 0.5, 2.5)
 
+    #: A task of a night's step (``drp_nightly``'s step 1, ``operators.groups.step_group(night=True)``):
+    #: its hook is scoped to the run's night (``names.night_config``), and it runs only with
+    #: the Param ``run_step1``.
+    night_scoped: bool = False
+
+    def hook_params(self, context) -> dict[str, Any]:
+        """The Params the hook is built from (what a trigger carries): the run's, plus the
+        night for a night-scoped task."""
+        params = dict(context["params"])
+        if self.night_scoped:
+            params["night"] = night_of(context)
+        return params
+
     def campaign_hook(self, context, **kwargs: Any) -> CampaignHook:
-        """The hook for this DAG run's Params (campaign file, data root, sites, generation)."""
-        return self.campaign_hook_class.from_params(context["params"], **kwargs)
+        """The hook for this DAG run's Params (campaign file, data root, sites, generation;
+        a night-scoped task's night)."""
+        return self.campaign_hook_class.from_params(self.hook_params(context), **kwargs)
 
     def prepare(self, context) -> tuple[CampaignHook, CampaignContext]:
         """Build the hook, decide the skip (``AirflowSkipException`` with the reason), get the
         context. In a dry run no hook is built: the task is skipped first."""
         params = context["params"]
+        if self.night_scoped and not params.get("run_step1"):
+            raise AirflowSkipException("run_step1 is off: this night's raws only")
         hook = None if params.get("dry_run") else self.campaign_hook(context)
+        if self.night_scoped and hook is not None:
+            from multisite_drp.campaign import names
+            from multisite_drp.campaign.plan import plan_complete
+
+            where = names.plan_dir(hook.config, hook.generation)
+            if not plan_complete(where):
+                raise AirflowSkipException(f"night {hook.night} has no step-1 plan at {where} (no raws that night?)")
         reason = skip_reason(params, hook, self.step, self.site)
         if reason:
             raise AirflowSkipException(reason)

@@ -55,7 +55,7 @@ class CommandOperatorMixin:
         conn_ids = [settings["conn_id"]] if "conn_id" in settings else []
         limit = (spec.timeout or hook.config.timeouts.command_seconds) + STARTUP_ALLOWANCE_SECONDS
         self.defer(
-            trigger=CommandTrigger(context["params"], conn_ids, spec.site, [ref.to_dict()],
+            trigger=CommandTrigger(self.hook_params(context), conn_ids, spec.site, [ref.to_dict()],
                                    poll_interval=settings["poll_interval"], label=f"{self.task_id} {spec.name}"),
             method_name="execute_complete",
             kwargs={"ref": ref.to_dict(), "argv": list(spec.argv)},

@@ -66,10 +66,11 @@ class CampaignActionOperator(CampaignTaskMixin, BaseOperator):
     ui_color = "#e8f1fb"
 
     def __init__(self, *, step: str | None = None, site: str | None = None, settle_seconds: float | None = None,
-                 **kwargs: Any) -> None:
+                 night_scoped: bool = False, **kwargs: Any) -> None:
         super().__init__(**self.with_retry_defaults(kwargs))
         self.step = step
         self.site = site
+        self.night_scoped = night_scoped
         if settle_seconds is not None:
             self.settle_seconds = settle_seconds
 

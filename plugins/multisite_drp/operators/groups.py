@@ -69,76 +69,81 @@ def workflow_pool(site: str) -> str:
 
 
 def step_group(step: str, sites: list[str], *, is_global: bool, description: str,
-               wait_timeout: timedelta, workflow_timeout: timedelta) -> tuple[TaskGroup, BarrierOperator]:
+               wait_timeout: timedelta, workflow_timeout: timedelta,
+               night: bool = False) -> tuple[TaskGroup, BarrierOperator]:
     """One DRP step: per site, the plan's groups (``split``), then the site's chain mapped over
     them (graph → inputs → submit → wait → merge → register → return, one map index per
-    group); then a barrier after every group of every site."""
+    group); then a barrier after every group of every site.
+
+    ``night``: the same tasks scoped to the run's night (``drp_nightly``'s step 1: every name
+    from ``names.night_config``, the night's plan; skipped unless the Param ``run_step1``)."""
     with TaskGroup(step, tooltip=description or step) as group:
         tails = []
         with TaskGroup("split", tooltip=f"{step}: the plan's submission groups per site"):
             splits = {
                 site: SplitStepOperator(
-                    task_id=site, step=step, site=site, trigger_rule=TriggerRule.NONE_FAILED,
+                    task_id=site, step=step, site=site, trigger_rule=TriggerRule.NONE_FAILED, night_scoped=night,
                     doc_md=f"Read the plan's submission groups of {step} at {site} (each bounded by "
                            "planner.max_group_size quanta-equivalents): the list the site's chain is mapped over. "
                            "None: the chain is skipped.")
                 for site in sites}
         for site in sites:
             chain = _site_chain(step, site, is_global=is_global, wait_timeout=wait_timeout,
-                                workflow_timeout=workflow_timeout)
+                                workflow_timeout=workflow_timeout, night=night)
             tails.append(chain.expand(group=splits[site].output))
         barrier = BarrierOperator(
-            task_id="barrier", step=step, trigger_rule=TriggerRule.NONE_FAILED,
+            task_id="barrier", step=step, trigger_rule=TriggerRule.NONE_FAILED, night_scoped=night,
             doc_md=f"Hold the next step until every group of every site has an accepted {step} workflow and "
                    f"every transfer of {step} is OK.")
         tails >> barrier
     return group, barrier
 
 
-def _site_chain(step: str, site: str, *, is_global: bool, wait_timeout: timedelta, workflow_timeout: timedelta):
+def _site_chain(step: str, site: str, *, is_global: bool, wait_timeout: timedelta, workflow_timeout: timedelta,
+                night: bool = False):
     """The per-group chain of a step at a site, as a task group to be mapped over the groups."""
 
     @task_group(group_id=site, tooltip=f"{step} at {site}, one map index per submission group")
     def chain(group):
         qg = GenerateGraphOperator(
-            task_id="generate_qg", step=step, site=site, group=group, pool=site_pool(site),
+            task_id="generate_qg", night_scoped=night, step=step, site=site, group=group, pool=site_pool(site),
             doc_md=f"Build this group's {step} QuantumGraph for {site} at the hub (pipetask qgraph, restricted "
                    f"to the group's visits or tracts by the plan) and copy it, checksummed, to {site}. "
                    "Kept at the hub as provenance. An existing graph is reused. The build runs through the "
                    "hub's command runner (a pod in production) and the task defers while it runs.")
         inputs = ReplicateInputsOperator(
-            task_id="replicate_inputs", step=step, site=site, group=group, pool=REPLICATION_POOL,
+            task_id="replicate_inputs", night_scoped=night, step=step, site=site, group=group, pool=REPLICATION_POOL,
             doc_md=f"The group graph's overall inputs that {site}'s butler lacks become one Rucio dataset "
                    f"with one rule to {site}. Nothing to move: no rule.")
         wait_in = ReplicationSensor(
-            task_id="wait_inputs", step=step, site=site, group=group, kind="inputs", timeout=wait_timeout,
+            task_id="wait_inputs", night_scoped=night, step=step, site=site, group=group, kind="inputs", timeout=wait_timeout,
             doc_md=f"Wait (deferred) until the group's input rule to {site} is OK and ingested there.")
         submit = SubmitWorkflowOperator(
-            task_id="submit", step=step, site=site, group=group, pool=workflow_pool(site),
+            task_id="submit", night_scoped=night, step=step, site=site, group=group, pool=workflow_pool(site),
             weight_rule="absolute", priority_weight=1,
             doc_md=f"Submit the group's graph at {site} (BPS; embedded: detached run-qbb). A workflow of the "
                    "same name is found, not resubmitted; a failed one is restarted. The site's workflow pool "
                    "bounds how many groups are in flight.")
         wait_wf = WorkflowSensor(
-            task_id="wait_workflow", step=step, site=site, group=group, timeout=workflow_timeout,
+            task_id="wait_workflow", night_scoped=night, step=step, site=site, group=group, timeout=workflow_timeout,
             pool=workflow_pool(site), weight_rule="absolute", priority_weight=2,
             doc_md="Wait (deferred, holding a slot of the site's workflow pool) for the group's workflow to end, "
                    "then apply the partial-success policy (failed-quanta threshold). A rejected workflow is "
                    "restarted once before failing.")
         merge = MergeOutputsOperator(
-            task_id="merge", step=step, site=site, group=group, pool=site_pool(site),
+            task_id="merge", night_scoped=night, step=step, site=site, group=group, pool=site_pool(site),
             doc_md=f"Check {site}'s butler holds every predicted output of the group; run the merge if the "
                    "workflow's final job did not; add the group's RUN to the step's chain at the site.")
         register = RegisterOutputsOperator(
-            task_id="register", step=step, site=site, group=group, pool=REPLICATION_POOL,
+            task_id="register", night_scoped=night, step=step, site=site, group=group, pool=REPLICATION_POOL,
             doc_md=f"Register the group's outputs at {site} in Rucio as one dataset, with "
                    "lsst-rucio-register metadata (files already registered are skipped).")
         back = ReplicateOutputsOperator(
-            task_id="replicate_outputs", step=step, site=site, group=group, pool=REPLICATION_POOL,
+            task_id="replicate_outputs", night_scoped=night, step=step, site=site, group=group, pool=REPLICATION_POOL,
             doc_md=("Fan the global step's outputs out to every remote site." if is_global else
                     f"Add the rule returning the group's outputs at {site} to USDF (none for the hub itself)."))
         wait_out = ReplicationSensor(
-            task_id="wait_outputs", step=step, site=site, group=group, kind="outputs", timeout=wait_timeout,
+            task_id="wait_outputs", night_scoped=night, step=step, site=site, group=group, kind="outputs", timeout=wait_timeout,
             doc_md="Wait (deferred) until the group's output rules are OK and the destination butlers "
                    "have ingested every dataset.")
         qg >> inputs >> wait_in >> submit >> wait_wf >> merge >> register >> back >> wait_out

@@ -3,7 +3,9 @@
 Each calls one idempotent function of ``services.nightly`` for the run's night
 (``hooks.mixin.night_of``: the Param ``day_obs``, else the night of the logical date), so
 a backfilled or cleared night finds its earlier work: the assignment file, the datasets,
-the rules. The wait is ``ReplicationSensor(kind="night")``.
+the rules, the night's step-1 plan. The wait is ``ReplicationSensor(kind="night")``. Step 1
+itself is the campaign's own step TaskGroup, scoped to the night
+(``operators.groups.step_group(night=True)``).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ class NightOperator(CampaignActionOperator):
     """``assign`` (find the night's visits at the hub and assign each to a site and home
     tract; skipped, with the reason, when the hub has no raws that night), ``register``
     (the night's raws as Rucio datasets at the hub) or ``replicate`` (the rules to
-    ``site`` for what it needs)."""
+    ``site`` for what it needs) or ``plan`` (with the Param ``run_step1``: the night's
+    step-1 plan, ``services.nightly.plan_night``)."""
 
     ui_color = "#fff2cc"
     operator_extra_links = (RucioLink(),)
-    WHAT: ClassVar[tuple[str, ...]] = ("assign", "register", "replicate")
+    WHAT: ClassVar[tuple[str, ...]] = ("assign", "register", "replicate", "plan")
 
     def __init__(self, *, what: str, site: str | None = None, **kwargs: Any) -> None:
         if what not in self.WHAT:
@@ -39,7 +42,7 @@ class NightOperator(CampaignActionOperator):
 
     @property
     def links_to_rucio(self) -> bool:  # type: ignore[override]
-        return self.what != "assign"
+        return self.what in ("register", "replicate")
 
     def act(self, ctx, context) -> Any:
         from multisite_drp.campaign import names
@@ -55,6 +58,10 @@ class NightOperator(CampaignActionOperator):
         assignment = read_json(names.night_assignment_path(ctx.config, ctx.generation, day_obs))
         if assignment is None:
             raise AirflowSkipException(f"night {day_obs}: no assignment (the night has no raws)")
+        if self.what == "plan":
+            if not context["params"].get("run_step1"):
+                raise AirflowSkipException("run_step1 is off: this night's raws only")
+            return nightly.plan_night(ctx, assignment)
         if self.what == "register":
             return nightly.register_night(ctx, assignment)
         return nightly.replicate_night(ctx, self.site, assignment)

@@ -45,13 +45,14 @@ class _SiteSensor(CampaignTaskMixin, BaseSensorOperator):
     template_fields: Sequence[str] = ("group",)
 
     def __init__(self, *, site: str, step: str | None = None, group: Any = None, deferrable: bool = True,
-                 settle_seconds: float | None = None, **kwargs: Any) -> None:
+                 settle_seconds: float | None = None, night_scoped: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", timedelta(days=7))
         if group is not None:
             kwargs.setdefault("map_index_template", GROUP_MAP_INDEX)
         super().__init__(**self.with_retry_defaults(kwargs))
         self.step = step
         self.site = site
+        self.night_scoped = night_scoped
         self.group = group
         self.deferrable = deferrable
         if settle_seconds is not None:
@@ -96,7 +97,7 @@ class WorkflowSensor(_SiteSensor):
     _kill_params: dict[str, Any] | None = None
 
     def poke(self, context) -> bool:
-        self._kill_params = dict(context["params"])
+        self._kill_params = self.hook_params(context)
         _, ctx = self.prepare(context)
         ref = self._ref(ctx)
         return ctx.workflows[self.site].status([ref])[ref.run_id].terminal and self._finish(ctx, ref, context)
@@ -113,7 +114,7 @@ class WorkflowSensor(_SiteSensor):
     def _defer(self, hook: CampaignHook, ref, context) -> None:
         settings = hook.workflow_settings(self.site)
         self.defer(
-            trigger=WorkflowTrigger(params=hook.carried_params(context["params"]),
+            trigger=WorkflowTrigger(params=hook.carried_params(self.hook_params(context)),
                                     conn_ids=hook.conn_ids("workflow", [self.site]), site=self.site,
                                     refs=[ref.to_dict()], poll_interval=settings["poll_interval"],
                                     label=self.label),
@@ -249,7 +250,7 @@ class ReplicationSensor(_SiteSensor):
             self._night = night_of(context)
 
     def poke(self, context) -> bool:
-        self._kill_params = dict(context["params"])
+        self._kill_params = self.hook_params(context)
         self._on_night(context)
         _, ctx = self.prepare(context)
         rules = self._rules(ctx)
@@ -288,7 +289,7 @@ class ReplicationSensor(_SiteSensor):
             return self._finish(ctx, rules)
         settings = hook.replica_settings
         self.defer(
-            trigger=ReplicationTrigger(params=hook.carried_params(context["params"]),
+            trigger=ReplicationTrigger(params=hook.carried_params(self.hook_params(context)),
                                        conn_ids=hook.conn_ids("replica"), rules=rules,
                                        poll_interval=settings["poll_interval"], label=self.task_id,
                                        stuck_grace=grace),

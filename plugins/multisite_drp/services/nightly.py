@@ -16,7 +16,10 @@ What ``drp_nightly`` does for a night (``day_obs``), each step idempotent:
    night's datasets; any other site needs the datasets of its own tracts, so UKDF holds
    the raws of its own visits;
 5. :func:`night_rules` and ``actions.verify_ingest``: what the wait checks, until every
-   rule is OK and the site's butler has ingested each raw.
+   rule is OK and the site's butler has ingested each raw;
+6. :func:`plan_night` (only with the Param ``run_step1``): the night's step-1 plan, from the
+   generation's plan and the assignment, in the night's own scope (``names.night_config``),
+   which the campaign's own step TaskGroup then runs.
 
 No Airflow here.
 """
@@ -30,8 +33,8 @@ from multisite_drp.campaign import names
 from multisite_drp.errors import InputError
 from multisite_drp.services.fileio import atomic_write_json, read_json
 
-__all__ = ["NightAssignmentError", "assign_night", "find_night", "night_datasets", "night_rules", "register_night",
-           "replicate_night"]
+__all__ = ["NightAssignmentError", "assign_night", "find_night", "night_datasets", "night_rules", "plan_night",
+           "register_night", "replicate_night"]
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +165,49 @@ def night_rules(ctx, site: str, day_obs: int) -> list[dict]:
         return []
     found = [ctx.replica.find_rule(dataset, site) for dataset in _needed(ctx, site, assignment)]
     return [r.to_dict() for r in found if r is not None]
+
+
+def visit_detectors(ctx, visits: list[int]) -> dict[int, int]:
+    """``{visit: detectors}`` at the hub: each visit's detector-visits, the weight of its quanta."""
+    hub = ctx.butlers[ctx.hub]
+    hub.refresh()
+    counts: Counter = Counter()
+    if visits:
+        with hub.butler.query() as q:
+            where = f"instrument = '{ctx.config.instrument}' AND visit IN ({', '.join(map(str, sorted(visits)))})"
+            for d in q.data_ids(["visit", "detector"]).where(where):
+                counts[int(d["visit"])] += 1
+    return {int(v): counts[int(v)] for v in visits}
+
+
+def plan_night(ctx, assignment: dict) -> dict:
+    """Write the night's step-1 plan once (``planner.night_plan`` in the night's scope,
+    ``names.night_config``), so that the campaign's step TaskGroup can run the night's visits
+    at their sites. A plan already written with the same groups is found; one with other
+    groups (visits were added to the night after its step 1 was planned) is refused: those
+    groups' graphs and workflows may exist, so a new generation must take them."""
+    from multisite_drp.campaign.plan import CampaignPlan, plan_complete
+    from multisite_drp.campaign.planner import night_plan, publish_plan
+    from multisite_drp.services.actions import PlanChangedError
+
+    day_obs, gen = int(assignment["day_obs"]), ctx.generation
+    night_cfg = names.night_config(ctx.config, day_obs)
+    visits = sorted(int(v) for v in assignment["visits"])
+    plan = night_plan(night_cfg, ctx.plan(), assignment, visit_detectors(ctx, visits))
+    out = names.plan_dir(night_cfg, gen)
+    found = plan_complete(out)
+    if found:
+        old = CampaignPlan.load(out)
+        key = [(g.step, g.site, g.group, g.ids) for g in plan.groups]
+        if [(g.step, g.site, g.group, g.ids) for g in old.groups] != key:
+            raise PlanChangedError(
+                f"{out / 'plan.json'}: night {day_obs}'s step 1 was planned in other groups than its assignment "
+                f"({names.night_assignment_path(ctx.config, gen, day_obs)}) now gives; its graphs and workflows "
+                "may exist already. Process the night again with a new 'generation'")
+    else:
+        publish_plan(night_cfg, plan, out, generation=gen)
+    by_site = Counter(g.site for g in plan.groups)
+    log.info("night %d step 1: %d groups %s (%s)", day_obs, len(plan.groups), dict(by_site),
+             "found" if found else "planned")
+    return {"day_obs": day_obs, "plan_dir": str(out), "campaign": night_cfg.name, "step": night_cfg.steps[0].name,
+            "groups": dict(by_site), "visits": {s.name: len(s.visits) for s in plan.sites}, "found": found}
