@@ -67,3 +67,27 @@ def test_waits_are_deferrable_sensors_with_triggers_in_the_plugins_package(dag) 
     assert len(waits) == 2 + 23 * 3
     for t in waits:
         assert isinstance(t, BaseSensorOperator) and t.deferrable, t.task_id
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("campaign_file", "include/campaigns/minidrp_embedded.yaml", "does not match"),  # relative
+    ("campaign_file", "/work/campaign.txt", "does not match"),  # not YAML
+    ("campaign_file", "", "non-empty|too short"),
+    ("data_root", "var/sites", "does not match"),  # relative
+    ("generation", -1, "less than the minimum"),
+    ("sites", ["usdf", "mars"], "is not one of"),
+])
+def test_a_bad_param_is_refused_when_the_run_is_created(dag, field, value, why) -> None:
+    """What Airflow checks when a run is created (the trigger form shows it; no run is made):
+    each DAG Param's JSON schema, here the paths' patterns and the enums."""
+    import copy
+    import re
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    copy.deepcopy(dag.params).validate()  # the defaults pass
+    bad = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError, match=f"param {field}") as info:
+        bad[field] = value  # what the API does with the form's conf
+        bad.validate()
+    assert re.search(why, str(info.value)), info.value
