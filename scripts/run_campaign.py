@@ -350,7 +350,29 @@ def _campaign_page(client, run_id: str, out: Path | None, browser=None) -> dict:
         except Exception as exc:  # noqa: BLE001 - recorded for the test; the run's summary is still written
             found["browser"] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"campaign page in the browser: {found['browser']['error']}", flush=True)
+        found["views"] = _dag_views(client, browser, run_id, out or Path.cwd())
     return found
+
+
+def _dag_views(client, browser, run_id: str, out: Path) -> dict:
+    """The big DAG as an operator sees it in the browser (``airflowstack.browser.dag_views``):
+    the run's grid and graph, ``step1.frdf.submit``'s groups by label, and the trigger form
+    refusing a relative campaign file; with the number of runs before and after that try."""
+    import dataclasses
+
+    from airflowstack.browser import dag_views
+
+    def runs() -> int:
+        return client.get(f"/api/v2/dags/{DAG_ID}/dagRuns", limit=1)["total_entries"]
+
+    try:
+        before = runs()
+        views = dag_views(browser.url, browser.username, browser.password, DAG_ID, run_id, "step1.frdf.submit",
+                          out / "ui")
+        return {**dataclasses.asdict(views), "runs_before": before, "runs_after": runs()}
+    except Exception as exc:  # noqa: BLE001 - recorded for the test; the run's summary is still written
+        print(f"DAG views in the browser: {type(exc).__name__}: {exc}", flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _finish(args: argparse.Namespace, cfg, summary: dict) -> int:

@@ -3,7 +3,9 @@
 :func:`campaign_view` logs in through the UI's login form, finds the plugin's "DRP
 campaign" entry in the navigation bar's Browse menu, opens a DAG run's page in the UI,
 picks its "DRP campaign" tab (an external view: the UI shows our page in a frame), and
-returns what the frame shows, with a screenshot of the whole window. It uses Debian's
+returns what the frame shows, with a screenshot of the whole window. :func:`dag_views`
+checks what an operator sees of a big DAG: the run's grid and graph views, a mapped task's
+list of map indexes (the groups' labels), and the trigger form refusing a bad Param. It uses Debian's
 ``chromium`` and ``chromium-driver`` (``make test`` installs them); Selenium does not
 download a browser.
 """
@@ -15,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BrowserMissing", "CampaignView", "campaign_view", "find_browser"]
+__all__ = ["BrowserMissing", "CampaignView", "DagViews", "campaign_view", "dag_views", "find_browser"]
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 DRIVER = ("chromedriver", "chromium-driver")
@@ -33,6 +35,18 @@ class CampaignView:
     text: str  # the page's text, in the UI's frame
     map_loaded: bool  # the progress map image loaded (natural width > 0)
     screenshot: Path
+
+
+@dataclass
+class DagViews:
+    grid_rows: int  # task and group rows the run's grid shows with every group expanded
+    grid_names: list[str]  # their names, in order (what is rendered; the grid virtualises long lists)
+    graph_nodes: int  # nodes of the run's graph view as it opens (task groups collapsed)
+    graph_names: list[str]  # their first lines
+    graph_nodes_expanded: int  # nodes with every task group expanded
+    mapped_text: str  # a mapped task's page: its map indexes, shown by their labels
+    trigger_error: str  # the trigger form's error for a bad campaign_file (no run is made)
+    screenshots: dict[str, str]
 
 
 def find_browser() -> tuple[str, str]:
@@ -84,12 +98,7 @@ def campaign_view(url: str, username: str, password: str, dag_id: str, run_id: s
     try:
         driver.get(f"{url}/drp-campaign/run?{urlencode({'dag_id': dag_id, 'run_id': run_id})}")
         anonymous = driver.find_element(By.TAG_NAME, "body").text
-        driver.get(f"{url}/auth/login/")
-        _wait(lambda: driver.find_element(By.NAME, "username"), timeout, "the login form")
-        driver.find_element(By.NAME, "username").send_keys(username)
-        driver.find_element(By.NAME, "password").send_keys(password)
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        _wait(lambda: driver.get_cookie("_token"), timeout, "the session cookie after logging in")
+        _login(driver, url, username, password, timeout)
         driver.get(f"{url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}")
         # The navigation bar's Browse menu lists the plugin's "DRP campaign" view.
         browse = _wait(lambda: driver.find_elements(
@@ -117,5 +126,90 @@ def campaign_view(url: str, username: str, password: str, dag_id: str, run_id: s
         driver.save_screenshot(str(screenshot))
         return CampaignView(anonymous_text=anonymous, nav_entry=nav, frame_src=src, text=text, map_loaded=loaded,
                             screenshot=screenshot)
+    finally:
+        driver.quit()
+
+
+def _click(driver, by: str, selector: str, timeout: float, what: str) -> None:
+    """Find and click, again if React re-rendered the element in between (a stale reference)."""
+    def click() -> bool:
+        driver.find_element(by, selector).click()
+        return True
+
+    _wait(click, timeout, what)
+
+
+def _login(driver, url: str, username: str, password: str, timeout: float) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{url}/auth/login/")
+    _wait(lambda: driver.find_element(By.NAME, "username"), timeout, "the login form")
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(lambda: driver.get_cookie("_token"), timeout, "the session cookie after logging in")
+
+
+def dag_views(url: str, username: str, password: str, dag_id: str, run_id: str, mapped_task: str, out: Path,
+              bad_campaign_file: str = "include/campaigns/relative.yaml", timeout: float = 90.0) -> DagViews:
+    """Logged in: the run's grid (every group expanded), its graph (as it opens, then
+    expanded), ``mapped_task``'s list of map indexes, and the DAG's trigger form submitted
+    with ``bad_campaign_file`` (the error it shows). Screenshots of each under ``out``."""
+    from urllib.parse import quote
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    out.mkdir(parents=True, exist_ok=True)
+    shots: dict[str, str] = {}
+
+    def shot(name: str) -> None:
+        path = out / f"{name}.png"
+        driver.save_screenshot(str(path))
+        shots[name] = str(path)
+
+    run_page = f"{url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+    driver = _driver()
+    try:
+        _login(driver, url, username, password, timeout)
+        driver.get(run_page)
+        _click(driver, By.CSS_SELECTOR, "[data-testid='grid-view-button']", timeout, "the grid button")
+        _click(driver, By.CSS_SELECTOR, "[aria-label='Expand all task groups']", timeout, "the grid's expand button")
+        rows = _wait(lambda: (r := driver.find_elements(By.XPATH, "//a[contains(@href, '/tasks/')]")) and
+                     len(r) > 20 and r, timeout, "the expanded grid's rows")
+        grid_names = [r.text.strip() for r in rows]
+        shot("grid")
+        _click(driver, By.CSS_SELECTOR, "[aria-label='Collapse all task groups']", timeout, "collapse")
+        _click(driver, By.CSS_SELECTOR, "[aria-label='Show Graph (Press g)']", timeout, "the graph button")
+        time.sleep(1)  # the layout settles
+        nodes = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, ".react-flow__node"), timeout, "the graph")
+        graph_names = [n.text.split("\n")[0] for n in nodes]
+        shot("graph")
+        _click(driver, By.CSS_SELECTOR, "[aria-label='Expand all task groups']", timeout, "the graph's expand button")
+        expanded = _wait(lambda: (n := driver.find_elements(By.CSS_SELECTOR, ".react-flow__node")) and
+                         len(n) > len(nodes) and n, timeout, "the expanded graph")
+        n_expanded = len(expanded)
+        shot("graph_expanded")
+        _click(driver, By.CSS_SELECTOR, "[aria-label='Collapse all task groups']", timeout, "collapse")
+        _click(driver, By.CSS_SELECTOR, "[aria-label='Show Grid (Press g)']", timeout, "the grid button")
+        driver.get(f"{run_page}/tasks/{quote(mapped_task)}/mapped")
+        mapped_text = _wait(lambda: (t := driver.find_element(By.TAG_NAME, "body").text) and "Map Index" in t and t,
+                            timeout, "the mapped task's list")
+        shot("mapped")
+        driver.get(f"{url}/dags/{quote(dag_id)}")
+        _click(driver, By.XPATH, "//button[normalize-space(.)='Trigger']", timeout, "the Trigger button")
+        field = _wait(lambda: driver.find_element(By.NAME, "element_campaign_file"), timeout, "the trigger form")
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.DELETE)
+        field.send_keys(bad_campaign_file)
+        dialog = "//*[@role='dialog'][.//input[@name='element_campaign_file']]"
+        _click(driver, By.XPATH, f"{dialog}//button[normalize-space(.)='Trigger']", timeout, "the form's Trigger")
+        error = _wait(lambda: (t := driver.find_element(By.XPATH, dialog).text) and "Invalid input" in t and t,
+                      timeout, "the form's error")
+        shot("trigger_refused")
+        return DagViews(grid_rows=len(rows), grid_names=grid_names, graph_nodes=len(nodes), graph_names=graph_names,
+                        graph_nodes_expanded=n_expanded, mapped_text=mapped_text,
+                        trigger_error=error[:error.index("Logical Date")] if "Logical Date" in error else error,
+                        screenshots=shots)
     finally:
         driver.quit()

@@ -637,6 +637,29 @@ def test_an_operator_sees_the_campaign_page_in_the_airflow_ui(plan, campaign) ->
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 50_000
 
 
+def test_an_operator_reads_the_big_dag_in_the_ui(plan, campaign) -> None:
+    """The same browser, on the whole run: the graph opens on 13 readable nodes (the task
+    groups collapsed; expanded it has hundreds), the grid lists the steps, sites and actions
+    with every group expanded, a mapped task lists its groups by their labels (the
+    ``map_index_template``), and the trigger form refuses a relative campaign file with
+    Airflow's error, making no run."""
+    views = campaign["first"]["campaign_page"]["views"]
+    assert "error" not in views, views["error"]
+    assert views["graph_names"] == ["validate_campaign", "plan_campaign", "distribute",
+                                    *[f"step{i}" for i in range(1, 10)], "finalize"]
+    assert views["graph_nodes_expanded"] > 200, views["graph_nodes_expanded"]
+    names_ = views["grid_names"]
+    assert names_[:3] == ["validate_campaign", "plan_campaign", "distribute"] and "split" in names_, names_[:40]
+    assert any(n.startswith("submit [") for n in names_), names_[:40]
+    labels = [g.label for g in plan.groups_for("step1", "frdf")]
+    assert len(labels) >= 2 and all(label in views["mapped_text"] for label in labels), (
+        labels, views["mapped_text"][-2000:])
+    assert "Invalid input for param campaign_file" in views["trigger_error"], views["trigger_error"]
+    assert views["runs_after"] == views["runs_before"], "the refused trigger made a run"
+    for path in views["screenshots"].values():
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
 def test_killed_panda_job_was_retried_by_the_relay(cfg, campaign) -> None:
     name = names.workflow_name(cfg, KILL_STEP, PANDA_KILL_SITE, 0, 0)
     runs = [e for e in campaign["relay"].executions()
