@@ -171,6 +171,34 @@ def test_a_warning_is_sent_once_per_key(tmp_path, monkeypatch, caplog, allowed, 
     assert "DRP WARNING" in caplog.text and "already recorded; not sent again" in caplog.text
 
 
+def _append_in_child(params: dict, record: dict, out) -> None:
+    out.put(alerts.append_record(params, record)[1])
+
+
+def test_one_key_is_recorded_once_across_processes(tmp_path, allowed) -> None:
+    """Four processes append a warning with the same key at once (as retried or parallel
+    tasks may): one record, one claim, whatever the log already holds."""
+    import multiprocessing
+
+    campaign = _campaign(tmp_path)
+    params = _context(campaign, tmp_path)["params"]
+    log = tmp_path / "data" / "work" / "alerts.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(json.dumps({"key": f"old:{i}", "level": "warning"}) + "\n" for i in range(5000)))
+    record = {"key": "replication_stuck:r9:manual__2026:1", "level": "warning", "kind": "replication_stuck"}
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_append_in_child, args=(params, record, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sorted(out.get(timeout=5) for _ in procs) == [False, False, False, True]
+    keys = [json.loads(ln)["key"] for ln in log.read_text().splitlines()]
+    assert keys.count(record["key"]) == 1 and len(keys) == 5001
+    assert alerts.append_record(params, record)[1] is False  # and later, in this process
+
+
 def test_warnings_false_keeps_warnings_local_but_sends_failures(tmp_path, monkeypatch, allowed, receiver) -> None:
     campaign = _campaign(tmp_path, slack_webhook_conn_id="drp_alerts_slack", warnings=False)
     _slack_conn(monkeypatch, receiver.port)

@@ -166,20 +166,23 @@ def subject_of(record: dict[str, Any]) -> str:
 # --- the durable record ------------------------------------------------------------------
 
 
-def _seen(path: Path, key: str) -> bool:
-    """Whether ``alerts.jsonl`` at ``path`` already holds a record with this key."""
+def _claim(path: Path, record: dict[str, Any]) -> bool:
+    """Claim the record's ``key`` for ``alerts.jsonl`` at ``path``: True if no record with it
+    was appended before, by this or any other process. The claim is a file named by the key's
+    digest in ``alerts.keys/`` beside it, created exclusively (one ``open``, however long the
+    log has grown), holding the record itself."""
+    import hashlib
+
+    keys = path.parent / "alerts.keys"
+    keys.mkdir(exist_ok=True)
+    marker = keys / hashlib.sha256(record["key"].encode()).hexdigest()[:40]
     try:
-        with open(path) as fh:
-            for line in fh:
-                if key in line:
-                    try:
-                        if json.loads(line).get("key") == key:
-                            return True
-                    except ValueError:
-                        continue
-    except FileNotFoundError:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
         return False
-    return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return True
 
 
 _append_lock = threading.Lock()
@@ -188,7 +191,7 @@ _append_lock = threading.Lock()
 def append_record(params: dict[str, Any], record: dict[str, Any]):
     """Append ``record`` to the ``alerts.jsonl`` of the campaign the run's Params (or conf)
     name, held inside the deployment's allowed roots, unless a record with the same
-    ``key`` is there already. ``(the loaded campaign config, whether it was new)``."""
+    ``key`` was appended before (:func:`_claim`). ``(the loaded campaign config, whether it was new)``."""
     from multisite_drp.campaign.config import load_campaign
     from multisite_drp.hooks.campaign import deployment_roots
 
@@ -197,7 +200,7 @@ def append_record(params: dict[str, Any], record: dict[str, Any]):
     path = cfg.work_path / "alerts.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with _append_lock:
-        if record.get("key") and _seen(path, record["key"]):
+        if record.get("key") and not _claim(path, record):
             return cfg, False
         with open(path, "a") as fh:
             fh.write(json.dumps(record) + "\n")

@@ -194,7 +194,6 @@ class ReplicationSensor(_SiteSensor):
     UNGROUPED = ("distribution", "night")
 
     #: The night a ``night`` wait is on (set from the run's context before the rules are read).
-    _night: int | None = None
 
     def __init__(self, *, site: str, kind: str, step: str | None = None, group: Any = None,
                  retry_grace: float = 300.0, **kwargs: Any) -> None:
@@ -206,7 +205,11 @@ class ReplicationSensor(_SiteSensor):
         self.kind = kind
         self.retry_grace = retry_grace
 
-    def _rules(self, ctx) -> list[dict]:
+    def _night(self, context) -> int | None:
+        """The run's night for a ``night`` wait (``hooks.mixin.night_of``); None for the others."""
+        return night_of(context) if self.kind == "night" else None
+
+    def _rules(self, ctx, night: int | None) -> list[dict]:
         from multisite_drp.services import actions
 
         if self.kind == "distribution":
@@ -214,17 +217,18 @@ class ReplicationSensor(_SiteSensor):
         if self.kind == "night":
             from multisite_drp.services import nightly
 
-            return nightly.night_rules(ctx, self.site, self._night)
+            return nightly.night_rules(ctx, self.site, night)
         if self.kind == "inputs":
             return actions.input_rules(ctx, self.step, self.site, self.group_id)
         return actions.output_rules(ctx, self.step, self.site, self.group_id)
 
-    def _state(self, ctx, rules: list[dict]) -> str:
+    def _progress(self, ctx, rules: list[dict]):
         from multisite_drp.services.replica.base import RuleRef, replication_progress
 
-        return replication_progress(ctx.replica, [RuleRef.from_dict(r) for r in rules]).state
+        return replication_progress(ctx.replica, [RuleRef.from_dict(r) for r in rules])
 
     _kill_params: dict[str, Any] | None = None
+    _kill_night: int | None = None
 
     def on_kill(self) -> None:
         """Killed while poking (``deferrable=False``): the campaign's ``on_kill.replication``
@@ -240,35 +244,28 @@ class ReplicationSensor(_SiteSensor):
             self.log.warning("%s: task killed; its rules stay (on_kill.replication: leave)", self.task_id)
             return
         ctx = hook.get_conn()
-        for r in self._rules(ctx):
+        for r in self._rules(ctx, self._kill_night):
             self.log.warning("%s: task killed; deleting rule %s (on_kill.replication: cancel)", self.task_id,
                              r["rule_id"])
             ctx.replica.delete_rule(RuleRef.from_dict(r))
 
-    def _on_night(self, context) -> None:
-        if self.kind == "night":
-            self._night = night_of(context)
-
     def poke(self, context) -> bool:
         self._kill_params = self.hook_params(context)
-        self._on_night(context)
+        self._kill_night = night = self._night(context)
         _, ctx = self.prepare(context)
-        rules = self._rules(ctx)
-        state = self._state(ctx, rules) if rules else "ok"
+        rules = self._rules(ctx, night)
+        progress = self._progress(ctx, rules) if rules else None
+        state = progress.state if progress else "ok"
         if state == "stuck":
-            from multisite_drp.services.replica.base import RuleRef, replication_progress
-
-            stuck = replication_progress(ctx.replica, [RuleRef.from_dict(r) for r in rules]).stuck
-            self._warn_stuck(context, rules, stuck)
-            raise AirflowException(f"{self.task_id}: a rule is STUCK: {stuck or rules}")
+            self._warn_stuck(context, rules, progress.stuck)
+            raise AirflowException(f"{self.task_id}: a rule is STUCK: {progress.stuck or rules}")
         return state == "ok" and bool(self._finish(ctx, rules))
 
     def execute(self, context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        self._on_night(context)
         hook, ctx = self.prepare(context)
-        rules = self._rules(ctx)
+        rules = self._rules(ctx, self._night(context))
         if not rules:
             self.log.info("%s: no transfer was needed", self.task_id)
             return []
@@ -282,7 +279,7 @@ class ReplicationSensor(_SiteSensor):
         state: dict[str, str] = {}
 
         def over() -> bool:  # OK, or STUCK (the trigger reports a rule that stays so)
-            state["now"] = self._state(ctx, rules)
+            state["now"] = self._progress(ctx, rules).state
             return state["now"] != "waiting" and (state["now"] != "stuck" or grace == 0.0)
 
         if self.settled(over) and state["now"] == "ok":
@@ -306,9 +303,8 @@ class ReplicationSensor(_SiteSensor):
             self._warn_stuck(context, None, event.get("stuck") or {})
             raise AirflowException(f"{self.task_id}: replication STUCK: {event.get('stuck')}; the task's "
                                    "retry re-evaluates the rule")
-        self._on_night(context)
         _, ctx = self.prepare(context)
-        return self._finish(ctx, self._rules(ctx))
+        return self._finish(ctx, self._rules(ctx, self._night(context)))
 
     def _warn_stuck(self, context, rules: list[dict] | None, stuck: dict[str, str]) -> None:
         """The ``replication_stuck`` warning: which rules (``dataset@site``), and Rucio's

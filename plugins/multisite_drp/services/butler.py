@@ -176,7 +176,24 @@ class SiteButler:
             return []
 
     def count(self, dataset_types: Iterable[str], collections: str | Sequence[str], where: str = "") -> dict[str, int]:
-        return {dt: len(self.refs(dt, collections, where)) for dt in dataset_types}
+        """Datasets of each type in the collections, counted by the registry (no refs loaded)."""
+        from lsst.daf.butler import MissingDatasetTypeError
+
+        if isinstance(collections, str):
+            collections = [collections]
+        collections = [c for c in collections if self.collection_exists(c)]
+        out = {}
+        for dt in dataset_types:
+            out[dt] = 0
+            if not collections:
+                continue
+            try:
+                with self.butler.query() as q:
+                    results = q.datasets(dt, collections=collections, find_first=False)
+                    out[dt] = (results.where(where) if where else results).count(exact=True, discard=True)
+            except MissingDatasetTypeError:
+                pass
+        return out
 
     def dataset_types_in(self, collection: str) -> list[str]:
         """Names of dataset types that have datasets in ``collection`` (registry summary)."""

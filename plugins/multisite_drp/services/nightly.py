@@ -65,7 +65,7 @@ def find_night(ctx, day_obs: int) -> dict:
         "visit", where=_where(ctx, day_obs), explain=False)}
     for v in visits:
         overlaps.setdefault(v, Counter())
-    raws = len(hub.refs(RAW, ctx.config.input_collections, where=_where(ctx, day_obs))) if visits else 0
+    raws = hub.count([RAW], ctx.config.input_collections, where=_where(ctx, day_obs))[RAW] if visits else 0
     log.info("night %d: %d visits, %d raws at %s", day_obs, len(visits), raws, ctx.hub)
     return {"day_obs": int(day_obs), "raws": raws,
             "visits": {v: dict(sorted(overlaps[v].items())) for v in sorted(visits)}}
