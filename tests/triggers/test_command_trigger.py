@@ -52,7 +52,7 @@ def test_command_trigger_fires_when_every_command_of_the_site_has_ended(tmp_path
     refs = [service.start(s) for s in specs]
     trigger = CommandTrigger(params=params, conn_ids=hook.conn_ids("commands", ["frdf"]), site="frdf",
                              refs=[r.to_dict() for r in refs], poll_interval=0.1, label="t")
-    assert set(trigger.serialize()[1]) == {"params", "conn_ids", "site", "refs", "poll_interval", "label"}
+    assert set(trigger.serialize()[1]) == {"params", "conn_ids", "site", "refs", "poll_interval", "label", "not_before"}
     event = _first_event(_rebuilt(trigger))
     assert event.payload["status"] == "done"
     ok, bad = (event.payload["commands"][s.name] for s in specs)
@@ -76,3 +76,26 @@ def test_command_trigger_fires_when_every_command_of_the_site_has_ended(tmp_path
     with pytest.raises(AirflowFailException, match="bad input"):
         op.execute_complete({}, {"status": "error", "input_error": True, "message": "ConnectionMissingError: x"},
                             ref=refs[0].to_dict(), argv=[])
+
+
+def test_an_event_is_held_until_not_before(tmp_path: Path) -> None:
+    """Work that has already ended when the task defers: the trigger still holds its event
+    until ``not_before`` (so the scheduler has read the deferred try's exit; DESIGN 53)."""
+    import time
+
+    params = {"campaign_file": str(CAMPAIGN), "data_root": str(tmp_path), "sites": [], "generation": 0}
+    hook = CampaignHook.from_params(params)
+    service = hook.command_service("frdf")
+    name = names.command_name(hook.config, "step1", "frdf", 0, 0, "qgraph")
+    ref = service.start(CommandSpec(name=name, site="frdf", kind="qgraph", argv=(sys.executable, "-c", "pass"),
+                                    log_path=str(tmp_path / f"{name}.log")))
+    while not service.status([ref])[ref.name].terminal:
+        time.sleep(0.05)
+    for hold in (0.0, 2.0):
+        not_before = time.time() + hold
+        trigger = CommandTrigger(params=params, conn_ids=[], site="frdf", refs=[ref.to_dict()], poll_interval=0.1,
+                                 label="t", not_before=not_before)
+        event = _first_event(_rebuilt(trigger))
+        fired = time.time()
+        assert event.payload["status"] == "done" and fired >= not_before, (hold, fired - not_before)
+        assert fired - not_before < 1.5, "held for longer than asked"

@@ -66,7 +66,7 @@ def test_workflow_trigger_fires_once_every_workflow_is_terminal(tmp_path: Path,
     params = {"campaign_file": str(CAMPAIGN), "data_root": str(tmp_path), "sites": [], "generation": 0}
     trigger = WorkflowTrigger(params=params, conn_ids=["drp_frdf_workflow"], site="frdf", refs=refs,
                               poll_interval=0.1, label="t")
-    assert set(trigger.serialize()[1]) == {"params", "conn_ids", "site", "refs", "poll_interval", "label"}
+    assert set(trigger.serialize()[1]) == {"params", "conn_ids", "site", "refs", "poll_interval", "label", "not_before"}
     event = _first_event(_rebuilt(trigger))
     wf = event.payload["workflows"]
     assert event.payload["status"] == "done"

@@ -42,7 +42,7 @@ from multisite_drp.hooks.campaign import CampaignHook
 if TYPE_CHECKING:
     from multisite_drp.services.actions import CampaignContext
 
-__all__ = ["GROUP_MAP_INDEX", "RETRY_DEFAULTS", "SETTLE_SECONDS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "group_id",
+__all__ = ["GROUP_MAP_INDEX", "MIN_DEFERRAL_SECONDS", "RETRY_DEFAULTS", "SETTLE_SECONDS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "group_id",
            "night_of", "skip_reason"]
 
 #: The retry settings a campaign task gets unless the task or the DAG's default_args set them.
@@ -56,6 +56,13 @@ RETRY_DEFAULTS: dict[str, Any] = {"retry_exponential_backoff": 2.0, "max_retry_d
 #: resumed try to retry (seen four times in one end-to-end run, 30-50 s each; apache/airflow
 #: #72716 and #71580 are the same race).
 SETTLE_SECONDS = 10.0
+
+#: The least time between a deferral and its trigger's event (the trigger holds an early
+#: event until then: ``not_before``). Work that ends just after the task deferred would
+#: otherwise fire the trigger while the scheduler has not yet read the deferred try's exit;
+#: measured in #72716, that exit was read 6.5 s after the deferral, after the resumed try
+#: had started. Costs at most this much on work that ends within it.
+MIN_DEFERRAL_SECONDS = 15.0
 
 #: The methods whose errors :func:`drp_errors` translates, in every subclass that defines them.
 WRAPPED_METHODS = ("execute", "execute_complete", "poke")
@@ -161,6 +168,15 @@ class CampaignTaskMixin:
 
     #: See :data:`SETTLE_SECONDS`; an operator's ``__init__`` takes ``settle_seconds``.
     settle_seconds: float = SETTLE_SECONDS
+
+    #: See :data:`MIN_DEFERRAL_SECONDS`.
+    min_deferral_seconds: float = MIN_DEFERRAL_SECONDS
+
+    def not_before(self) -> float:
+        """The epoch second before which the trigger this task defers on may not fire."""
+        import time
+
+        return time.time() + max(float(self.min_deferral_seconds), 0.0)
 
     def settled(self, done: Callable[[], bool]) -> bool:
         """Whether ``done()`` became true within ``settle_seconds``, checked at once and then

@@ -56,7 +56,8 @@ class CommandOperatorMixin:
         limit = (spec.timeout or hook.config.timeouts.command_seconds) + STARTUP_ALLOWANCE_SECONDS
         self.defer(
             trigger=CommandTrigger(self.hook_params(context), conn_ids, spec.site, [ref.to_dict()],
-                                   poll_interval=settings["poll_interval"], label=f"{self.task_id} {spec.name}"),
+                                   poll_interval=settings["poll_interval"], label=f"{self.task_id} {spec.name}",
+                                   not_before=self.not_before()),
             method_name="execute_complete",
             kwargs={"ref": ref.to_dict(), "argv": list(spec.argv)},
             timeout=timedelta(seconds=limit),

@@ -117,7 +117,7 @@ class WorkflowSensor(_SiteSensor):
             trigger=WorkflowTrigger(params=hook.carried_params(self.hook_params(context)),
                                     conn_ids=hook.conn_ids("workflow", [self.site]), site=self.site,
                                     refs=[ref.to_dict()], poll_interval=settings["poll_interval"],
-                                    label=self.label),
+                                    label=self.label, not_before=self.not_before()),
             method_name="execute_complete",
             timeout=self._timeout,
         )
@@ -289,7 +289,7 @@ class ReplicationSensor(_SiteSensor):
             trigger=ReplicationTrigger(params=hook.carried_params(self.hook_params(context)),
                                        conn_ids=hook.conn_ids("replica"), rules=rules,
                                        poll_interval=settings["poll_interval"], label=self.task_id,
-                                       stuck_grace=grace),
+                                       stuck_grace=grace, not_before=self.not_before()),
             method_name="execute_complete",
             timeout=self._timeout,
         )

@@ -17,13 +17,17 @@ the number of groups (``SharedPoll.calls`` counts them). Blocking port calls run
 thread (``asyncio.to_thread``): the triggerer's event loop never stalls.
 
 The operators always pass ``timeout`` to ``defer()``; the triggers themselves never
-give up.
+give up. They also pass ``not_before`` (``CampaignTaskMixin.not_before``): a trigger holds
+its event until then, so that it never fires within seconds of the deferral, while the
+scheduler may still be draining the deferred try's exit (apache/airflow#72716: a resumed
+try already running when that stale exit is read is sent to retry; DESIGN 53).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any, ClassVar
 
@@ -125,18 +129,29 @@ def input_error_event(exc: InputError) -> TriggerEvent:
 
 
 class _CampaignTrigger(BaseTrigger):
-    """Carries (params, conn_ids, poll_interval, label) and rebuilds the hook in the triggerer."""
+    """Carries (params, conn_ids, poll_interval, label, not_before) and rebuilds the hook in
+    the triggerer. ``not_before``: the epoch second before which no event is sent (0: none)."""
 
-    def __init__(self, params: dict[str, Any], conn_ids: list[str], poll_interval: float, label: str = "") -> None:
+    def __init__(self, params: dict[str, Any], conn_ids: list[str], poll_interval: float, label: str = "",
+                 not_before: float = 0.0) -> None:
         super().__init__()
         self.params = CampaignHook.carried_params(params)
         self.conn_ids = list(conn_ids)
         self.poll_interval = poll_interval
         self.label = label
+        self.not_before = float(not_before)
 
     def _kwargs(self) -> dict[str, Any]:
         return {"params": self.params, "conn_ids": self.conn_ids, "poll_interval": self.poll_interval,
-                "label": self.label}
+                "label": self.label, "not_before": self.not_before}
+
+    async def _held(self, event: TriggerEvent) -> TriggerEvent:
+        """``event``, once ``not_before`` has passed."""
+        wait = self.not_before - time.time()
+        if wait > 0:
+            self.log.info("%s: holding the event %.1f s, until the deferral has settled", self.label, wait)
+            await asyncio.sleep(wait)
+        return event
 
     async def _hook(self) -> CampaignHook:
         return await CampaignHook.afrom_params(self.params, self.conn_ids)
@@ -155,8 +170,8 @@ class SiteRefsTrigger(_CampaignTrigger):
     kind: ClassVar[str] = ""
 
     def __init__(self, params: dict[str, Any], conn_ids: list[str], site: str, refs: list[dict[str, Any]],
-                 poll_interval: float, label: str = "") -> None:
-        super().__init__(params, conn_ids, poll_interval, label)
+                 poll_interval: float, label: str = "", not_before: float = 0.0) -> None:
+        super().__init__(params, conn_ids, poll_interval, label, not_before)
         self.site = site
         self.refs = refs
 
@@ -185,7 +200,7 @@ class SiteRefsTrigger(_CampaignTrigger):
         try:
             service, refs = await self._service()
         except InputError as exc:  # a bad connection or campaign: waiting cannot mend it
-            yield input_error_event(exc)
+            yield await self._held(input_error_event(exc))
             return
         last = None
         ids = [self._ref_id(r) for r in refs]
@@ -196,7 +211,7 @@ class SiteRefsTrigger(_CampaignTrigger):
                 try:
                     statuses = await poll.next(ids)
                 except InputError as exc:  # refused token, request gone: an operator's job, fail now, say why
-                    yield input_error_event(exc)
+                    yield await self._held(input_error_event(exc))
                     return
                 except Exception as exc:  # noqa: BLE001 - the system briefly unreachable: keep waiting, say so
                     self.log.warning("%s: status call failed (%s: %s); trying again in %.0f s", self.label,
@@ -207,7 +222,7 @@ class SiteRefsTrigger(_CampaignTrigger):
                     self.log.info("%s: %s", self.label, shown)
                     last = shown
                 if all(st.terminal for st in statuses.values()):
-                    yield await self._done(service, refs, statuses)
+                    yield await self._held(await self._done(service, refs, statuses))
                     return
         finally:
             poll.leave(ids)
@@ -259,8 +274,8 @@ class ReplicationTrigger(_CampaignTrigger):
     """
 
     def __init__(self, params: dict[str, Any], conn_ids: list[str], rules: list[dict[str, str]],
-                 poll_interval: float, label: str = "", stuck_grace: float = 0.0) -> None:
-        super().__init__(params, conn_ids, poll_interval, label)
+                 poll_interval: float, label: str = "", stuck_grace: float = 0.0, not_before: float = 0.0) -> None:
+        super().__init__(params, conn_ids, poll_interval, label, not_before)
         self.rules = rules
         self.stuck_grace = float(stuck_grace)
 
@@ -288,7 +303,7 @@ class ReplicationTrigger(_CampaignTrigger):
             hook = await self._hook()
             service = await asyncio.to_thread(hook.replica_service)
         except InputError as exc:  # a bad connection or campaign: waiting cannot mend it
-            yield input_error_event(exc)
+            yield await self._held(input_error_event(exc))
             return
         refs = [RuleRef.from_dict(r) for r in self.rules]
         grace_until = asyncio.get_running_loop().time() + self.stuck_grace
@@ -297,7 +312,7 @@ class ReplicationTrigger(_CampaignTrigger):
                                dict(zip(ids, refs, strict=True)))
         try:
             async for event in self._wait(service, poll, refs, ids, grace_until):
-                yield event
+                yield await self._held(event)
                 return
         finally:
             poll.leave(ids)
