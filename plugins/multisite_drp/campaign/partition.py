@@ -2,9 +2,11 @@
 
 What is optimised (method ``graph``)
 -----------------------------------
-The objective is :func:`crossing_work`: the detector-visits planned across sites when
-each visit goes to the site holding most of its detector-tract overlaps (every overlap
-with another site's tract is a PVI that site's coadd needs). Subject to: every site's
+The objective is :func:`crossing_work`: the PVIs planned across sites when each visit
+goes to the site whose region most of its detectors overlap (each of its detectors
+overlapping another site's tracts is a PVI that site's coadds need, counted once per
+(visit, detector, site) however many of the site's tracts the detector overlaps:
+:meth:`.spatial.SpatialInputs.detector_sets`). Subject to: every site's
 coadd work (the detector-visits overlapping its tracts) within ``tolerance`` of its
 share, and every site's region connected.
 
@@ -322,50 +324,76 @@ def _refine(owner: I64, work: I64, xadj: I64, adjncy: I64, ew: I64, shares: Sequ
 
 
 def site_affinity(inputs: SpatialInputs, tract_owner: I64, k: int) -> NDArray[np.float64]:
-    """(V, k): detectors of each visit overlapping each site's region (summed per (visit, tract))."""
-    own = tract_owner[inputs.ov_tract]
-    return np.bincount(inputs.ov_visit * k + own, weights=inputs.ov_ndet,
+    """(V, k): detectors of each visit overlapping each site's region, each detector counted
+    once per site however many of the site's tracts it overlaps (:meth:`SpatialInputs.detector_sets`;
+    inputs without the shared-detector table count it once per tract). Tracts with a negative
+    owner belong to no site."""
+    ds = inputs.detector_sets()
+    own = tract_owner[ds.member_tract]
+    ok = own >= 0
+    has = np.zeros(len(ds.visit) * k, dtype=bool)
+    has[ds.member_set[ok] * k + own[ok]] = True
+    cs = np.flatnonzero(has)
+    c, site = cs // k, cs % k
+    return np.bincount(ds.visit[c] * k + site, weights=ds.ndet[c],
                        minlength=inputs.n_visits * k).reshape(inputs.n_visits, k)
 
 
 def crossing_work(inputs: SpatialInputs, tract_owner: I64, k: int) -> int:
-    """The partition's true objective: detector-visits planned across sites.
+    """The partition's true objective: PVIs planned across sites.
 
-    Each visit goes to the site holding most of its detector-tract overlaps; every
-    overlap with another site's tract is a PVI that site's coadd needs from it.
+    Each visit goes to the site whose region most of its detectors overlap; every one of
+    its detectors overlapping a tract of another site is a PVI that site's coadds need,
+    counted once per (visit, detector, site) (:func:`site_affinity`).
     """
     return round(_crossing(site_affinity(inputs, tract_owner, k)))
 
 
 def _crossing(aff: NDArray[np.float64]) -> float:
-    """Detectors of each visit outside its majority site's region, summed."""
+    """Per visit, the detector-site pairs outside its majority site, summed."""
     return float((aff.sum(axis=1) - aff.max(axis=1)).sum())
 
 
 class _Overlaps:
-    """The overlap table grouped by (local) tract, and each visit's affinity to each site."""
+    """Each visit's detector sets (:meth:`SpatialInputs.detector_sets`) grouped by (local) tract,
+    every set's count of member tracts per site, and each visit's affinity to each site.
+
+    A set counts toward a site's affinity while one or more of its tracts are the site's:
+    moving tract u from s to r takes the set's detectors off s when u was its last tract
+    there, and adds them to r when it had none there.
+    """
 
     def __init__(self, inputs: SpatialInputs, active: I64, k: int) -> None:
+        ds = inputs.detector_sets()
         local = np.full(inputs.n_tracts, -1, dtype=np.int64)
         local[active] = np.arange(len(active))
-        lt = local[inputs.ov_tract]
+        lt = local[ds.member_tract]
         keep = lt >= 0
-        order = np.argsort(lt[keep], kind="stable")
-        self.visit = inputs.ov_visit[keep][order]
-        self.ndet = inputs.ov_ndet[keep][order].astype(np.float64)
-        self.tract = lt[keep][order]
-        self.ptr = np.concatenate([[0], np.cumsum(np.bincount(lt[keep], minlength=len(active)))])
+        m_set, lt = ds.member_set[keep], lt[keep]
+        order = np.lexsort((ds.visit[m_set], lt))  # by tract, then visit: a tract's rows of a visit adjacent
+        self.set = m_set[order]  # member row -> set
+        self.tract = lt[order]
+        self.visit = ds.visit[self.set]
+        self.ndet = ds.ndet[self.set].astype(np.float64)
+        self.ptr = np.concatenate([[0], np.cumsum(np.bincount(lt, minlength=len(active)))])
+        self.set_visit = ds.visit
+        self.set_ndet = ds.ndet.astype(np.float64)
         self.k = k
         self.n_visits = inputs.n_visits
         self.aff = np.zeros((self.n_visits, k))
+        self.count = np.zeros((len(ds.visit), k), dtype=np.int32)  # member tracts per (set, site)
 
     def assign(self, owner: I64) -> None:
-        """Set every visit's affinity for the (local) tract owners ``owner``."""
-        self.aff = np.bincount(self.visit * self.k + owner[self.tract], weights=self.ndet,
-                               minlength=self.n_visits * self.k).reshape(self.n_visits, self.k)
+        """Set every set's site counts and every visit's affinity for the (local) tract owners ``owner``."""
+        k, n_sets = self.k, len(self.set_visit)
+        self.count = np.bincount(self.set * k + owner[self.tract], minlength=n_sets * k).reshape(n_sets, k) \
+            .astype(np.int32)
+        c, site = np.nonzero(self.count)
+        self.aff = np.bincount(self.set_visit[c] * k + site, weights=self.set_ndet[c],
+                               minlength=self.n_visits * k).reshape(self.n_visits, k)
 
     def rows(self, tracts: I64) -> tuple[I64, I64]:
-        """(candidate index, overlap row) for every overlap row of each tract in ``tracts``."""
+        """(candidate index, member row) for every member row of each tract in ``tracts``."""
         cnt = self.ptr[tracts + 1] - self.ptr[tracts]
         cand = np.repeat(np.arange(len(tracts)), cnt)
         start = np.repeat(self.ptr[tracts] - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
@@ -374,19 +402,34 @@ class _Overlaps:
     def gains(self, tracts: I64, src: I64, dst: I64) -> NDArray[np.float64]:
         """Fall in crossing work if each tract moves from ``src`` to ``dst`` (alone)."""
         cand, rows = self.rows(tracts)
+        if not len(rows):
+            return np.zeros(len(tracts))
+        sets, s, r = self.set[rows], src[cand], dst[cand]
+        lose = np.where(self.count[sets, s] == 1, self.ndet[rows], 0.0)  # u was the set's last tract at s
+        gain = np.where(self.count[sets, r] == 0, self.ndet[rows], 0.0)  # the set had no tract at r
+        # One group per (candidate, visit): rows are ordered by tract, then visit.
         v = self.visit[rows]
-        a = self.aff[v]
+        first = np.flatnonzero(np.concatenate([[True], (cand[1:] != cand[:-1]) | (v[1:] != v[:-1])]))
+        g_lose, g_gain = np.add.reduceat(lose, first), np.add.reduceat(gain, first)
+        gc = cand[first]
+        a = self.aff[v[first]]
         before = a.max(axis=1)
-        i = np.arange(len(v))
-        a[i, src[cand]] -= self.ndet[rows]
-        a[i, dst[cand]] += self.ndet[rows]
-        return np.bincount(cand, weights=a.max(axis=1) - before, minlength=len(tracts))
+        i = np.arange(len(first))
+        a[i, s[first]] -= g_lose
+        a[i, r[first]] += g_gain
+        # crossing per visit = sum - max: its fall is the rise in max less the rise in sum.
+        delta = (a.max(axis=1) - before) - (g_gain - g_lose)
+        return np.bincount(gc, weights=delta, minlength=len(tracts))
 
     def move(self, u: int, s: int, r: int) -> I64:
         sl = slice(self.ptr[u], self.ptr[u + 1])
-        v = self.visit[sl]
-        np.subtract.at(self.aff[:, s], v, self.ndet[sl])
-        np.add.at(self.aff[:, r], v, self.ndet[sl])
+        sets, v, n = self.set[sl], self.visit[sl], self.ndet[sl]
+        off = self.count[sets, s] == 1
+        on = self.count[sets, r] == 0
+        self.count[sets, s] -= 1  # a tract is in a set once: the sets of u's rows are distinct
+        self.count[sets, r] += 1
+        np.subtract.at(self.aff[:, s], v[off], n[off])
+        np.add.at(self.aff[:, r], v[on], n[on])
         return v
 
     def cost(self) -> float:

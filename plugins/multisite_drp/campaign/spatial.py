@@ -11,9 +11,15 @@ detector-visits, ~19k tracts) fits in memory and plans in seconds. Two sources:
   computed once and stored (``bench/planner_scale.py`` writes one).
 
 The overlap table holds, for every (visit, tract) pair that overlaps, the number of
-the visit's detectors whose regions overlap the tract. That number is the work the
-tract's coadd needs from the visit and the PVIs that cross sites if the visit and the
-tract are planned at different sites.
+the visit's detectors whose regions overlap the tract: the work the tract's coadd needs
+from the visit. A detector on a tract boundary is in several rows, so summing rows over a
+site's tracts counts it once per tract. The shared-detector table (``multi_*``) holds
+what an exact count needs: for each visit, the detectors overlapping two or more tracts,
+grouped by that set of tracts with a count per set (a few percent of the detector-visits
+at DR1 scale, against ~36M for a per-detector table). With it, :meth:`SpatialInputs.
+detector_sets` gives every visit's detectors grouped by the exact set of tracts they
+overlap, so a detector-visit's PVI is counted once per site that needs it, however many
+of that site's tracts it overlaps.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ from multisite_drp.errors import InputError
 from .geometry import PolygonSet, lonlat_to_xyz, overlapping_pairs, xyz_to_lonlat
 
 __all__ = [
+    "DetectorSets",
     "SpatialInputError",
     "SpatialInputs",
     "from_butler",
     "from_parquet",
     "to_parquet",
     "tract_adjacency",
+    "tract_sets",
 ]
 
 I64 = NDArray[np.int64]
@@ -49,6 +57,60 @@ ADJACENCY_TOLERANCE = 1e-7
 
 class SpatialInputError(InputError, ValueError):
     """The spatial inputs are empty or inconsistent; the message names the input and the expectation."""
+
+
+@dataclass(frozen=True)
+class DetectorSets:
+    """Every visit's detectors grouped by the exact set of tracts they overlap.
+
+    Set ``i`` holds ``ndet[i]`` detectors of visit ``visit[i]``, each overlapping exactly
+    the tracts ``member_tract[member_set == i]`` (one or more). A detector is in one set.
+    """
+
+    visit: I64  # (S,) visit index per set
+    ndet: I64  # (S,) detectors of the visit overlapping exactly the set's tracts
+    member_set: I64  # (M,) set index per member row, ascending
+    member_tract: I64  # (M,) tract index per member row
+    exact: bool  # False: built from the (visit, tract) table alone (each row a set of one tract)
+
+
+def tract_sets(visit: I64, detector: I64, tract: I64) -> tuple[I64, I64, I64, I64]:
+    """The shared-detector table from (visit, detector, tract) overlap rows (any order, unique).
+
+    Returns ``(multi_visit, multi_ndet, multi_set, multi_tract)``: one set per (visit, set of
+    two or more tracts) that some detector of the visit overlaps exactly, the number of such
+    detectors, and the set's member rows (set index ascending, tract ascending within a set).
+    Rows of detectors overlapping one tract may be left out of the input.
+    """
+    visit, detector, tract = (np.asarray(x, dtype=np.int64) for x in (visit, detector, tract))
+    empty = np.zeros(0, np.int64)
+    if not len(visit):
+        return empty, empty, empty, empty
+    order = np.lexsort((tract, detector, visit))
+    v, d, t = visit[order], detector[order], tract[order]
+    start = np.concatenate([[True], (v[1:] != v[:-1]) | (d[1:] != d[:-1])])
+    det = np.cumsum(start) - 1
+    size = np.bincount(det)
+    keep = size[det] >= 2
+    if not keep.any():
+        return empty, empty, empty, empty
+    v, t, det = v[keep], t[keep], det[keep]
+    first = np.flatnonzero(np.concatenate([[True], det[1:] != det[:-1]]))
+    n = np.diff(np.concatenate([first, [len(det)]]))
+    width = int(n.max())
+    # One row per shared detector: visit, then its tracts (ascending, padded with -1).
+    rows = np.full((len(first), width + 1), -1, dtype=np.int64)
+    rows[:, 0] = v[first]
+    pos = np.arange(len(det)) - np.repeat(first, n)
+    rows[np.repeat(np.arange(len(first)), n), pos + 1] = t
+    o = np.lexsort(rows.T[::-1])
+    rows = rows[o]
+    new = np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])
+    gstart = np.flatnonzero(new)
+    uniq = rows[gstart]
+    ndet = np.diff(np.concatenate([gstart, [len(rows)]]))
+    s_idx, col = np.nonzero(uniq[:, 1:] >= 0)
+    return uniq[:, 0].copy(), ndet.astype(np.int64), s_idx.astype(np.int64), uniq[s_idx, col + 1]
 
 
 @dataclass
@@ -69,6 +131,14 @@ class SpatialInputs:
     ov_visit: I64  # index into visits
     ov_tract: I64  # index into tracts
     ov_ndet: I32  # detectors of the visit overlapping the tract
+    # Optional shared-detector table (see the module docstring and tract_sets): per set, the
+    # visit and the number of its detectors overlapping exactly that set of >= 2 tracts; the
+    # member rows give each set's tracts. None: unknown (an input written without it), and
+    # crossings are then counted per (visit, tract), an upper bound.
+    multi_visit: I64 | None = None
+    multi_ndet: I32 | None = None
+    multi_set: I64 | None = None
+    multi_tract: I64 | None = None
     # Optional detector-level table (small inputs only): visit index, detector, tract index, patch.
     det_visit: I64 | None = None
     det_detector: I64 | None = None
@@ -79,6 +149,7 @@ class SpatialInputs:
     visit_radius: F64 | None = None
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    _sets: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_tracts(self) -> int:
@@ -116,13 +187,88 @@ class SpatialInputs:
                 raise SpatialInputError(f"{src}: ov_tract out of range 0..{self.n_tracts - 1}")
             if self.ov_ndet.min() <= 0:
                 raise SpatialInputError(f"{src}: ov_ndet must be > 0 (pairs that do not overlap are omitted)")
+        self._validate_multi(src)
         return self
+
+    def _validate_multi(self, src: str) -> None:
+        cols = (self.multi_visit, self.multi_ndet, self.multi_set, self.multi_tract)
+        if all(c is None for c in cols):
+            return
+        if any(c is None for c in cols):
+            raise SpatialInputError(f"{src}: multi_visit, multi_ndet, multi_set and multi_tract must be given together")
+        if len(self.multi_visit) != len(self.multi_ndet) or len(self.multi_set) != len(self.multi_tract):
+            raise SpatialInputError(f"{src}: shared-detector columns differ in length")
+        if not len(self.multi_visit):
+            return
+        if self.multi_ndet.min() <= 0:
+            raise SpatialInputError(f"{src}: multi_ndet must be > 0")
+        if self.multi_set.min() < 0 or self.multi_set.max() >= len(self.multi_visit) \
+                or (np.diff(self.multi_set) < 0).any():
+            raise SpatialInputError(f"{src}: multi_set must index the sets in ascending order")
+        if (np.bincount(self.multi_set, minlength=len(self.multi_visit)) < 2).any():
+            raise SpatialInputError(f"{src}: every shared-detector set must hold two or more tracts")
+        if self.multi_visit.min() < 0 or self.multi_visit.max() >= self.n_visits \
+                or self.multi_tract.min() < 0 or self.multi_tract.max() >= self.n_tracts:
+            raise SpatialInputError(f"{src}: multi_visit or multi_tract out of range")
+        # Each member (visit, tract) is an overlap row, and its sets' detectors are among its ndet.
+        pos, hit = self._ov_rows(self.multi_visit[self.multi_set], self.multi_tract)
+        if not hit.all():
+            raise SpatialInputError(f"{src}: a shared-detector set names a (visit, tract) pair missing from "
+                                    "the overlap table; expected every member to overlap")
+        shared = np.bincount(pos, weights=self.multi_ndet[self.multi_set], minlength=len(self.ov_visit))
+        if (shared > self.ov_ndet).any():
+            raise SpatialInputError(f"{src}: shared-detector sets hold more detectors of a (visit, tract) pair "
+                                    "than ov_ndet; expected at most ov_ndet")
+
+    def _ov_rows(self, visit: I64, tract: I64) -> tuple[I64, NDArray[np.bool_]]:
+        """(overlap row, found) of each (visit index, tract index) pair."""
+        key = self.ov_visit * self.n_tracts + self.ov_tract
+        order = np.argsort(key, kind="stable")
+        want = visit * self.n_tracts + tract
+        pos = np.clip(np.searchsorted(key, want, sorter=order), 0, max(len(key) - 1, 0))
+        rows = order[pos] if len(key) else np.zeros(len(want), np.int64)
+        return rows, (key[rows] == want) if len(key) else np.zeros(len(want), bool)
 
     # -- derived -----------------------------------------------------------------------------
 
     def tract_work(self) -> I64:
         """Detector-visits overlapping each tract: the tract's coadd work."""
         return np.bincount(self.ov_tract, weights=self.ov_ndet, minlength=self.n_tracts).astype(np.int64)
+
+    def detector_sets(self) -> DetectorSets:
+        """Every visit's detectors grouped by the exact set of tracts they overlap (cached).
+
+        Sets of one tract come from the overlap table less the shared detectors; sets of
+        several from the shared-detector table. Without that table each (visit, tract) row is
+        taken as a set of its own (``exact=False``): a detector on a boundary is then counted
+        once per tract.
+        """
+        key = tuple((id(a), len(a)) if a is not None else None for a in (
+            self.ov_visit, self.ov_tract, self.ov_ndet, self.multi_visit, self.multi_ndet, self.multi_set,
+            self.multi_tract))
+        if self._sets is not None and self._sets[0] == key:
+            return self._sets[1]
+        ov_v, ov_t = self.ov_visit.astype(np.int64), self.ov_tract.astype(np.int64)
+        single = self.ov_ndet.astype(np.int64)
+        exact = self.multi_visit is not None
+        if exact and len(self.multi_visit):
+            pos, _ = self._ov_rows(self.multi_visit[self.multi_set], self.multi_tract)
+            single = single - np.bincount(pos, weights=self.multi_ndet[self.multi_set],
+                                          minlength=len(single)).astype(np.int64)
+        keep = np.flatnonzero(single > 0)
+        n1 = len(keep)
+        if exact:
+            m_vis = self.multi_visit.astype(np.int64)
+            visit = np.concatenate([ov_v[keep], m_vis])
+            ndet = np.concatenate([single[keep], self.multi_ndet.astype(np.int64)])
+            member_set = np.concatenate([np.arange(n1, dtype=np.int64), self.multi_set.astype(np.int64) + n1])
+            member_tract = np.concatenate([ov_t[keep], self.multi_tract.astype(np.int64)])
+        else:
+            visit, ndet = ov_v[keep], single[keep]
+            member_set, member_tract = np.arange(n1, dtype=np.int64), ov_t[keep]
+        sets = DetectorSets(visit, ndet, member_set, member_tract, exact)
+        self._sets = (key, sets)
+        return sets
 
     def tract_index(self, ids: I64) -> I64:
         order = np.argsort(self.tract_id)
@@ -254,6 +400,7 @@ def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, wher
     tp = np.unique(tract_pairs, axis=0)  # one row per (visit, detector, tract)
     key = tp[:, 0] * len(tract_id) + tp[:, 2]
     ukey, counts = np.unique(key, return_counts=True)
+    m_visit, m_ndet, m_set, m_tract = tract_sets(tp[:, 0], tp[:, 1], tp[:, 2])
     inputs = SpatialInputs(
         tract_id=tract_id, tract_ra=tract_ra, tract_dec=tract_dec, tract_npatch=npatch,
         adj_a=adj_a, adj_b=adj_b,
@@ -261,6 +408,7 @@ def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, wher
         visit_radius=radius,
         ov_visit=(ukey // len(tract_id)).astype(np.int64), ov_tract=(ukey % len(tract_id)).astype(np.int64),
         ov_ndet=counts.astype(np.int32),
+        multi_visit=m_visit, multi_ndet=m_ndet.astype(np.int32), multi_set=m_set, multi_tract=m_tract,
         det_visit=rows[:, 0], det_detector=rows[:, 1], det_tract=rows[:, 2], det_patch=rows[:, 3],
         source=src,
     )
@@ -269,7 +417,7 @@ def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, wher
 
 # -- parquet -------------------------------------------------------------------------------
 
-_TABLES = ("tracts", "adjacency", "visits", "overlaps", "detectors")
+_TABLES = ("tracts", "adjacency", "visits", "overlaps", "shared_detectors", "detectors")
 
 
 def to_parquet(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
@@ -291,6 +439,10 @@ def to_parquet(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
     pq.write_table(pa.table(visits), out / "visits.parquet")
     pq.write_table(pa.table({"visit": v[inputs.ov_visit], "tract": t[inputs.ov_tract], "ndet": inputs.ov_ndet}),
                    out / "overlaps.parquet")
+    if inputs.multi_visit is not None:
+        ms = inputs.multi_set
+        pq.write_table(pa.table({"set": ms, "visit": v[inputs.multi_visit[ms]], "ndet": inputs.multi_ndet[ms],
+                                 "tract": t[inputs.multi_tract]}), out / "shared_detectors.parquet")
     if inputs.det_visit is not None:
         pq.write_table(pa.table({"visit": v[inputs.det_visit], "detector": inputs.det_detector,
                                  "tract": t[inputs.det_tract], "patch": inputs.det_patch}),
@@ -299,7 +451,9 @@ def to_parquet(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
 
 
 def from_parquet(path: str | os.PathLike[str]) -> SpatialInputs:
-    """Read a parquet dataset written by :func:`to_parquet` (tables named in ``_TABLES``)."""
+    """Read a parquet dataset written by :func:`to_parquet` (tables named in ``_TABLES``; the first
+    four are required). Without ``shared_detectors.parquet`` (a dataset written before it
+    existed) crossings are counted per (visit, tract), an upper bound, and ``notes`` says so."""
     import pyarrow.parquet as pq
 
     src = Path(path)
@@ -332,6 +486,18 @@ def from_parquet(path: str | os.PathLike[str]) -> SpatialInputs:
     partial.ov_visit = partial.visit_index(col(ov, "visit", np.int64))
     partial.ov_tract = partial.tract_index(col(ov, "tract", np.int64))
     partial.ov_ndet = col(ov, "ndet", np.int32)
+    if (src / "shared_detectors.parquet").is_file():
+        sd = pq.read_table(src / "shared_detectors.parquet")
+        m_set = col(sd, "set", np.int64)  # rows grouped by set, as written
+        new = np.concatenate([[True], m_set[1:] != m_set[:-1]]) if len(m_set) else np.zeros(0, bool)
+        first = np.flatnonzero(new)
+        partial.multi_set = np.cumsum(new) - 1
+        partial.multi_visit = partial.visit_index(col(sd, "visit", np.int64)[first])
+        partial.multi_ndet = col(sd, "ndet", np.int32)[first]
+        partial.multi_tract = partial.tract_index(col(sd, "tract", np.int64))
+    else:
+        partial.notes.append(f"{src}: no shared_detectors.parquet: crossings are counted per (visit, tract), "
+                             "an upper bound (a detector on a boundary counts once per tract)")
     if (src / "detectors.parquet").is_file():
         de = pq.read_table(src / "detectors.parquet")
         partial.det_visit = partial.visit_index(col(de, "visit", np.int64))
