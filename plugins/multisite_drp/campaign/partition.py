@@ -59,7 +59,7 @@ from .spatial import SpatialInputError, SpatialInputs
 EXACT_TRACTS = 12
 
 __all__ = ["METHODS", "PartitionError", "co_overlap_weights", "components_per_site", "crossing_work", "partition",
-           "site_affinity"]
+           "repair_and_refine", "site_affinity"]
 
 I64 = NDArray[np.int64]
 
@@ -624,11 +624,7 @@ def partition_graph(inputs: SpatialInputs, shares: Sequence[float], seed: int = 
         local = np.asarray(parts, dtype=np.int64)
         if len(np.unique(local[aw > 0])) < k:  # METIS left a site without work: start from stripes
             local = _ra_stripes_local(inputs, active, work, shares)
-        local = _make_contiguous(local, aw, xadj, adjncy, ew, k)
-        local = _best_labels(local, aw, tp)
-        local = _refine(local, aw, xadj, adjncy, ew, shares, tolerance)
-        ov.assign(local)
-        local = _improve(local, ov, aw, xadj, adjncy, shares, tolerance)
+        local = _polish(local, aw, xadj, adjncy, ew, ov, shares, tolerance)
         # Shares are a constraint: a trial within the tolerance beats any outside it, one
         # closer to it beats one further away, and only then the lower crossing cost wins.
         err = share_error(local, aw, tp)
@@ -638,6 +634,33 @@ def partition_graph(inputs: SpatialInputs, shares: Sequence[float], seed: int = 
     assert best is not None
     owner[active] = best[1]
     return owner
+
+
+def _polish(local: I64, aw: I64, xadj: I64, adjncy: I64, ew: I64, ov: _Overlaps, shares: Sequence[float],
+            tolerance: float) -> I64:
+    """Steps 2-3 of the module docstring on a starting assignment: contiguity, labels, balance,
+    then refinement on the true objective (``ov`` is left assigned to the result)."""
+    k = len(shares)
+    tp = np.asarray(shares, dtype=float)
+    tp = tp / tp.sum()
+    local = _make_contiguous(local, aw, xadj, adjncy, ew, k)
+    local = _best_labels(local, aw, tp)
+    local = _refine(local, aw, xadj, adjncy, ew, shares, tolerance)
+    ov.assign(local)
+    return _improve(local, ov, aw, xadj, adjncy, shares, tolerance)
+
+
+def repair_and_refine(inputs: SpatialInputs, shares: Sequence[float], owner: I64, tolerance: float = 0.002) -> I64:
+    """Any starting tract -> site assignment (every tract given a site) made contiguous,
+    balanced and refined on :func:`crossing_work` as the ``graph`` method does its METIS
+    trials: for comparing other partitioners' starts on the same footing (the benchmark)."""
+    work, active = _check(inputs, shares)
+    xadj, adjncy, ew = _graph(inputs, active)
+    ov = _Overlaps(inputs, active, len(shares))
+    out = np.full(inputs.n_tracts, -1, dtype=np.int64)
+    out[active] = _polish(np.asarray(owner, dtype=np.int64)[active].copy(), work[active], xadj, adjncy, ew, ov,
+                          shares, tolerance)
+    return out
 
 
 def share_error(owner: I64, work: I64, shares: Sequence[float] | NDArray[np.float64]) -> float:
