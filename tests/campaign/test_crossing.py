@@ -184,3 +184,21 @@ def test_plan_counts_each_pvi_once_per_site_and_old_parquet_falls_back(tmp_path,
     assert old.multi_visit is None and "upper bound" in old.notes[0]
     old_plan = plan_campaign(config, old, dataflow=flow)
     assert old_plan.metrics.overlap_bytes > plan.metrics.overlap_bytes
+
+
+def test_tract_sets_in_chunks_of_whole_visits_is_the_same() -> None:
+    """Grouped a few rows at a time (chunks end at visit boundaries), or by the one-lexsort path
+    used when the indices are too wide for one int64 key: the same table."""
+    rng = np.random.default_rng(1)
+    rows = np.unique(np.stack([rng.integers(0, 300, 20000), rng.integers(0, 20, 20000),
+                               rng.integers(0, 12, 20000)], axis=1), axis=0)
+    v, d, t = rows[rng.permutation(len(rows))].T
+    whole = tract_sets(v, d, t)
+    assert len(whole[0]) > 1000
+    for got in (tract_sets(v, d, t, chunk_rows=97), tract_sets(v, d, t, chunk_rows=1)):
+        for a, b in zip(whole, got, strict=True):
+            assert np.array_equal(a, b)
+    wide = tract_sets(v * 10**15, d, t)
+    assert np.array_equal(wide[0], whole[0] * 10**15)
+    for a, b in zip(whole[1:], wide[1:], strict=True):
+        assert np.array_equal(a, b)

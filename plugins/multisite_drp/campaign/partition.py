@@ -329,14 +329,7 @@ def site_affinity(inputs: SpatialInputs, tract_owner: I64, k: int) -> NDArray[np
     inputs without the shared-detector table count it once per tract). Tracts with a negative
     owner belong to no site."""
     ds = inputs.detector_sets()
-    own = tract_owner[ds.member_tract]
-    ok = own >= 0
-    has = np.zeros(len(ds.visit) * k, dtype=bool)
-    has[ds.member_set[ok] * k + own[ok]] = True
-    cs = np.flatnonzero(has)
-    c, site = cs // k, cs % k
-    return np.bincount(ds.visit[c] * k + site, weights=ds.ndet[c],
-                       minlength=inputs.n_visits * k).reshape(inputs.n_visits, k)
+    return ds.affinity(ds.site_counts(np.asarray(tract_owner, dtype=np.int64), k), inputs.n_visits)
 
 
 def crossing_work(inputs: SpatialInputs, tract_owner: I64, k: int) -> int:
@@ -365,11 +358,14 @@ class _Overlaps:
 
     def __init__(self, inputs: SpatialInputs, active: I64, k: int) -> None:
         ds = inputs.detector_sets()
+        self.ds = ds
         local = np.full(inputs.n_tracts, -1, dtype=np.int64)
         local[active] = np.arange(len(active))
-        lt = local[ds.member_tract]
+        self.local = local
+        member_set, member_tract = ds.members()
+        lt = local[member_tract]
         keep = lt >= 0
-        m_set, lt = ds.member_set[keep], lt[keep]
+        m_set, lt = member_set[keep], lt[keep]
         order = np.lexsort((ds.visit[m_set], lt))  # by tract, then visit: a tract's rows of a visit adjacent
         self.set = m_set[order]  # member row -> set
         self.tract = lt[order]
@@ -385,12 +381,10 @@ class _Overlaps:
 
     def assign(self, owner: I64) -> None:
         """Set every set's site counts and every visit's affinity for the (local) tract owners ``owner``."""
-        k, n_sets = self.k, len(self.set_visit)
-        self.count = np.bincount(self.set * k + owner[self.tract], minlength=n_sets * k).reshape(n_sets, k) \
-            .astype(np.int32)
-        c, site = np.nonzero(self.count)
-        self.aff = np.bincount(self.set_visit[c] * k + site, weights=self.set_ndet[c],
-                               minlength=self.n_visits * k).reshape(self.n_visits, k)
+        lo = self.local
+        full = np.where(lo >= 0, owner[np.maximum(lo, 0)], -1)  # owner per skymap tract
+        self.count = self.ds.site_counts(full, self.k)
+        self.aff = self.ds.affinity(self.count, self.n_visits)
 
     def rows(self, tracts: I64) -> tuple[I64, I64]:
         """(candidate index, member row) for every member row of each tract in ``tracts``."""

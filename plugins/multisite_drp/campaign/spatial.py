@@ -41,6 +41,7 @@ __all__ = [
     "SpatialInputs",
     "from_butler",
     "from_parquet",
+    "sets_from_keys",
     "to_parquet",
     "tract_adjacency",
     "tract_sets",
@@ -64,30 +65,89 @@ class DetectorSets:
     """Every visit's detectors grouped by the exact set of tracts they overlap.
 
     Set ``i`` holds ``ndet[i]`` detectors of visit ``visit[i]``, each overlapping exactly
-    the tracts ``member_tract[member_set == i]`` (one or more). A detector is in one set.
+    the tracts ``tracts[:, i][tracts[:, i] >= 0]`` (one or more; a column is padded with -1
+    to the largest set, 4 tracts on the DR1-sized benchmark; one row per place in a set, so
+    a pass over the sets reads whole rows). A detector is in one set.
     """
 
     visit: I64  # (S,) visit index per set
     ndet: I64  # (S,) detectors of the visit overlapping exactly the set's tracts
-    member_set: I64  # (M,) set index per member row, ascending
-    member_tract: I64  # (M,) tract index per member row
+    tracts: I32  # (W, S) the sets' tract indices, padded with -1
     exact: bool  # False: built from the (visit, tract) table alone (each row a set of one tract)
 
+    def members(self) -> tuple[I64, I64]:
+        """(set, tract) of every member: sets ascending."""
+        s_idx, col = np.nonzero(self.tracts.T >= 0)  # sets ascending
+        return s_idx.astype(np.int64), self.tracts[col, s_idx].astype(np.int64)
 
-def tract_sets(visit: I64, detector: I64, tract: I64) -> tuple[I64, I64, I64, I64]:
+    def site_counts(self, tract_owner: I64, k: int) -> NDArray[np.int32]:
+        """(S, k): each set's member tracts at each site (tracts with a negative owner at none)."""
+        own = np.concatenate([np.asarray(tract_owner, dtype=np.int32), [-1]])[self.tracts]  # -1 pads -> -1
+        out = np.empty((len(self.visit), k), dtype=np.int32)
+        for s in range(k):
+            out[:, s] = (own == s).sum(axis=0, dtype=np.int32)
+        return out
+
+    def affinity(self, counts: NDArray[np.int32], n_visits: int) -> NDArray[np.float64]:
+        """(V, k): each visit's detectors in sets with a tract at each site (``counts`` from
+        :meth:`site_counts`): a detector once per site, however many of its tracts are there."""
+        k = counts.shape[1]
+        aff = np.zeros((n_visits, k))
+        w = self.ndet.astype(np.float64)
+        for s in range(k):
+            aff[:, s] = np.bincount(self.visit, weights=np.where(counts[:, s] > 0, w, 0.0), minlength=n_visits)
+        return aff
+
+
+def tract_sets(visit: I64, detector: I64, tract: I64, chunk_rows: int = 1 << 21) -> tuple[I64, I64, I64, I64]:
     """The shared-detector table from (visit, detector, tract) overlap rows (any order, unique).
 
     Returns ``(multi_visit, multi_ndet, multi_set, multi_tract)``: one set per (visit, set of
     two or more tracts) that some detector of the visit overlaps exactly, the number of such
     detectors, and the set's member rows (set index ascending, tract ascending within a set).
-    Rows of detectors overlapping one tract may be left out of the input.
+    Rows of detectors overlapping one tract may be left out of the input. The rows are sorted
+    as one int64 key each and grouped ``chunk_rows`` at a time (whole visits), so the memory
+    beyond the input is about 8 bytes a row plus one chunk's work.
     """
     visit, detector, tract = (np.asarray(x, dtype=np.int64) for x in (visit, detector, tract))
     empty = np.zeros(0, np.int64)
     if not len(visit):
         return empty, empty, empty, empty
-    order = np.lexsort((tract, detector, visit))
-    v, d, t = visit[order], detector[order], tract[order]
+    nd, nt = int(detector.max()) + 1, int(tract.max()) + 1
+    per_visit = nd * nt
+    if (int(visit.max()) + 1) * per_visit >= 2**62:  # indices too wide for one key: one lexsort, one chunk
+        order = np.lexsort((tract, detector, visit))
+        return _group_sorted(visit[order], detector[order], tract[order])
+    key = (visit * nd + detector) * nt + tract
+    del visit, detector, tract
+    key.sort()
+    return sets_from_keys(key, nd, nt, chunk_rows)
+
+
+def sets_from_keys(key: I64, nd: int, nt: int, chunk_rows: int = 1 << 21) -> tuple[I64, I64, I64, I64]:
+    """:func:`tract_sets` of rows given as sorted keys ``(visit * nd + detector) * nt + tract``."""
+    per_visit = nd * nt
+    parts: list[tuple[I64, I64, I64, I64]] = [(np.zeros(0, np.int64),) * 4]
+    i, n_sets = 0, 0
+    while i < len(key):
+        j = min(i + chunk_rows, len(key))
+        if j < len(key):  # end the chunk at a visit boundary (after the one visit if it is longer)
+            v_j = int(key[j] // per_visit)
+            j = int(np.searchsorted(key, v_j * per_visit))
+            if j <= i:
+                j = int(np.searchsorted(key, (v_j + 1) * per_visit))
+        k = key[i:j]
+        mv, mn, ms, mt = _group_sorted(k // per_visit, k % per_visit // nt, k % nt)
+        parts.append((mv, mn, ms + n_sets, mt))
+        n_sets += len(mv)
+        i = j
+    mv, mn, ms, mt = (np.concatenate([p[c] for p in parts]) for c in range(4))
+    return mv, mn, ms, mt
+
+
+def _group_sorted(v: I64, d: I64, t: I64) -> tuple[I64, I64, I64, I64]:
+    """:func:`tract_sets` of rows sorted by (visit, detector, tract)."""
+    empty = np.zeros(0, np.int64)
     start = np.concatenate([[True], (v[1:] != v[:-1]) | (d[1:] != d[:-1])])
     det = np.cumsum(start) - 1
     size = np.bincount(det)
@@ -257,37 +317,40 @@ class SpatialInputs:
                                           minlength=len(single)).astype(np.int64)
         keep = np.flatnonzero(single > 0)
         n1 = len(keep)
-        if exact:
-            m_vis = self.multi_visit.astype(np.int64)
-            visit = np.concatenate([ov_v[keep], m_vis])
+        if exact and len(self.multi_visit):
+            m_set = self.multi_set.astype(np.int64)
+            start = np.concatenate([[0], np.cumsum(np.bincount(m_set, minlength=len(self.multi_visit)))])
+            pos = np.arange(len(m_set)) - start[m_set]  # place within its set
+            tracts = np.full((int(pos.max()) + 1, n1 + len(self.multi_visit)), -1, dtype=np.int32)
+            tracts[pos, n1 + m_set] = self.multi_tract
+            visit = np.concatenate([ov_v[keep], self.multi_visit.astype(np.int64)])
             ndet = np.concatenate([single[keep], self.multi_ndet.astype(np.int64)])
-            member_set = np.concatenate([np.arange(n1, dtype=np.int64), self.multi_set.astype(np.int64) + n1])
-            member_tract = np.concatenate([ov_t[keep], self.multi_tract.astype(np.int64)])
         else:
+            tracts = np.full((1, n1), -1, dtype=np.int32)
             visit, ndet = ov_v[keep], single[keep]
-            member_set, member_tract = np.arange(n1, dtype=np.int64), ov_t[keep]
-        sets = DetectorSets(visit, ndet, member_set, member_tract, exact)
+        tracts[0, :n1] = ov_t[keep]
+        sets = DetectorSets(visit, ndet, tracts, exact)
         self._sets = (key, sets)
         return sets
 
     def tract_index(self, ids: I64) -> I64:
-        order = np.argsort(self.tract_id)
-        pos = np.searchsorted(self.tract_id, ids, sorter=order)
-        pos = np.clip(pos, 0, len(order) - 1)
-        idx = order[pos]
-        bad = self.tract_id[idx] != ids
-        if bad.any():
-            raise SpatialInputError(f"{self.source}: unknown tract ids {ids[bad][:10].tolist()}")
-        return idx
+        return _index_of(self.tract_id, ids, f"{self.source}: unknown tract ids")
 
     def visit_index(self, ids: I64) -> I64:
-        order = np.argsort(self.visit_id)
-        pos = np.clip(np.searchsorted(self.visit_id, ids, sorter=order), 0, len(order) - 1)
-        idx = order[pos]
-        bad = self.visit_id[idx] != ids
-        if bad.any():
-            raise SpatialInputError(f"{self.source}: unknown visit ids {ids[bad][:10].tolist()}")
-        return idx
+        return _index_of(self.visit_id, ids, f"{self.source}: unknown visit ids")
+
+
+def _index_of(known: I64, ids: I64, what: str) -> I64:
+    """Index into ``known`` (unique) of each of ``ids``; raise naming the first unknown ones."""
+    if len(known) > 1 and (np.diff(known) > 0).all():  # sorted (the usual case): no sorter needed
+        idx = np.clip(np.searchsorted(known, ids), 0, len(known) - 1)
+    else:
+        order = np.argsort(known)
+        idx = order[np.clip(np.searchsorted(known, ids, sorter=order), 0, len(order) - 1)]
+    bad = known[idx] != ids
+    if bad.any():
+        raise SpatialInputError(f"{what} {ids[bad][:10].tolist()}")
+    return idx
 
 
 def tract_adjacency(tracts: PolygonSet) -> tuple[I64, I64]:
@@ -439,10 +502,11 @@ def to_parquet(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
     pq.write_table(pa.table(visits), out / "visits.parquet")
     pq.write_table(pa.table({"visit": v[inputs.ov_visit], "tract": t[inputs.ov_tract], "ndet": inputs.ov_ndet}),
                    out / "overlaps.parquet")
-    if inputs.multi_visit is not None:
-        ms = inputs.multi_set
-        pq.write_table(pa.table({"set": ms, "visit": v[inputs.multi_visit[ms]], "ndet": inputs.multi_ndet[ms],
-                                 "tract": t[inputs.multi_tract]}), out / "shared_detectors.parquet")
+    if inputs.multi_visit is not None:  # one row per set: visit, detectors, its tracts (a list)
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(inputs.multi_set, minlength=len(inputs.multi_visit)))])
+        tracts = pa.ListArray.from_arrays(pa.array(offsets, pa.int64()).cast(pa.int32()), pa.array(t[inputs.multi_tract]))
+        pq.write_table(pa.table({"visit": v[inputs.multi_visit], "ndet": inputs.multi_ndet, "tracts": tracts}),
+                       out / "shared_detectors.parquet")
     if inputs.det_visit is not None:
         pq.write_table(pa.table({"visit": v[inputs.det_visit], "detector": inputs.det_detector,
                                  "tract": t[inputs.det_tract], "patch": inputs.det_patch}),
@@ -488,13 +552,12 @@ def from_parquet(path: str | os.PathLike[str]) -> SpatialInputs:
     partial.ov_ndet = col(ov, "ndet", np.int32)
     if (src / "shared_detectors.parquet").is_file():
         sd = pq.read_table(src / "shared_detectors.parquet")
-        m_set = col(sd, "set", np.int64)  # rows grouped by set, as written
-        new = np.concatenate([[True], m_set[1:] != m_set[:-1]]) if len(m_set) else np.zeros(0, bool)
-        first = np.flatnonzero(new)
-        partial.multi_set = np.cumsum(new) - 1
-        partial.multi_visit = partial.visit_index(col(sd, "visit", np.int64)[first])
-        partial.multi_ndet = col(sd, "ndet", np.int32)[first]
-        partial.multi_tract = partial.tract_index(col(sd, "tract", np.int64))
+        lists = sd.column("tracts").combine_chunks()
+        sizes = np.diff(lists.offsets.to_numpy().astype(np.int64))
+        partial.multi_visit = partial.visit_index(col(sd, "visit", np.int64))
+        partial.multi_ndet = col(sd, "ndet", np.int32)
+        partial.multi_set = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+        partial.multi_tract = partial.tract_index(lists.flatten().to_numpy().astype(np.int64, copy=False))
     else:
         partial.notes.append(f"{src}: no shared_detectors.parquet: crossings are counted per (visit, tract), "
                              "an upper bound (a detector on a boundary counts once per tract)")

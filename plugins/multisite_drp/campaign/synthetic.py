@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .geometry import PolygonSet, candidate_pairs, lonlat_to_xyz, xyz_to_lonlat
-from .spatial import SpatialInputs, tract_adjacency, tract_sets
+from .spatial import SpatialInputs, sets_from_keys, tract_adjacency
 
 __all__ = ["SkyMapGeometry", "count_overlaps", "focal_plane", "grid_skymap", "lsst_like_visits",
            "rings_skymap", "synthetic_survey"]
@@ -308,9 +308,11 @@ def count_overlaps(visits: dict[str, np.ndarray], skymap: SkyMapGeometry, fp: np
     tracts_hit = np.concatenate(hit_tract) if hit_tract else np.zeros(0, np.int32)
     del hit_tract
     shared = np.bincount(keys, minlength=len(vc) * n_det)[keys] >= 2 if len(keys) else np.zeros(0, bool)
-    keys, tracts_hit = keys[shared].astype(np.int64), tracts_hit[shared]
-    res["multi_visit"], res["multi_ndet"], res["multi_set"], res["multi_tract"] = tract_sets(
-        keys // n_det, keys % n_det, tracts_hit)
+    n_tr = len(tracts)
+    key = keys[shared].astype(np.int64) * n_tr + tracts_hit[shared]  # (visit * D + detector) * T + tract
+    del keys, tracts_hit, shared
+    key.sort()
+    res["multi_visit"], res["multi_ndet"], res["multi_set"], res["multi_tract"] = sets_from_keys(key, n_det, n_tr)
     if detectors:
         res["detectors"] = np.concatenate(det_rows) if det_rows else np.zeros((0, 3), np.int64)
     if detectors and len(res["detectors"]):
