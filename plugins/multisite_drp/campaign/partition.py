@@ -377,7 +377,7 @@ class _Overlaps:
         self.k = k
         self.n_visits = inputs.n_visits
         self.aff = np.zeros((self.n_visits, k))
-        self.count = np.zeros((len(ds.visit), k), dtype=np.int32)  # member tracts per (set, site)
+        self.count = np.zeros((k, len(ds.visit)), dtype=np.int32)  # member tracts per (site, set)
 
     def assign(self, owner: I64) -> None:
         """Set every set's site counts and every visit's affinity for the (local) tract owners ``owner``."""
@@ -399,8 +399,8 @@ class _Overlaps:
         if not len(rows):
             return np.zeros(len(tracts))
         sets, s, r = self.set[rows], src[cand], dst[cand]
-        lose = np.where(self.count[sets, s] == 1, self.ndet[rows], 0.0)  # u was the set's last tract at s
-        gain = np.where(self.count[sets, r] == 0, self.ndet[rows], 0.0)  # the set had no tract at r
+        lose = np.where(self.count[s, sets] == 1, self.ndet[rows], 0.0)  # u was the set's last tract at s
+        gain = np.where(self.count[r, sets] == 0, self.ndet[rows], 0.0)  # the set had no tract at r
         # One group per (candidate, visit): rows are ordered by tract, then visit.
         v = self.visit[rows]
         first = np.flatnonzero(np.concatenate([[True], (cand[1:] != cand[:-1]) | (v[1:] != v[:-1])]))
@@ -418,10 +418,10 @@ class _Overlaps:
     def move(self, u: int, s: int, r: int) -> I64:
         sl = slice(self.ptr[u], self.ptr[u + 1])
         sets, v, n = self.set[sl], self.visit[sl], self.ndet[sl]
-        off = self.count[sets, s] == 1
-        on = self.count[sets, r] == 0
-        self.count[sets, s] -= 1  # a tract is in a set once: the sets of u's rows are distinct
-        self.count[sets, r] += 1
+        off = self.count[s, sets] == 1
+        on = self.count[r, sets] == 0
+        self.count[s, sets] -= 1  # a tract is in a set once: the sets of u's rows are distinct
+        self.count[r, sets] += 1
         np.subtract.at(self.aff[:, s], v[off], n[off])
         np.add.at(self.aff[:, r], v[on], n[on])
         return v

@@ -66,13 +66,15 @@ class DetectorSets:
 
     Set ``i`` holds ``ndet[i]`` detectors of visit ``visit[i]``, each overlapping exactly
     the tracts ``tracts[:, i][tracts[:, i] >= 0]`` (one or more; a column is padded with -1
-    to the largest set, 4 tracts on the DR1-sized benchmark; one row per place in a set, so
-    a pass over the sets reads whole rows). A detector is in one set.
+    to the largest set, 4 tracts on the DR1-sized benchmark). Sets are ordered largest
+    first, so row ``j`` (every set's ``j``-th tract) is real in its first ``row_len[j]``
+    columns only and a pass over the sets reads those. A detector is in one set.
     """
 
     visit: I64  # (S,) visit index per set
     ndet: I64  # (S,) detectors of the visit overlapping exactly the set's tracts
     tracts: I32  # (W, S) the sets' tract indices, padded with -1
+    row_len: I64  # (W,) sets with a j-th tract (non-increasing)
     exact: bool  # False: built from the (visit, tract) table alone (each row a set of one tract)
 
     def members(self) -> tuple[I64, I64]:
@@ -81,21 +83,24 @@ class DetectorSets:
         return s_idx.astype(np.int64), self.tracts[col, s_idx].astype(np.int64)
 
     def site_counts(self, tract_owner: I64, k: int) -> NDArray[np.int32]:
-        """(S, k): each set's member tracts at each site (tracts with a negative owner at none)."""
-        own = np.concatenate([np.asarray(tract_owner, dtype=np.int32), [-1]])[self.tracts]  # -1 pads -> -1
-        out = np.empty((len(self.visit), k), dtype=np.int32)
-        for s in range(k):
-            out[:, s] = (own == s).sum(axis=0, dtype=np.int32)
+        """(k, S): each set's member tracts at each site (tracts with a negative owner at none)."""
+        owner = np.asarray(tract_owner, dtype=np.int32)
+        out = np.zeros((k, len(self.visit)), dtype=np.int32)
+        for j, n in enumerate(self.row_len.tolist()):
+            own = owner[self.tracts[j, :n]]
+            for s in range(k):
+                out[s, :n] += own == s
         return out
 
     def affinity(self, counts: NDArray[np.int32], n_visits: int) -> NDArray[np.float64]:
         """(V, k): each visit's detectors in sets with a tract at each site (``counts`` from
         :meth:`site_counts`): a detector once per site, however many of its tracts are there."""
-        k = counts.shape[1]
-        aff = np.zeros((n_visits, k))
+        k = counts.shape[0]
+        aff = np.empty((n_visits, k))
         w = self.ndet.astype(np.float64)
+        buf = np.empty_like(w)
         for s in range(k):
-            aff[:, s] = np.bincount(self.visit, weights=np.where(counts[:, s] > 0, w, 0.0), minlength=n_visits)
+            aff[:, s] = np.bincount(self.visit, weights=np.multiply(w, counts[s] > 0, out=buf), minlength=n_visits)
         return aff
 
 
@@ -319,17 +324,27 @@ class SpatialInputs:
         n1 = len(keep)
         if exact and len(self.multi_visit):
             m_set = self.multi_set.astype(np.int64)
-            start = np.concatenate([[0], np.cumsum(np.bincount(m_set, minlength=len(self.multi_visit)))])
+            size = np.bincount(m_set, minlength=len(self.multi_visit))
+            start = np.concatenate([[0], np.cumsum(size)])
             pos = np.arange(len(m_set)) - start[m_set]  # place within its set
-            tracts = np.full((int(pos.max()) + 1, n1 + len(self.multi_visit)), -1, dtype=np.int32)
-            tracts[pos, n1 + m_set] = self.multi_tract
-            visit = np.concatenate([ov_v[keep], self.multi_visit.astype(np.int64)])
-            ndet = np.concatenate([single[keep], self.multi_ndet.astype(np.int64)])
+            rank = np.empty(len(size), dtype=np.int64)  # largest sets first, then the single-tract ones
+            rank[np.argsort(-size, kind="stable")] = np.arange(len(size))
+            n_m = len(size)
+            tracts = np.full((int(pos.max()) + 1, n_m + n1), -1, dtype=np.int32)
+            tracts[pos, rank[m_set]] = self.multi_tract
+            visit = np.empty(n_m, dtype=np.int64)
+            visit[rank] = self.multi_visit
+            ndet = np.empty(n_m, dtype=np.int64)
+            ndet[rank] = self.multi_ndet
+            visit, ndet = np.concatenate([visit, ov_v[keep]]), np.concatenate([ndet, single[keep]])
+            row_len = np.array([(size > j).sum() for j in range(tracts.shape[0])], dtype=np.int64)
+            row_len[0] = n_m + n1
         else:
-            tracts = np.full((1, n1), -1, dtype=np.int32)
+            n_m, tracts = 0, np.full((1, n1), -1, dtype=np.int32)
             visit, ndet = ov_v[keep], single[keep]
-        tracts[0, :n1] = ov_t[keep]
-        sets = DetectorSets(visit, ndet, tracts, exact)
+            row_len = np.array([n1], dtype=np.int64)
+        tracts[0, n_m:] = ov_t[keep]
+        sets = DetectorSets(visit, ndet, tracts, row_len, exact)
         self._sets = (key, sets)
         return sets
 
