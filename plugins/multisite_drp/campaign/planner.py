@@ -25,7 +25,7 @@ A PVI is counted once per (visit, detector, site that needs it): a detector over
 two tracts of the same foreign site crosses once (:func:`.partition.site_affinity`, from
 the inputs' shared-detector table). Inputs without that table (a parquet dataset written
 before it) fall back to summing per (visit, tract), which counts such a detector once per
-tract: an upper bound, 16-18% high on the DR1-sized benchmark survey.
+tract: an upper bound, 20-21% high on the DR1-sized benchmark survey (DESIGN 54).
 """
 
 from __future__ import annotations
