@@ -26,14 +26,25 @@ Usage: ``.venv/bin/python bench/planner_scale.py [--visits N] [--small-visits M]
    DR1-sized skies); prints how often it meets the tolerance where a split can, and its
    cost over the optimum at the median, p90 and worst.
 
+6. Against KaHyPar (optional: ``pip install kahypar``, GPL-3, not a project dependency;
+   it needs one of its own preset files, ``--kahypar-ini`` or ``$KAHYPAR_INI``, e.g. its
+   ``config/km1_kKaHyPar_sea20.ini``): a hypergraph with a vertex per tract (weight = its
+   coadd work) and a hyperedge per visit over the tracts it overlaps (weight = the visit's
+   detectors), split into the sites with the shares as maximum block weights (3 % over),
+   minimising connectivity - 1. Its split then goes through the graph method's own
+   contiguity repair, balancing and refinement on the true objective
+   (``partition.repair_and_refine``); prints its crossing PVIs before and after, and ours
+   over its (``vs_kahypar``; ``na`` when kahypar or the preset file is missing).
+
 The last line is
 ``planner: visits=N seconds=S peak_gb=G transfer_ratio_vs_stripes=R share_error=E connected=yes|no
-oracle_p90=Q``.
+oracle_p90=Q vs_kahypar=K``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -61,7 +72,7 @@ DATASET_BYTES = {
 }
 
 
-def production_like_config(work: Path, max_group: int = 5000) -> CampaignConfig:
+def production_like_config(work: Path, max_group: int = 50_000) -> CampaignConfig:
     """A three-DF campaign shaped like DMTN-213 (shares, raw holdings, PanDA sites)."""
     conns = lambda s: {"butler": f"drp_{s}_butler", "replica": f"drp_{s}_replica", "workflow": f"drp_{s}_workflow"}
     step = lambda n, sh, req: {"name": n, "subset": n, "sharding": sh, "requires": list(req)}
@@ -70,7 +81,8 @@ def production_like_config(work: Path, max_group: int = 5000) -> CampaignConfig:
         "input_collections": ["LSSTCam/defaults"], "data_query": "instrument = 'LSSTCam' AND skymap = 'lsst_cells_v1'",
         "output_prefix": "LSSTCam/runs/DRP/bench", "data_root": str(work), "rate_target": {"quanta_per_hour": 1e6},
         "replication": {"scope": "drp_bench"},
-        "planner": {"method": "graph", "dataset_bytes": DATASET_BYTES, "max_group_size": max_group},
+        # No BPS clustering: the placeholder pipeline has no tasks to cluster (the dataflow is a mapping).
+        "planner": {"method": "graph", "dataset_bytes": DATASET_BYTES, "max_group_size": max_group, "cluster_by": {}},
         "sites": [
             {"name": "usdf", "role": "hub", "butler_repo": "s3://usdf/repo", "rse": "SLAC_BUTLER_DISK",
              "compute_site": "SLAC", "compute_cloud": "US", "queue": "SLAC_Rubin", "share": 0.35,
@@ -107,8 +119,40 @@ def pair_volumes(plan) -> str:
     return ", ".join(f"{k} {v / 1e12:.2f} TB" for k, v in sorted(pairs.items()))
 
 
+def crossing_counts(inputs, plan) -> tuple[int, int]:
+    """The plan's crossing PVIs counted exactly (once per visit, detector and site) and as the
+    old per-(visit, tract) sum (a detector on two tracts of one site counted twice)."""
+    import dataclasses
+
+    from multisite_drp.campaign.partition import crossing_work
+
+    owner = np.full(inputs.n_tracts, -1, dtype=np.int64)
+    for i, s in enumerate(plan.sites):
+        owner[inputs.tract_index(np.asarray(s.tracts + s.empty_tracts, dtype=np.int64))] = i
+    per_tract = dataclasses.replace(inputs, multi_visit=None, multi_ndet=None, multi_set=None, multi_tract=None)
+    k = len(plan.sites)
+    return crossing_work(inputs, owner, k), crossing_work(per_tract, owner, k)
+
+
 def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+
+def reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux: /proc/self/clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def hwm_gb() -> float:
+    """Peak RSS since the last :func:`reset_hwm` (VmHWM), GB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024 / 1024
+    return float("nan")
 
 
 # -- smaller scale through the butler ------------------------------------------------------------
@@ -223,6 +267,60 @@ def oracle_ratios(n_skies: int) -> dict:
     return out
 
 
+def kahypar_ratio(inputs, plan, ini: str | None, seed: int, tol: float) -> str:
+    """Our crossing PVIs over KaHyPar's (after the same repair and refinement): ``R`` or ``na``."""
+    try:
+        import kahypar
+    except ImportError:
+        print("kahypar: not installed (optional, GPL-3: pip install kahypar); vs_kahypar=na")
+        return "na"
+    if not ini or not Path(ini).is_file():
+        print(f"kahypar: no preset file ({ini!r}; --kahypar-ini or $KAHYPAR_INI, e.g. its "
+              "config/km1_kKaHyPar_sea20.ini); vs_kahypar=na")
+        return "na"
+    from multisite_drp.campaign.partition import (
+        components_per_site,
+        crossing_work,
+        repair_and_refine,
+        share_error,
+    )
+
+    shares = [s.share_target for s in plan.sites]
+    k = len(shares)
+    work = inputs.tract_work()
+    order = np.lexsort((inputs.ov_tract, inputs.ov_visit))
+    v, t = inputs.ov_visit[order], inputs.ov_tract[order]
+    size = np.bincount(v, minlength=inputs.n_visits)
+    rows = size[v] >= 2  # a visit on one tract cuts nothing
+    edges = np.flatnonzero(size >= 2)
+    index = np.concatenate([[0], np.cumsum(size[edges])])
+    t0 = time.perf_counter()
+    h = kahypar.Hypergraph(inputs.n_tracts, len(edges), index.tolist(), t[rows].tolist(), k,
+                           inputs.visit_ndet[edges].astype(int).tolist(), np.maximum(work, 1).astype(int).tolist())
+    ctx = kahypar.Context()
+    ctx.loadINIconfiguration(str(ini))
+    ctx.setK(k)
+    ctx.setEpsilon(0.03)
+    total = int(np.maximum(work, 1).sum())
+    ctx.setCustomTargetBlockWeights([int(np.ceil(s * total * 1.03)) for s in shares])
+    ctx.setSeed(seed)
+    ctx.suppressOutput(True)
+    kahypar.partition(h, ctx)
+    raw = np.array([h.blockID(i) for i in range(inputs.n_tracts)], dtype=np.int64)
+    t_kh = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    polished = repair_and_refine(inputs, shares, raw, tolerance=tol)
+    t_pol = time.perf_counter() - t0
+    ours = crossing_counts(inputs, plan)[0]
+    c_raw, c_pol = crossing_work(inputs, raw, k), crossing_work(inputs, polished, k)
+    print(f"kahypar {getattr(kahypar, '__version__', '?')}: {len(edges)} visit hyperedges over {inputs.n_tracts} tracts, "
+          f"k={k}, {Path(ini).name}, {t_kh:.1f} s: crossing PVIs {c_raw:,} (share error "
+          f"{share_error(raw, work, shares):.4f}, region pieces {components_per_site(inputs, raw, k)}); after our "
+          f"repair and refinement ({t_pol:.1f} s) {c_pol:,} (share error {share_error(polished, work, shares):.4f}, "
+          f"pieces {components_per_site(inputs, polished, k)}); ours {ours:,}: ours / kahypar = {ours / c_pol:.3f}")
+    return f"{ours / c_pol:.3f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--visits", type=int, default=190_000)
@@ -232,6 +330,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-butler", action="store_true")
     ap.add_argument("--oracle-skies", type=int, default=60)
+    ap.add_argument("--kahypar-ini", default=os.environ.get("KAHYPAR_INI"),
+                    help="a KaHyPar preset file (its config/km1_kKaHyPar_sea20.ini); without it vs_kahypar=na")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="planner_scale_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -244,19 +344,23 @@ def main() -> None:
     to_parquet(inputs, work / "survey.parquet")
     det_visits = int(inputs.visit_ndet.sum())
     print(f"inputs: {inputs.n_visits} visits, {det_visits} detector-visits, {inputs.n_tracts} tracts "
-          f"({int((inputs.tract_work() > 0).sum())} with work), {len(inputs.ov_visit)} (visit, tract) overlaps; "
-          f"generated with exact overlaps in {t_gen:.1f} s")
+          f"({int((inputs.tract_work() > 0).sum())} with work), {len(inputs.ov_visit)} (visit, tract) overlaps, "
+          f"{len(inputs.multi_visit)} shared-detector sets ({int(inputs.multi_ndet.sum())} detector-visits on 2+ "
+          f"tracts); generated with exact overlaps in {t_gen:.1f} s, peak {peak_gb():.2f} GB so far")
     del inputs
 
     cfg = production_like_config(work)
     flow = dataflow_from_mapping(cfg, synthetic.DRP_LIKE_DATAFLOW)
-    t0 = time.perf_counter()
+    can_reset = reset_hwm()
+    t0, c0 = time.perf_counter(), time.process_time()
     inputs = from_parquet(work / "survey.parquet")
     t_load = time.perf_counter() - t0
     plan = plan_to_directory(cfg, work / "plan", inputs=inputs, dataflow=flow, baselines=False)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    plan_peak = f"{hwm_gb():.2f} GB" if can_reset else "n/a"
     print(f"plan: loaded parquet in {t_load:.1f} s; planned and wrote plan.json, BPS files, report and sky map "
-          f"in {seconds:.1f} s total -> {work / 'plan'}")
+          f"in {seconds:.1f} s total ({cpu:.1f} s of CPU: on a shared machine the wall time is not the planner's), "
+          f"peak RSS while planning {plan_peak} -> {work / 'plan'}")
     m = plan.metrics
     for s in plan.sites:
         print(f"  {s.name}: visits {len(s.visits)}, tracts {len(s.tracts)}, share {s.share_achieved:.4f} "
@@ -277,12 +381,18 @@ def main() -> None:
         print(f"  {name:12s} metric by site pair (both directions): {pair_volumes(p)}")
     print(f"  graph / ra_stripes = {ratio:.3f}; graph / round_robin = "
           f"{m.cross_site_bytes / robin.metrics.cross_site_bytes:.3f}")
+    for name, p in (("graph", plan), ("ra_stripes", stripes)):
+        exact, per_tract = crossing_counts(inputs, p)
+        print(f"  {name:12s} crossing PVIs {exact:,} once per (visit, detector, site); the per-(visit, tract) "
+              f"sum would say {per_tract:,} (+{per_tract / max(exact, 1) - 1:.1%})")
     if not args.skip_butler:
         butler_comparison(args.small_visits, args.seed, work)
     oracle = oracle_ratios(args.oracle_skies)
-    print(f"planner: visits={plan.n_visits} seconds={seconds:.1f} peak_gb={peak_gb():.2f} "
+    peak = peak_gb()  # the planner's, before the optional KaHyPar comparison
+    vs_kahypar = kahypar_ratio(inputs, plan, args.kahypar_ini, args.seed, cfg.planner.share_tolerance)
+    print(f"planner: visits={plan.n_visits} seconds={seconds:.1f} peak_gb={peak:.2f} "
           f"transfer_ratio_vs_stripes={ratio:.3f} share_error={m.share_error:.4f} "
-          f"connected={'yes' if m.connected else 'no'} oracle_p90={oracle['p90']:.3f}")
+          f"connected={'yes' if m.connected else 'no'} oracle_p90={oracle['p90']:.3f} vs_kahypar={vs_kahypar}")
 
 
 if __name__ == "__main__":

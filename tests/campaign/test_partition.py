@@ -107,3 +107,13 @@ def test_exchanges_improve_where_single_moves_stall(survey) -> None:
             assert (np.abs(m.load - m.target) <= m.tol + 1e-9).all()
             best_gain = max(best_gain, stalled - ov.cost())
     assert best_gain > 0  # at least one of the starts had a profitable exchange
+
+
+def test_repair_and_refine_makes_any_start_contiguous_balanced_and_cheaper(survey) -> None:
+    """The graph method's repair and refinement on another partitioner's start (the benchmark's KaHyPar)."""
+    start = P.partition(survey, SHARES, "round_robin")
+    assert max(P.components_per_site(survey, start, 3)) > 1
+    owner = P.repair_and_refine(survey, SHARES, start, tolerance=0.002)
+    assert P.components_per_site(survey, owner, 3) == [1, 1, 1]
+    assert np.abs(_shares(survey, owner) - SHARES).max() <= 0.002 + 1e-9
+    assert P.crossing_work(survey, owner, 3) < 0.5 * P.crossing_work(survey, start, 3)

@@ -8,7 +8,13 @@ from layouts import CAMPAIGN, small_inputs
 from multisite_drp.campaign.config import CampaignConfigError, load_campaign
 from multisite_drp.campaign.plan import CampaignPlan
 from multisite_drp.campaign.planner import PlanError, plan_campaign, plan_to_directory
-from multisite_drp.campaign.spatial import SpatialInputError, SpatialInputs, from_parquet, to_parquet
+from multisite_drp.campaign.spatial import (
+    SpatialInputError,
+    SpatialInputs,
+    from_parquet,
+    to_parquet,
+    tract_sets,
+)
 
 
 def test_every_visit_to_exactly_one_site(config, flow, inputs) -> None:
@@ -95,7 +101,8 @@ def test_data_query_and_transfers_for(config, flow, inputs) -> None:
 def test_parquet_round_trip(tmp_path, inputs) -> None:
     to_parquet(inputs, tmp_path / "in.parquet")
     back = from_parquet(tmp_path / "in.parquet")
-    for name in ("tract_id", "adj_a", "adj_b", "visit_id", "ov_visit", "ov_tract", "ov_ndet", "det_tract",
+    for name in ("tract_id", "adj_a", "adj_b", "visit_id", "ov_visit", "ov_tract", "ov_ndet", "multi_visit",
+                 "multi_ndet", "multi_set", "multi_tract", "det_tract",
                  "visit_radius"):
         assert np.array_equal(getattr(back, name), getattr(inputs, name)), name
 
@@ -173,6 +180,10 @@ def test_tract_without_visits_is_empty_not_planned(config, flow) -> None:
     inputs.ov_ndet[inputs.ov_tract == 0] = 0  # pretend nothing overlaps tract 0
     keep = inputs.ov_ndet > 0
     inputs.ov_visit, inputs.ov_tract, inputs.ov_ndet = inputs.ov_visit[keep], inputs.ov_tract[keep], inputs.ov_ndet[keep]
+    rows = inputs.det_tract != 0  # and in the shared-detector table
+    inputs.multi_visit, ndet, inputs.multi_set, inputs.multi_tract = tract_sets(
+        inputs.det_visit[rows], inputs.det_detector[rows], inputs.det_tract[rows])
+    inputs.multi_ndet = ndet.astype(np.int32)
     plan = plan_campaign(config, inputs, dataflow=flow)
     empty = [t for s in plan.sites for t in s.empty_tracts]
     assert int(inputs.tract_id[0]) in empty

@@ -2,9 +2,11 @@
 
 What is optimised (method ``graph``)
 -----------------------------------
-The objective is :func:`crossing_work`: the detector-visits planned across sites when
-each visit goes to the site holding most of its detector-tract overlaps (every overlap
-with another site's tract is a PVI that site's coadd needs). Subject to: every site's
+The objective is :func:`crossing_work`: the PVIs planned across sites when each visit
+goes to the site whose region most of its detectors overlap (each of its detectors
+overlapping another site's tracts is a PVI that site's coadds need, counted once per
+(visit, detector, site) however many of the site's tracts the detector overlaps:
+:meth:`.spatial.SpatialInputs.detector_sets`). Subject to: every site's
 coadd work (the detector-visits overlapping its tracts) within ``tolerance`` of its
 share, and every site's region connected.
 
@@ -57,7 +59,7 @@ from .spatial import SpatialInputError, SpatialInputs
 EXACT_TRACTS = 12
 
 __all__ = ["METHODS", "PartitionError", "co_overlap_weights", "components_per_site", "crossing_work", "partition",
-           "site_affinity"]
+           "repair_and_refine", "site_affinity"]
 
 I64 = NDArray[np.int64]
 
@@ -322,50 +324,70 @@ def _refine(owner: I64, work: I64, xadj: I64, adjncy: I64, ew: I64, shares: Sequ
 
 
 def site_affinity(inputs: SpatialInputs, tract_owner: I64, k: int) -> NDArray[np.float64]:
-    """(V, k): detectors of each visit overlapping each site's region (summed per (visit, tract))."""
-    own = tract_owner[inputs.ov_tract]
-    return np.bincount(inputs.ov_visit * k + own, weights=inputs.ov_ndet,
-                       minlength=inputs.n_visits * k).reshape(inputs.n_visits, k)
+    """(V, k): detectors of each visit overlapping each site's region, each detector counted
+    once per site however many of the site's tracts it overlaps (:meth:`SpatialInputs.detector_sets`;
+    inputs without the shared-detector table count it once per tract). Tracts with a negative
+    owner belong to no site."""
+    ds = inputs.detector_sets()
+    return ds.affinity(ds.site_counts(np.asarray(tract_owner, dtype=np.int64), k), inputs.n_visits)
 
 
 def crossing_work(inputs: SpatialInputs, tract_owner: I64, k: int) -> int:
-    """The partition's true objective: detector-visits planned across sites.
+    """The partition's true objective: PVIs planned across sites.
 
-    Each visit goes to the site holding most of its detector-tract overlaps; every
-    overlap with another site's tract is a PVI that site's coadd needs from it.
+    Each visit goes to the site whose region most of its detectors overlap; every one of
+    its detectors overlapping a tract of another site is a PVI that site's coadds need,
+    counted once per (visit, detector, site) (:func:`site_affinity`).
     """
     return round(_crossing(site_affinity(inputs, tract_owner, k)))
 
 
 def _crossing(aff: NDArray[np.float64]) -> float:
-    """Detectors of each visit outside its majority site's region, summed."""
+    """Per visit, the detector-site pairs outside its majority site, summed."""
     return float((aff.sum(axis=1) - aff.max(axis=1)).sum())
 
 
 class _Overlaps:
-    """The overlap table grouped by (local) tract, and each visit's affinity to each site."""
+    """Each visit's detector sets (:meth:`SpatialInputs.detector_sets`) grouped by (local) tract,
+    every set's count of member tracts per site, and each visit's affinity to each site.
+
+    A set counts toward a site's affinity while one or more of its tracts are the site's:
+    moving tract u from s to r takes the set's detectors off s when u was its last tract
+    there, and adds them to r when it had none there.
+    """
 
     def __init__(self, inputs: SpatialInputs, active: I64, k: int) -> None:
+        ds = inputs.detector_sets()
+        self.ds = ds
         local = np.full(inputs.n_tracts, -1, dtype=np.int64)
         local[active] = np.arange(len(active))
-        lt = local[inputs.ov_tract]
+        self.local = local
+        member_set, member_tract = ds.members()
+        lt = local[member_tract]
         keep = lt >= 0
-        order = np.argsort(lt[keep], kind="stable")
-        self.visit = inputs.ov_visit[keep][order]
-        self.ndet = inputs.ov_ndet[keep][order].astype(np.float64)
-        self.tract = lt[keep][order]
-        self.ptr = np.concatenate([[0], np.cumsum(np.bincount(lt[keep], minlength=len(active)))])
+        m_set, lt = member_set[keep], lt[keep]
+        order = np.lexsort((ds.visit[m_set], lt))  # by tract, then visit: a tract's rows of a visit adjacent
+        self.set = m_set[order]  # member row -> set
+        self.tract = lt[order]
+        self.visit = ds.visit[self.set]
+        self.ndet = ds.ndet[self.set].astype(np.float64)
+        self.ptr = np.concatenate([[0], np.cumsum(np.bincount(lt, minlength=len(active)))])
+        self.set_visit = ds.visit
+        self.set_ndet = ds.ndet.astype(np.float64)
         self.k = k
         self.n_visits = inputs.n_visits
         self.aff = np.zeros((self.n_visits, k))
+        self.count = np.zeros((k, len(ds.visit)), dtype=np.int32)  # member tracts per (site, set)
 
     def assign(self, owner: I64) -> None:
-        """Set every visit's affinity for the (local) tract owners ``owner``."""
-        self.aff = np.bincount(self.visit * self.k + owner[self.tract], weights=self.ndet,
-                               minlength=self.n_visits * self.k).reshape(self.n_visits, self.k)
+        """Set every set's site counts and every visit's affinity for the (local) tract owners ``owner``."""
+        lo = self.local
+        full = np.where(lo >= 0, owner[np.maximum(lo, 0)], -1)  # owner per skymap tract
+        self.count = self.ds.site_counts(full, self.k)
+        self.aff = self.ds.affinity(self.count, self.n_visits)
 
     def rows(self, tracts: I64) -> tuple[I64, I64]:
-        """(candidate index, overlap row) for every overlap row of each tract in ``tracts``."""
+        """(candidate index, member row) for every member row of each tract in ``tracts``."""
         cnt = self.ptr[tracts + 1] - self.ptr[tracts]
         cand = np.repeat(np.arange(len(tracts)), cnt)
         start = np.repeat(self.ptr[tracts] - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
@@ -374,19 +396,34 @@ class _Overlaps:
     def gains(self, tracts: I64, src: I64, dst: I64) -> NDArray[np.float64]:
         """Fall in crossing work if each tract moves from ``src`` to ``dst`` (alone)."""
         cand, rows = self.rows(tracts)
+        if not len(rows):
+            return np.zeros(len(tracts))
+        sets, s, r = self.set[rows], src[cand], dst[cand]
+        lose = np.where(self.count[s, sets] == 1, self.ndet[rows], 0.0)  # u was the set's last tract at s
+        gain = np.where(self.count[r, sets] == 0, self.ndet[rows], 0.0)  # the set had no tract at r
+        # One group per (candidate, visit): rows are ordered by tract, then visit.
         v = self.visit[rows]
-        a = self.aff[v]
+        first = np.flatnonzero(np.concatenate([[True], (cand[1:] != cand[:-1]) | (v[1:] != v[:-1])]))
+        g_lose, g_gain = np.add.reduceat(lose, first), np.add.reduceat(gain, first)
+        gc = cand[first]
+        a = self.aff[v[first]]
         before = a.max(axis=1)
-        i = np.arange(len(v))
-        a[i, src[cand]] -= self.ndet[rows]
-        a[i, dst[cand]] += self.ndet[rows]
-        return np.bincount(cand, weights=a.max(axis=1) - before, minlength=len(tracts))
+        i = np.arange(len(first))
+        a[i, s[first]] -= g_lose
+        a[i, r[first]] += g_gain
+        # crossing per visit = sum - max: its fall is the rise in max less the rise in sum.
+        delta = (a.max(axis=1) - before) - (g_gain - g_lose)
+        return np.bincount(gc, weights=delta, minlength=len(tracts))
 
     def move(self, u: int, s: int, r: int) -> I64:
         sl = slice(self.ptr[u], self.ptr[u + 1])
-        v = self.visit[sl]
-        np.subtract.at(self.aff[:, s], v, self.ndet[sl])
-        np.add.at(self.aff[:, r], v, self.ndet[sl])
+        sets, v, n = self.set[sl], self.visit[sl], self.ndet[sl]
+        off = self.count[s, sets] == 1
+        on = self.count[r, sets] == 0
+        self.count[s, sets] -= 1  # a tract is in a set once: the sets of u's rows are distinct
+        self.count[r, sets] += 1
+        np.subtract.at(self.aff[:, s], v[off], n[off])
+        np.add.at(self.aff[:, r], v[on], n[on])
         return v
 
     def cost(self) -> float:
@@ -581,11 +618,7 @@ def partition_graph(inputs: SpatialInputs, shares: Sequence[float], seed: int = 
         local = np.asarray(parts, dtype=np.int64)
         if len(np.unique(local[aw > 0])) < k:  # METIS left a site without work: start from stripes
             local = _ra_stripes_local(inputs, active, work, shares)
-        local = _make_contiguous(local, aw, xadj, adjncy, ew, k)
-        local = _best_labels(local, aw, tp)
-        local = _refine(local, aw, xadj, adjncy, ew, shares, tolerance)
-        ov.assign(local)
-        local = _improve(local, ov, aw, xadj, adjncy, shares, tolerance)
+        local = _polish(local, aw, xadj, adjncy, ew, ov, shares, tolerance)
         # Shares are a constraint: a trial within the tolerance beats any outside it, one
         # closer to it beats one further away, and only then the lower crossing cost wins.
         err = share_error(local, aw, tp)
@@ -595,6 +628,33 @@ def partition_graph(inputs: SpatialInputs, shares: Sequence[float], seed: int = 
     assert best is not None
     owner[active] = best[1]
     return owner
+
+
+def _polish(local: I64, aw: I64, xadj: I64, adjncy: I64, ew: I64, ov: _Overlaps, shares: Sequence[float],
+            tolerance: float) -> I64:
+    """Steps 2-3 of the module docstring on a starting assignment: contiguity, labels, balance,
+    then refinement on the true objective (``ov`` is left assigned to the result)."""
+    k = len(shares)
+    tp = np.asarray(shares, dtype=float)
+    tp = tp / tp.sum()
+    local = _make_contiguous(local, aw, xadj, adjncy, ew, k)
+    local = _best_labels(local, aw, tp)
+    local = _refine(local, aw, xadj, adjncy, ew, shares, tolerance)
+    ov.assign(local)
+    return _improve(local, ov, aw, xadj, adjncy, shares, tolerance)
+
+
+def repair_and_refine(inputs: SpatialInputs, shares: Sequence[float], owner: I64, tolerance: float = 0.002) -> I64:
+    """Any starting tract -> site assignment (every tract given a site) made contiguous,
+    balanced and refined on :func:`crossing_work` as the ``graph`` method does its METIS
+    trials: for comparing other partitioners' starts on the same footing (the benchmark)."""
+    work, active = _check(inputs, shares)
+    xadj, adjncy, ew = _graph(inputs, active)
+    ov = _Overlaps(inputs, active, len(shares))
+    out = np.full(inputs.n_tracts, -1, dtype=np.int64)
+    out[active] = _polish(np.asarray(owner, dtype=np.int64)[active].copy(), work[active], xadj, adjncy, ew, ov,
+                          shares, tolerance)
+    return out
 
 
 def share_error(owner: I64, work: I64, shares: Sequence[float] | NDArray[np.float64]) -> float:

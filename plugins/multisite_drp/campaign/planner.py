@@ -4,8 +4,8 @@ Steps
 -----
 1. Partition the tracts (:mod:`.partition`): one contiguous region per site sized by
    its share of the coadd work.
-2. Assign each whole visit to one site: the site whose region holds most of the
-   visit's detector-tract overlaps (so most of its PVIs stay home). Visits overlapping
+2. Assign each whole visit to one site: the site whose region most of the visit's
+   detectors overlap (so most of its PVIs stay home). Visits overlapping
    several regions ("boundary visits") are then moved between sites, cheapest first,
    until each site's detector-visits are within ``planner.share_tolerance`` of its share.
 3. Derive transfers generically from the dataflow (:mod:`.dataflow`): for every step and
@@ -21,11 +21,11 @@ Quality metric
 to the site that processes them and outputs returned to the hub (both are the same for
 any partition with the same shares). It includes bootstrap, overlap (PVIs to coadd
 sites, tract catalogues to visit sites), gathers before and fan-outs after global steps.
-Detector-level overlap counts are summed per (visit, tract): a detector overlapping two
-tracts of the same foreign site is counted twice, so the figure is an upper bound. On the
-DR1-sized benchmark survey an exact (visit, detector, site) recount of 1,500 sampled
-boundary visits found 16-18% fewer PVIs than this sum, the same for the graph partition
-and RA stripes, so the comparison between partitions holds.
+A PVI is counted once per (visit, detector, site that needs it): a detector overlapping
+two tracts of the same foreign site crosses once (:func:`.partition.site_affinity`, from
+the inputs' shared-detector table). Inputs without that table (a parquet dataset written
+before it) fall back to summing per (visit, tract), which counts such a detector once per
+tract: an upper bound, 20-21% high on the DR1-sized benchmark survey (DESIGN 54).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def assign_visits(inputs: SpatialInputs, tract_owner: I64, shares: list[float], 
 
     Balancing moves boundary visits from the most over-full site to a site its visits
     touch, choosing first the visits whose move adds the fewest crossing PVIs per
-    detector of work (cost = detectors in the old region - detectors in the new one).
+    detector of work (cost = detectors overlapping the old region - detectors overlapping
+    the new one, each detector once per region: :func:`.partition.site_affinity`).
     """
     k = len(shares)
     aff = site_affinity(inputs, tract_owner, k)
@@ -288,6 +289,8 @@ class _Context:
         self.hub = self.names.index(config.hub.name)
         self.k = len(self.names)
         self.t_work = inputs.tract_work()
+        # Detectors of each visit overlapping each site's region, once per (detector, site).
+        self.aff = site_affinity(inputs, tract_owner, self.k)
         # Bands per tract (for band-dimensioned tract products such as coadds).
         bands, bcode = np.unique(inputs.visit_band, return_inverse=True)
         key = np.unique(inputs.ov_tract * len(bands) + bcode[inputs.ov_visit])
@@ -311,7 +314,10 @@ class _Context:
     # -- what is needed where ----------------------------------------------------------------
 
     def needed_visits(self, sharding: Sharding, site: int) -> tuple[I64, I64]:
-        """(visit indices, detectors needed per visit) at ``site`` for a step of ``sharding``."""
+        """(visit indices, detectors needed per visit) at ``site`` for a step of ``sharding``.
+
+        A tract step needs each detector overlapping the site's region once, however many
+        of its tracts the detector overlaps."""
         inp = self.inputs
         if sharding is Sharding.global_:
             v = np.flatnonzero(self.v_own >= 0)
@@ -319,8 +325,7 @@ class _Context:
         if sharding is Sharding.visit:
             v = np.flatnonzero(self.v_own == site)
             return v, inp.visit_ndet[v].astype(np.int64)
-        rows = (self.t_own[inp.ov_tract] == site) & (self.v_own[inp.ov_visit] >= 0)
-        det = np.bincount(inp.ov_visit[rows], weights=inp.ov_ndet[rows], minlength=inp.n_visits).astype(np.int64)
+        det = np.where(self.v_own >= 0, self.aff[:, site], 0).astype(np.int64)
         v = np.flatnonzero(det > 0)
         return v, det[v]
 

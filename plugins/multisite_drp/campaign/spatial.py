@@ -11,9 +11,15 @@ detector-visits, ~19k tracts) fits in memory and plans in seconds. Two sources:
   computed once and stored (``bench/planner_scale.py`` writes one).
 
 The overlap table holds, for every (visit, tract) pair that overlaps, the number of
-the visit's detectors whose regions overlap the tract. That number is the work the
-tract's coadd needs from the visit and the PVIs that cross sites if the visit and the
-tract are planned at different sites.
+the visit's detectors whose regions overlap the tract: the work the tract's coadd needs
+from the visit. A detector on a tract boundary is in several rows, so summing rows over a
+site's tracts counts it once per tract. The shared-detector table (``multi_*``) holds
+what an exact count needs: for each visit, the detectors overlapping two or more tracts,
+grouped by that set of tracts with a count per set (on the DR1-sized benchmark 4.6M sets
+holding 14M of the 36M detector-visits, against ~50M rows for a per-detector table). With
+it, :meth:`SpatialInputs.detector_sets` gives every visit's detectors grouped by the exact set of tracts they
+overlap, so a detector-visit's PVI is counted once per site that needs it, however many
+of that site's tracts it overlaps.
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ from multisite_drp.errors import InputError
 from .geometry import PolygonSet, lonlat_to_xyz, overlapping_pairs, xyz_to_lonlat
 
 __all__ = [
+    "DetectorSets",
     "SpatialInputError",
     "SpatialInputs",
     "from_butler",
     "from_parquet",
+    "sets_from_keys",
     "to_parquet",
     "tract_adjacency",
+    "tract_sets",
 ]
 
 I64 = NDArray[np.int64]
@@ -49,6 +58,124 @@ ADJACENCY_TOLERANCE = 1e-7
 
 class SpatialInputError(InputError, ValueError):
     """The spatial inputs are empty or inconsistent; the message names the input and the expectation."""
+
+
+@dataclass(frozen=True)
+class DetectorSets:
+    """Every visit's detectors grouped by the exact set of tracts they overlap.
+
+    Set ``i`` holds ``ndet[i]`` detectors of visit ``visit[i]``, each overlapping exactly
+    the tracts ``tracts[:, i][tracts[:, i] >= 0]`` (one or more; a column is padded with -1
+    to the largest set, 4 tracts on the DR1-sized benchmark). Sets are ordered largest
+    first, so row ``j`` (every set's ``j``-th tract) is real in its first ``row_len[j]``
+    columns only and a pass over the sets reads those. A detector is in one set.
+    """
+
+    visit: I64  # (S,) visit index per set
+    ndet: I64  # (S,) detectors of the visit overlapping exactly the set's tracts
+    tracts: I32  # (W, S) the sets' tract indices, padded with -1
+    row_len: I64  # (W,) sets with a j-th tract (non-increasing)
+    exact: bool  # False: built from the (visit, tract) table alone (each row a set of one tract)
+
+    def members(self) -> tuple[I64, I64]:
+        """(set, tract) of every member: sets ascending."""
+        s_idx, col = np.nonzero(self.tracts.T >= 0)  # sets ascending
+        return s_idx.astype(np.int64), self.tracts[col, s_idx].astype(np.int64)
+
+    def site_counts(self, tract_owner: I64, k: int) -> NDArray[np.int32]:
+        """(k, S): each set's member tracts at each site (tracts with a negative owner at none)."""
+        owner = np.asarray(tract_owner, dtype=np.int32)
+        out = np.zeros((k, len(self.visit)), dtype=np.int32)
+        for j, n in enumerate(self.row_len.tolist()):
+            own = owner[self.tracts[j, :n]]
+            for s in range(k):
+                out[s, :n] += own == s
+        return out
+
+    def affinity(self, counts: NDArray[np.int32], n_visits: int) -> NDArray[np.float64]:
+        """(V, k): each visit's detectors in sets with a tract at each site (``counts`` from
+        :meth:`site_counts`): a detector once per site, however many of its tracts are there."""
+        k = counts.shape[0]
+        aff = np.empty((n_visits, k))
+        w = self.ndet.astype(np.float64)
+        buf = np.empty_like(w)
+        for s in range(k):
+            aff[:, s] = np.bincount(self.visit, weights=np.multiply(w, counts[s] > 0, out=buf), minlength=n_visits)
+        return aff
+
+
+def tract_sets(visit: I64, detector: I64, tract: I64, chunk_rows: int = 1 << 21) -> tuple[I64, I64, I64, I64]:
+    """The shared-detector table from (visit, detector, tract) overlap rows (any order, unique).
+
+    Returns ``(multi_visit, multi_ndet, multi_set, multi_tract)``: one set per (visit, set of
+    two or more tracts) that some detector of the visit overlaps exactly, the number of such
+    detectors, and the set's member rows (set index ascending, tract ascending within a set).
+    Rows of detectors overlapping one tract may be left out of the input. The rows are sorted
+    as one int64 key each and grouped ``chunk_rows`` at a time (whole visits), so the memory
+    beyond the input is about 8 bytes a row plus one chunk's work.
+    """
+    visit, detector, tract = (np.asarray(x, dtype=np.int64) for x in (visit, detector, tract))
+    empty = np.zeros(0, np.int64)
+    if not len(visit):
+        return empty, empty, empty, empty
+    nd, nt = int(detector.max()) + 1, int(tract.max()) + 1
+    per_visit = nd * nt
+    if (int(visit.max()) + 1) * per_visit >= 2**62:  # indices too wide for one key: one lexsort, one chunk
+        order = np.lexsort((tract, detector, visit))
+        return _group_sorted(visit[order], detector[order], tract[order])
+    key = (visit * nd + detector) * nt + tract
+    del visit, detector, tract
+    key.sort()
+    return sets_from_keys(key, nd, nt, chunk_rows)
+
+
+def sets_from_keys(key: I64, nd: int, nt: int, chunk_rows: int = 1 << 21) -> tuple[I64, I64, I64, I64]:
+    """:func:`tract_sets` of rows given as sorted keys ``(visit * nd + detector) * nt + tract``."""
+    per_visit = nd * nt
+    parts: list[tuple[I64, I64, I64, I64]] = [(np.zeros(0, np.int64),) * 4]
+    i, n_sets = 0, 0
+    while i < len(key):
+        j = min(i + chunk_rows, len(key))
+        if j < len(key):  # end the chunk at a visit boundary (after the one visit if it is longer)
+            v_j = int(key[j] // per_visit)
+            j = int(np.searchsorted(key, v_j * per_visit))
+            if j <= i:
+                j = int(np.searchsorted(key, (v_j + 1) * per_visit))
+        k = key[i:j]
+        mv, mn, ms, mt = _group_sorted(k // per_visit, k % per_visit // nt, k % nt)
+        parts.append((mv, mn, ms + n_sets, mt))
+        n_sets += len(mv)
+        i = j
+    mv, mn, ms, mt = (np.concatenate([p[c] for p in parts]) for c in range(4))
+    return mv, mn, ms, mt
+
+
+def _group_sorted(v: I64, d: I64, t: I64) -> tuple[I64, I64, I64, I64]:
+    """:func:`tract_sets` of rows sorted by (visit, detector, tract)."""
+    empty = np.zeros(0, np.int64)
+    start = np.concatenate([[True], (v[1:] != v[:-1]) | (d[1:] != d[:-1])])
+    det = np.cumsum(start) - 1
+    size = np.bincount(det)
+    keep = size[det] >= 2
+    if not keep.any():
+        return empty, empty, empty, empty
+    v, t, det = v[keep], t[keep], det[keep]
+    first = np.flatnonzero(np.concatenate([[True], det[1:] != det[:-1]]))
+    n = np.diff(np.concatenate([first, [len(det)]]))
+    width = int(n.max())
+    # One row per shared detector: visit, then its tracts (ascending, padded with -1).
+    rows = np.full((len(first), width + 1), -1, dtype=np.int64)
+    rows[:, 0] = v[first]
+    pos = np.arange(len(det)) - np.repeat(first, n)
+    rows[np.repeat(np.arange(len(first)), n), pos + 1] = t
+    o = np.lexsort(rows.T[::-1])
+    rows = rows[o]
+    new = np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])
+    gstart = np.flatnonzero(new)
+    uniq = rows[gstart]
+    ndet = np.diff(np.concatenate([gstart, [len(rows)]]))
+    s_idx, col = np.nonzero(uniq[:, 1:] >= 0)
+    return uniq[:, 0].copy(), ndet.astype(np.int64), s_idx.astype(np.int64), uniq[s_idx, col + 1]
 
 
 @dataclass
@@ -69,6 +196,14 @@ class SpatialInputs:
     ov_visit: I64  # index into visits
     ov_tract: I64  # index into tracts
     ov_ndet: I32  # detectors of the visit overlapping the tract
+    # Optional shared-detector table (see the module docstring and tract_sets): per set, the
+    # visit and the number of its detectors overlapping exactly that set of >= 2 tracts; the
+    # member rows give each set's tracts. None: unknown (an input written without it), and
+    # crossings are then counted per (visit, tract), an upper bound.
+    multi_visit: I64 | None = None
+    multi_ndet: I32 | None = None
+    multi_set: I64 | None = None
+    multi_tract: I64 | None = None
     # Optional detector-level table (small inputs only): visit index, detector, tract index, patch.
     det_visit: I64 | None = None
     det_detector: I64 | None = None
@@ -79,6 +214,7 @@ class SpatialInputs:
     visit_radius: F64 | None = None
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    _sets: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_tracts(self) -> int:
@@ -116,7 +252,47 @@ class SpatialInputs:
                 raise SpatialInputError(f"{src}: ov_tract out of range 0..{self.n_tracts - 1}")
             if self.ov_ndet.min() <= 0:
                 raise SpatialInputError(f"{src}: ov_ndet must be > 0 (pairs that do not overlap are omitted)")
+        self._validate_multi(src)
         return self
+
+    def _validate_multi(self, src: str) -> None:
+        cols = (self.multi_visit, self.multi_ndet, self.multi_set, self.multi_tract)
+        if all(c is None for c in cols):
+            return
+        if any(c is None for c in cols):
+            raise SpatialInputError(f"{src}: multi_visit, multi_ndet, multi_set and multi_tract must be given together")
+        if len(self.multi_visit) != len(self.multi_ndet) or len(self.multi_set) != len(self.multi_tract):
+            raise SpatialInputError(f"{src}: shared-detector columns differ in length")
+        if not len(self.multi_visit):
+            return
+        if self.multi_ndet.min() <= 0:
+            raise SpatialInputError(f"{src}: multi_ndet must be > 0")
+        if self.multi_set.min() < 0 or self.multi_set.max() >= len(self.multi_visit) \
+                or (np.diff(self.multi_set) < 0).any():
+            raise SpatialInputError(f"{src}: multi_set must index the sets in ascending order")
+        if (np.bincount(self.multi_set, minlength=len(self.multi_visit)) < 2).any():
+            raise SpatialInputError(f"{src}: every shared-detector set must hold two or more tracts")
+        if self.multi_visit.min() < 0 or self.multi_visit.max() >= self.n_visits \
+                or self.multi_tract.min() < 0 or self.multi_tract.max() >= self.n_tracts:
+            raise SpatialInputError(f"{src}: multi_visit or multi_tract out of range")
+        # Each member (visit, tract) is an overlap row, and its sets' detectors are among its ndet.
+        pos, hit = self._ov_rows(self.multi_visit[self.multi_set], self.multi_tract)
+        if not hit.all():
+            raise SpatialInputError(f"{src}: a shared-detector set names a (visit, tract) pair missing from "
+                                    "the overlap table; expected every member to overlap")
+        shared = np.bincount(pos, weights=self.multi_ndet[self.multi_set], minlength=len(self.ov_visit))
+        if (shared > self.ov_ndet).any():
+            raise SpatialInputError(f"{src}: shared-detector sets hold more detectors of a (visit, tract) pair "
+                                    "than ov_ndet; expected at most ov_ndet")
+
+    def _ov_rows(self, visit: I64, tract: I64) -> tuple[I64, NDArray[np.bool_]]:
+        """(overlap row, found) of each (visit index, tract index) pair."""
+        key = self.ov_visit * self.n_tracts + self.ov_tract
+        order = np.argsort(key, kind="stable")
+        want = visit * self.n_tracts + tract
+        pos = np.clip(np.searchsorted(key, want, sorter=order), 0, max(len(key) - 1, 0))
+        rows = order[pos] if len(key) else np.zeros(len(want), np.int64)
+        return rows, (key[rows] == want) if len(key) else np.zeros(len(want), bool)
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -124,24 +300,72 @@ class SpatialInputs:
         """Detector-visits overlapping each tract: the tract's coadd work."""
         return np.bincount(self.ov_tract, weights=self.ov_ndet, minlength=self.n_tracts).astype(np.int64)
 
+    def detector_sets(self) -> DetectorSets:
+        """Every visit's detectors grouped by the exact set of tracts they overlap (cached).
+
+        Sets of one tract come from the overlap table less the shared detectors; sets of
+        several from the shared-detector table. Without that table each (visit, tract) row is
+        taken as a set of its own (``exact=False``): a detector on a boundary is then counted
+        once per tract.
+        """
+        key = tuple((id(a), len(a)) if a is not None else None for a in (
+            self.ov_visit, self.ov_tract, self.ov_ndet, self.multi_visit, self.multi_ndet, self.multi_set,
+            self.multi_tract))
+        if self._sets is not None and self._sets[0] == key:
+            return self._sets[1]
+        ov_v, ov_t = self.ov_visit.astype(np.int64), self.ov_tract.astype(np.int64)
+        single = self.ov_ndet.astype(np.int64)
+        exact = self.multi_visit is not None
+        if exact and len(self.multi_visit):
+            pos, _ = self._ov_rows(self.multi_visit[self.multi_set], self.multi_tract)
+            single = single - np.bincount(pos, weights=self.multi_ndet[self.multi_set],
+                                          minlength=len(single)).astype(np.int64)
+        keep = np.flatnonzero(single > 0)
+        n1 = len(keep)
+        if exact and len(self.multi_visit):
+            m_set = self.multi_set.astype(np.int64)
+            size = np.bincount(m_set, minlength=len(self.multi_visit))
+            start = np.concatenate([[0], np.cumsum(size)])
+            pos = np.arange(len(m_set)) - start[m_set]  # place within its set
+            rank = np.empty(len(size), dtype=np.int64)  # largest sets first, then the single-tract ones
+            rank[np.argsort(-size, kind="stable")] = np.arange(len(size))
+            n_m = len(size)
+            tracts = np.full((int(pos.max()) + 1, n_m + n1), -1, dtype=np.int32)
+            tracts[pos, rank[m_set]] = self.multi_tract
+            visit = np.empty(n_m, dtype=np.int64)
+            visit[rank] = self.multi_visit
+            ndet = np.empty(n_m, dtype=np.int64)
+            ndet[rank] = self.multi_ndet
+            visit, ndet = np.concatenate([visit, ov_v[keep]]), np.concatenate([ndet, single[keep]])
+            row_len = np.array([(size > j).sum() for j in range(tracts.shape[0])], dtype=np.int64)
+            row_len[0] = n_m + n1
+        else:
+            n_m, tracts = 0, np.full((1, n1), -1, dtype=np.int32)
+            visit, ndet = ov_v[keep], single[keep]
+            row_len = np.array([n1], dtype=np.int64)
+        tracts[0, n_m:] = ov_t[keep]
+        sets = DetectorSets(visit, ndet, tracts, row_len, exact)
+        self._sets = (key, sets)
+        return sets
+
     def tract_index(self, ids: I64) -> I64:
-        order = np.argsort(self.tract_id)
-        pos = np.searchsorted(self.tract_id, ids, sorter=order)
-        pos = np.clip(pos, 0, len(order) - 1)
-        idx = order[pos]
-        bad = self.tract_id[idx] != ids
-        if bad.any():
-            raise SpatialInputError(f"{self.source}: unknown tract ids {ids[bad][:10].tolist()}")
-        return idx
+        return _index_of(self.tract_id, ids, f"{self.source}: unknown tract ids")
 
     def visit_index(self, ids: I64) -> I64:
-        order = np.argsort(self.visit_id)
-        pos = np.clip(np.searchsorted(self.visit_id, ids, sorter=order), 0, len(order) - 1)
-        idx = order[pos]
-        bad = self.visit_id[idx] != ids
-        if bad.any():
-            raise SpatialInputError(f"{self.source}: unknown visit ids {ids[bad][:10].tolist()}")
-        return idx
+        return _index_of(self.visit_id, ids, f"{self.source}: unknown visit ids")
+
+
+def _index_of(known: I64, ids: I64, what: str) -> I64:
+    """Index into ``known`` (unique) of each of ``ids``; raise naming the first unknown ones."""
+    if len(known) > 1 and (np.diff(known) > 0).all():  # sorted (the usual case): no sorter needed
+        idx = np.clip(np.searchsorted(known, ids), 0, len(known) - 1)
+    else:
+        order = np.argsort(known)
+        idx = order[np.clip(np.searchsorted(known, ids, sorter=order), 0, len(order) - 1)]
+    bad = known[idx] != ids
+    if bad.any():
+        raise SpatialInputError(f"{what} {ids[bad][:10].tolist()}")
+    return idx
 
 
 def tract_adjacency(tracts: PolygonSet) -> tuple[I64, I64]:
@@ -254,6 +478,7 @@ def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, wher
     tp = np.unique(tract_pairs, axis=0)  # one row per (visit, detector, tract)
     key = tp[:, 0] * len(tract_id) + tp[:, 2]
     ukey, counts = np.unique(key, return_counts=True)
+    m_visit, m_ndet, m_set, m_tract = tract_sets(tp[:, 0], tp[:, 1], tp[:, 2])
     inputs = SpatialInputs(
         tract_id=tract_id, tract_ra=tract_ra, tract_dec=tract_dec, tract_npatch=npatch,
         adj_a=adj_a, adj_b=adj_b,
@@ -261,6 +486,7 @@ def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, wher
         visit_radius=radius,
         ov_visit=(ukey // len(tract_id)).astype(np.int64), ov_tract=(ukey % len(tract_id)).astype(np.int64),
         ov_ndet=counts.astype(np.int32),
+        multi_visit=m_visit, multi_ndet=m_ndet.astype(np.int32), multi_set=m_set, multi_tract=m_tract,
         det_visit=rows[:, 0], det_detector=rows[:, 1], det_tract=rows[:, 2], det_patch=rows[:, 3],
         source=src,
     )
@@ -269,7 +495,7 @@ def from_butler(repo: str | os.PathLike[str], instrument: str, skymap: str, wher
 
 # -- parquet -------------------------------------------------------------------------------
 
-_TABLES = ("tracts", "adjacency", "visits", "overlaps", "detectors")
+_TABLES = ("tracts", "adjacency", "visits", "overlaps", "shared_detectors", "detectors")
 
 
 def to_parquet(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
@@ -291,6 +517,11 @@ def to_parquet(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
     pq.write_table(pa.table(visits), out / "visits.parquet")
     pq.write_table(pa.table({"visit": v[inputs.ov_visit], "tract": t[inputs.ov_tract], "ndet": inputs.ov_ndet}),
                    out / "overlaps.parquet")
+    if inputs.multi_visit is not None:  # one row per set: visit, detectors, its tracts (a list)
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(inputs.multi_set, minlength=len(inputs.multi_visit)))])
+        tracts = pa.ListArray.from_arrays(pa.array(offsets, pa.int64()).cast(pa.int32()), pa.array(t[inputs.multi_tract]))
+        pq.write_table(pa.table({"visit": v[inputs.multi_visit], "ndet": inputs.multi_ndet, "tracts": tracts}),
+                       out / "shared_detectors.parquet")
     if inputs.det_visit is not None:
         pq.write_table(pa.table({"visit": v[inputs.det_visit], "detector": inputs.det_detector,
                                  "tract": t[inputs.det_tract], "patch": inputs.det_patch}),
@@ -299,7 +530,9 @@ def to_parquet(inputs: SpatialInputs, path: str | os.PathLike[str]) -> Path:
 
 
 def from_parquet(path: str | os.PathLike[str]) -> SpatialInputs:
-    """Read a parquet dataset written by :func:`to_parquet` (tables named in ``_TABLES``)."""
+    """Read a parquet dataset written by :func:`to_parquet` (tables named in ``_TABLES``; the first
+    four are required). Without ``shared_detectors.parquet`` (a dataset written before it
+    existed) crossings are counted per (visit, tract), an upper bound, and ``notes`` says so."""
     import pyarrow.parquet as pq
 
     src = Path(path)
@@ -332,6 +565,17 @@ def from_parquet(path: str | os.PathLike[str]) -> SpatialInputs:
     partial.ov_visit = partial.visit_index(col(ov, "visit", np.int64))
     partial.ov_tract = partial.tract_index(col(ov, "tract", np.int64))
     partial.ov_ndet = col(ov, "ndet", np.int32)
+    if (src / "shared_detectors.parquet").is_file():
+        sd = pq.read_table(src / "shared_detectors.parquet")
+        lists = sd.column("tracts").combine_chunks()
+        sizes = np.diff(lists.offsets.to_numpy().astype(np.int64))
+        partial.multi_visit = partial.visit_index(col(sd, "visit", np.int64))
+        partial.multi_ndet = col(sd, "ndet", np.int32)
+        partial.multi_set = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+        partial.multi_tract = partial.tract_index(lists.flatten().to_numpy().astype(np.int64, copy=False))
+    else:
+        partial.notes.append(f"{src}: no shared_detectors.parquet: crossings are counted per (visit, tract), "
+                             "an upper bound (a detector on a boundary counts once per tract)")
     if (src / "detectors.parquet").is_file():
         de = pq.read_table(src / "detectors.parquet")
         partial.det_visit = partial.visit_index(col(de, "visit", np.int64))

@@ -14,7 +14,9 @@ and on small random layouts where a brute-force sphgeom check is cheap.
   northern ecliptic spur.
 * :func:`count_overlaps` streams the detectors of every visit through the exact
   polygon test of :mod:`.geometry`, chunk by chunk, and keeps only the per
-  (visit, tract) detector counts, so the 36M detector polygons never exist at once.
+  (visit, tract) detector counts and a compact (detector-visit, tract) hit list, so the
+  36M detector polygons never exist at once; the hit list is reduced at the end to the
+  shared-detector table (detectors overlapping two or more tracts, grouped by that set).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .geometry import PolygonSet, candidate_pairs, lonlat_to_xyz, xyz_to_lonlat
-from .spatial import SpatialInputs, tract_adjacency
+from .spatial import SpatialInputs, sets_from_keys, tract_adjacency
 
 __all__ = ["SkyMapGeometry", "count_overlaps", "focal_plane", "grid_skymap", "lsst_like_visits",
            "rings_skymap", "synthetic_survey"]
@@ -213,7 +215,8 @@ def detector_vertices(ra: np.ndarray, dec: np.ndarray, rot: np.ndarray, fp: np.n
 
 def count_overlaps(visits: dict[str, np.ndarray], skymap: SkyMapGeometry, fp: np.ndarray,
                    chunk_pairs: int = 4000, detectors: bool = False) -> dict[str, np.ndarray]:
-    """(visit index, tract index, detectors overlapping) for every overlapping pair.
+    """(visit index, tract index, detectors overlapping) for every overlapping pair, and the
+    shared-detector table (``multi_*``, :func:`.spatial.tract_sets`).
 
     Per candidate (visit, tract) pair the detector centres are first compared with the
     tract's edges: a detector whose circumscribed circle is inside every edge overlaps,
@@ -242,6 +245,11 @@ def count_overlaps(visits: dict[str, np.ndarray], skymap: SkyMapGeometry, fp: np
     normals32 = tracts.normals.astype(np.float32)
     out_v, out_t, out_n = [], [], []
     det_rows: list[np.ndarray] = []
+    n_det = fp.shape[0]
+    # (visit * detectors + detector, tract) of every hit: 8 bytes a hit while V * D < 2**31.
+    kdt = np.int32 if len(vc) * n_det < 2**31 else np.int64
+    hit_key: list[np.ndarray] = []
+    hit_tract: list[np.ndarray] = []
     bounds = np.flatnonzero(np.diff(nv)) + 1
     for g0, g1 in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(vi)]])):
         if g1 <= g0:
@@ -276,12 +284,14 @@ def count_overlaps(visits: dict[str, np.ndarray], skymap: SkyMapGeometry, fp: np
                     res_amb[rest] = ~sep2
                 hit[amb_p, amb_d] = res_amb
             cnt = hit.sum(axis=1)
+            hp, hd = np.nonzero(hit)
+            hit_key.append((pv[hp] * n_det + hd).astype(kdt))
+            hit_tract.append(pt[hp].astype(np.int32))
             nz = cnt > 0
             out_v.append(pv[nz])
             out_t.append(pt[nz])
             out_n.append(cnt[nz].astype(np.int32))
             if detectors:
-                hp, hd = np.nonzero(hit)
                 det_rows.append(np.stack([pv[hp], hd, pt[hp]], axis=1))
     if out_v:
         v_all, t_all, n_all = np.concatenate(out_v), np.concatenate(out_t), np.concatenate(out_n)
@@ -292,6 +302,17 @@ def count_overlaps(visits: dict[str, np.ndarray], skymap: SkyMapGeometry, fp: np
         "tract": np.concatenate(out_t) if out_t else np.zeros(0, np.int64),
         "ndet": np.concatenate(out_n) if out_n else np.zeros(0, np.int32),
     }
+    # Detectors hitting two or more tracts (across all chunks) -> the shared-detector table.
+    keys = np.concatenate(hit_key) if hit_key else np.zeros(0, kdt)
+    del hit_key
+    tracts_hit = np.concatenate(hit_tract) if hit_tract else np.zeros(0, np.int32)
+    del hit_tract
+    shared = np.bincount(keys, minlength=len(vc) * n_det)[keys] >= 2 if len(keys) else np.zeros(0, bool)
+    n_tr = len(tracts)
+    key = keys[shared].astype(np.int64) * n_tr + tracts_hit[shared]  # (visit * D + detector) * T + tract
+    del keys, tracts_hit, shared
+    key.sort()
+    res["multi_visit"], res["multi_ndet"], res["multi_set"], res["multi_tract"] = sets_from_keys(key, n_det, n_tr)
     if detectors:
         res["detectors"] = np.concatenate(det_rows) if det_rows else np.zeros((0, 3), np.int64)
     if detectors and len(res["detectors"]):
@@ -323,6 +344,8 @@ def synthetic_survey(n_visits: int, *, skymap: SkyMapGeometry | None = None, see
         visit_dec=visits["dec"], visit_ndet=np.full(len(visits["visit"]), fp.shape[0], np.int32),
         visit_radius=np.full(len(visits["visit"]), _fov_radius(fp)),
         ov_visit=ov["visit"].astype(np.int64), ov_tract=ov["tract"].astype(np.int64), ov_ndet=ov["ndet"],
+        multi_visit=ov["multi_visit"], multi_ndet=ov["multi_ndet"].astype(np.int32), multi_set=ov["multi_set"],
+        multi_tract=ov["multi_tract"],
         source=f"synthetic LSST-like survey ({len(visits['visit'])} visits, {len(skymap.tract_id)} tracts, "
                f"seed {seed})",
     )
