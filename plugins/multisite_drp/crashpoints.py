@@ -17,7 +17,8 @@ The sites, in the order a step meets them:
   (``services.workflow.embedded``);
 * ``runner.before_merge``, ``runner.after_merge``: the embedded runner's final job
   (``services.workflow.runner``);
-* ``merge.after_command``: ``actions.merge`` merged, the output chain not yet made;
+* ``merge.after_command``: ``actions.finish_merge`` about to chain the group's RUN (its merge
+  command, if one was needed, has ended);
 * ``register.before_close``: files attached to a Rucio dataset, not yet closed;
 * ``rule.after_add``: a Rucio rule added, not yet looked up again
   (``services.replica.rucio``);

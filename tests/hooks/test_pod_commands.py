@@ -217,6 +217,21 @@ def test_bad_adapter_and_unmounted_paths_are_refused(cfg) -> None:
                                    env={"API_TOKEN": FAKE_SECRET}, resources=Resources(cpu="1")))
 
 
+def test_a_command_that_must_hold_a_file_lock_is_refused_before_the_cluster(cfg) -> None:
+    """A merge into a local repository holds its write lock for its life (``CommandSpec.lock``);
+    a pod cannot hold a lock on the worker's disk, so the pod adapter refuses it, before it
+    asks the cluster anything (none here)."""
+    import dataclasses
+
+    from multisite_drp.hooks.pods import PodCommandService
+    from multisite_drp.services.commands.base import CommandError
+
+    service = PodCommandService(_settings(cfg, "frdf"))
+    spec = dataclasses.replace(_spec(cfg, "frdf", "merge"), lock="/repo/.multisite-drp-write.lock", lock_seconds=60)
+    with pytest.raises(CommandError, match="database-backed butler"):
+        service.start(spec)
+
+
 def test_pod_states_from_provider_objects() -> None:
     from kubernetes.client import models as k8s
     from multisite_drp.hooks.pods import pod_state

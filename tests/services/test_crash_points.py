@@ -185,11 +185,31 @@ def test_submit_and_merge_resume_after_a_crash(ctx, setup: Path) -> None:
     assert dead.state is WmsStates.FAILED and "phase merge" in dead.message, dead
     assert len(_runner_starts(sdir)) == 1 and dead.attempt == 1 and not dead.merged
 
-    # 3. The merge task: killed after its merge, before the output chain.
+    # 3. The merge the workflow did not make holds the butler's write lock itself, for its
+    #    life (so the task that starts it may defer): started while another writer holds the
+    #    lock, it waits, and the outputs stay as they were until that writer is done.
+    import time
+
+    from multisite_drp.services.butler import WRITE_LOCK_FILE, local_root
+    from multisite_drp.services.commands.base import CommandState
+
+    repo = ctx.config.repo_of("usdf")
+    command, again = actions.merge_command(ctx, "step1", "usdf", 0)
+    assert again and command.lock == str(local_root(repo) / WRITE_LOCK_FILE)
+    usdf, predicted = ctx.butlers["usdf"], actions.read_graph(spec.qgraph).predicted_outputs
+    with site_write_lock(repo, 30):
+        merging = ctx.commands["usdf"].begin(command, again=again)
+        time.sleep(3)
+        assert ctx.commands["usdf"].status([merging])[merging.name] is CommandState.RUNNING
+        usdf.refresh()
+        assert usdf.count(["pvi"], spec.output_run)["pvi"] < predicted["pvi"]
+    assert ctx.commands["usdf"].wait(merging, timeout=300) is CommandState.SUCCEEDED
+    assert actions.merge_command(ctx, "step1", "usdf", 0) is None  # merged: nothing to run
+
+    #    The merge task: killed after its merge, before the output chain.
     _crash(setup, "merge.after_command", "merge", "step1", "usdf", "0")
     merged = actions.merge(ctx, "step1", "usdf", 0)
     assert merged["counts"] == merged["predicted"] and merged["counts"]["pvi"] == 4
-    usdf = ctx.butlers["usdf"]
     assert spec.output_run in usdf.butler.collections.get_info(names.output_chain(ctx.config, "step1", "usdf")).children
 
     # 4. The submit task's retry restarts the failed workflow (attempt 2): run-qbb skips every

@@ -253,6 +253,10 @@ class PodCommandService(CommandService):
 
         if spec.site != self.site:
             raise CommandError(f"command {spec.name} is for site {spec.site}, this runner serves {self.site}")
+        if spec.lock:
+            raise CommandError(f"command {spec.name} must hold the file lock {spec.lock} for its life, which a pod "
+                               "cannot do on the worker's disk: a site whose commands run in pods needs a "
+                               "database-backed butler (its writers need no file lock)")
         body = self.render(spec)  # validated before the cluster is asked anything
         existing = self._read(body.metadata.name)
         attempt = 1

@@ -208,9 +208,39 @@ class SubmitWorkflowOperator(StepSiteOperator):
         return {**ref, "monitor_url": url}
 
 
-class MergeOutputsOperator(StepSiteOperator):
+class MergeOutputsOperator(CommandOperatorMixin, StepSiteOperator):
+    """Checks the site's butler holds every predicted output of the group; if not, and the
+    workflow's final job did not merge, runs the merge through the site's command runner
+    and defers while it runs (the command itself holds a local butler's write lock, so no
+    worker waits on it); then adds the group's RUN to the step's chain at the site
+    (``actions.merge_command``, ``actions.finish_merge``)."""
+
     action = "merge"
     ui_color = "#d9ead3"
+
+    def execute(self, context) -> Any:
+        from multisite_drp.services import actions
+
+        hook, ctx = self.prepare(context)
+        pending = actions.merge_command(ctx, self.step, self.site, self.group_id)
+        if pending is None:
+            return self._finish(ctx)
+        spec, again = pending
+        return self.start_command(context, hook, spec, again=again)
+
+    # Its own attribute, so that CampaignTaskMixin ends the project's errors here too.
+    execute_complete = CommandOperatorMixin.execute_complete
+
+    def command_done(self, context, ref, result) -> Any:
+        _, ctx = self.prepare(context)
+        return self._finish(ctx)
+
+    def _finish(self, ctx) -> Any:
+        from multisite_drp.services import actions
+
+        result = actions.finish_merge(ctx, self.step, self.site, self.group_id)
+        self.log.info("%s: %s", self.task_id, json.dumps(result, default=str)[:4000])
+        return result
 
 
 class RegisterOutputsOperator(StepSiteOperator):

@@ -39,7 +39,7 @@ from multisite_drp.campaign.config import CampaignConfig, SiteRole
 from multisite_drp.crashpoints import crashpoint
 from multisite_drp.errors import InputError
 from multisite_drp.services import middleware
-from multisite_drp.services.butler import SiteButler, site_write_lock
+from multisite_drp.services.butler import WRITE_LOCK_FILE, SiteButler, local_root
 from multisite_drp.services.commands.base import CommandService, CommandSpec
 from multisite_drp.services.fileio import atomic_write_json, read_json, sha256_of
 from multisite_drp.services.replica.base import ReplicaService, RuleRef
@@ -517,31 +517,57 @@ def accept(ctx: CampaignContext, ref: WorkflowRef) -> dict:
     return decision
 
 
-def merge(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
-    """Make sure the site butler holds the group workflow's outputs; merge now if it does not.
-    The group's RUN joins the step's chain at the site (``{prefix}/{step}/{site}``)."""
+def merge_command(ctx: CampaignContext, step: str, site: str, group: int) -> tuple[CommandSpec, bool] | None:
+    """The merge the group still needs, as ``(command, again)``; None when the site's butler
+    holds every predicted output, or the workflow's final job merged them.
+
+    The command holds the site butler's write lock for its whole life (``CommandSpec.lock``,
+    for a local repository; a database-backed butler needs none), so the task that starts
+    it may defer. ``again``: the outputs are incomplete, so a merge of that name that
+    succeeded before merged too little and runs again; one still running is waited for."""
     cfg = ctx.config
     spec = workflow_spec(ctx, step, site, group)
     contents = read_graph(spec.qgraph)
     local = ctx.butlers[site]
     local.refresh()
     counts = local.count(contents.predicted_outputs, spec.output_run)
-    if any(counts[t] < n for t, n in contents.predicted_outputs.items()):
-        ref = ctx.workflows[site].find(spec)
-        merged = ref is not None and ctx.workflows[site].report(ref).merged
-        if not merged:
-            log.info("%s/%s group %d: the workflow's final job did not merge; running the merge", step, site, group)
-            command = _command(ctx, step, site, group, "merge", middleware.merge_argv(spec.butler_repo, spec.qgraph),
-                               Path(spec.submit_dir) / "logs" / "merge.task.log")
-            with site_write_lock(spec.butler_repo, cfg.timeouts.lock_seconds):
-                # The outputs are incomplete, so a merge that succeeded before (found by its
-                # name) merged too little: it runs again; one still running is waited for.
-                ctx.commands[site].run(command, again=True)
-            crashpoint("merge.after_command")
-            local.refresh()
-            counts = local.count(contents.predicted_outputs, spec.output_run)
-    local.ensure_chain(names.output_chain(cfg, step, site), [spec.output_run])  # kept: the other groups' RUNs
+    if all(counts[t] >= n for t, n in contents.predicted_outputs.items()):
+        return None
+    ref = ctx.workflows[site].find(spec)
+    if ref is not None and ctx.workflows[site].report(ref).merged:
+        return None
+    log.info("%s/%s group %d: the workflow's final job did not merge; running the merge", step, site, group)
+    root = local_root(spec.butler_repo)
+    command = dataclasses.replace(
+        _command(ctx, step, site, group, "merge", middleware.merge_argv(spec.butler_repo, spec.qgraph),
+                 Path(spec.submit_dir) / "logs" / "merge.task.log"),
+        lock=str(root / WRITE_LOCK_FILE) if root is not None else None, lock_seconds=cfg.timeouts.lock_seconds)
+    return command, True
+
+
+def finish_merge(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
+    """After the merge (or none was needed): count the group's outputs in the site's butler
+    and add its RUN to the step's chain at the site (``{prefix}/{step}/{site}``)."""
+    crashpoint("merge.after_command")
+    spec = workflow_spec(ctx, step, site, group)
+    contents = read_graph(spec.qgraph)
+    local = ctx.butlers[site]
+    local.refresh()
+    counts = local.count(contents.predicted_outputs, spec.output_run)
+    local.ensure_chain(names.output_chain(ctx.config, step, site), [spec.output_run])  # kept: the other groups' RUNs
     return {"output_run": spec.output_run, "counts": counts, "predicted": contents.predicted_outputs}
+
+
+def merge(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
+    """Make sure the site butler holds the group workflow's outputs, merging now if it does
+    not (:func:`merge_command` run to its end through the site's command runner), then
+    :func:`finish_merge`. The DAG's ``merge`` task does the same but defers while the merge
+    runs (``operators.drp.MergeOutputsOperator``)."""
+    pending = merge_command(ctx, step, site, group)
+    if pending is not None:
+        command, again = pending
+        ctx.commands[site].run(command, again=again)
+    return finish_merge(ctx, step, site, group)
 
 
 def register(ctx: CampaignContext, step: str, site: str, group: int) -> dict:

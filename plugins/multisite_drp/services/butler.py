@@ -97,6 +97,10 @@ def copy_visit_records(source: Butler, dest: Butler, visits: Iterable[int], inst
     return counts
 
 
+#: The file whose ``flock`` serialises a local repository's writers (:func:`site_write_lock`).
+WRITE_LOCK_FILE = ".multisite-drp-write.lock"
+
+
 def local_root(repo: str) -> Path | None:
     """Directory of a local repository (path, ``file://`` URI or its butler.yaml); None if remote."""
     if "://" in repo and not repo.startswith("file://"):
@@ -114,7 +118,7 @@ def site_write_lock(repo: str, timeout: float | None = DEFAULT_LOCK_SECONDS) -> 
     if root is None:
         yield
         return
-    with file_lock(root / ".multisite-drp-write.lock", timeout,
+    with file_lock(root / WRITE_LOCK_FILE, timeout,
                    f"the write lock of butler {repo} (limit: the campaign's timeouts.lock_seconds)"):
         yield
 

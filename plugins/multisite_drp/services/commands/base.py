@@ -97,7 +97,11 @@ class CommandSpec:
     adapter's log is the pod's, copied there when ``result`` is read and the path is
     reachable). ``labels``: what the name is made of (campaign, step, site, generation,
     group, kind), for the pod's labels and the report. ``env``: plain settings for the
-    command (paths, switches), never a secret (refused, as ``procs.child_env`` does)."""
+    command (paths, switches), never a secret (refused, as ``procs.child_env`` does).
+    ``lock``: a file the runner holds (``flock``) for the command's whole life, waiting at
+    most ``lock_seconds`` for it (a local butler's write lock, for a merge into an embedded
+    site's repository: the lock outlives the task that started the command, so the task may
+    defer). A pod cannot hold a lock on the worker's disk: the pod adapter refuses one."""
 
     name: str
     site: str
@@ -108,6 +112,8 @@ class CommandSpec:
     resources: Resources | None = None
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    lock: str | None = None
+    lock_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.argv, str) or not self.argv:

@@ -5,12 +5,13 @@ allow-listed child environment with the spec's ``env`` on top; output appended t
 spec's log; past ``timeout`` the whole tree is killed) and writes ``DIR/result.json``:
 state, exit code, the log's last lines, a message. It holds ``DIR/runner.lock`` for its
 whole life (inherited from the starter as ``--lock-fd``), which is how a status probe
-knows it still runs.
+knows it still runs, and the spec's ``lock`` (a butler's write lock) while the argv runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from multisite_drp.services import middleware
 from multisite_drp.services.commands.base import CommandResult, CommandState
-from multisite_drp.services.fileio import atomic_write_json, read_json
+from multisite_drp.services.fileio import LockTimeoutError, atomic_write_json, file_lock, read_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{d}: no spec.json", file=sys.stderr)
         return 2
     try:
-        middleware.run_command(spec["argv"], spec["log_path"], env=spec.get("env") or None,
-                               timeout=spec.get("timeout"))
+        with contextlib.ExitStack() as held:
+            if spec.get("lock"):
+                held.enter_context(file_lock(spec["lock"], spec.get("lock_seconds"),
+                                             f"{spec['lock']} (command {spec['name']}; limit: the campaign's "
+                                             "timeouts.lock_seconds)"))
+            middleware.run_command(spec["argv"], spec["log_path"], env=spec.get("env") or None,
+                                   timeout=spec.get("timeout"))
         result = CommandResult(CommandState.SUCCEEDED, 0, "", "")
+    except LockTimeoutError as exc:
+        result = CommandResult(CommandState.FAILED, None, "", f"command {spec['name']} did not start: {exc}")
     except middleware.MiddlewareTimeoutError as exc:
         result = CommandResult(CommandState.FAILED, exc.returncode, exc.tail,
                                f"command {spec['name']} timed out after {exc.timeout:g} s and was killed")
