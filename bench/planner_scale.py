@@ -1,6 +1,6 @@
 """Campaign planner at Data Release 1 scale: figures, not a timed test.
 
-Usage: ``.venv/bin/python bench/planner_scale.py [--visits N] [--small-visits M]``
+Usage: ``.venv/bin/python bench/planner_scale.py [--visits N] [--small-visits M] [--objective hub_free]``
 (with ``PYTHONPATH=plugins`` or run from the repo root; the script adds ``plugins``).
 
 1. Builds a synthetic LSST-like survey: a full-sky rings skymap like LSST's (~18,900
@@ -13,7 +13,9 @@ Usage: ``.venv/bin/python bench/planner_scale.py [--visits N] [--small-visits M]
    files, report with sky map): the "seconds" of the last line, with the process's peak
    RSS.
 3. Plans the same inputs with the two baselines (RA stripes, round-robin tracts) and
-   prints the cross-site volume of each.
+   prints the cross-site volume of each. ``--objective`` sets ``planner.objective`` for
+   all three (DESIGN 55); with ``hub_free`` the graph plan is also compared with RA
+   stripes as the default objective assigns their visits.
 4. At a smaller scale (M visits, default 150), inserts the same kind of survey into a
    scratch butler repository and reads the spatial inputs twice: through the registry's
    own spatial join (``overlaps="registry"``) and through the planner's path (regions read
@@ -330,6 +332,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-butler", action="store_true")
     ap.add_argument("--oracle-skies", type=int, default=60)
+    ap.add_argument("--objective", choices=["all_crossings", "hub_free"], default="all_crossings",
+                    help="planner.objective of the graph plan and both baselines (DESIGN 55)")
     ap.add_argument("--kahypar-ini", default=os.environ.get("KAHYPAR_INI"),
                     help="a KaHyPar preset file (its config/km1_kKaHyPar_sea20.ini); without it vs_kahypar=na")
     args = ap.parse_args()
@@ -350,7 +354,9 @@ def main() -> None:
     del inputs
 
     cfg = production_like_config(work)
+    cfg = cfg.model_copy(update={"planner": cfg.planner.model_copy(update={"objective": args.objective})})
     flow = dataflow_from_mapping(cfg, synthetic.DRP_LIKE_DATAFLOW)
+    print(f"planner.objective: {cfg.planner.objective}")
     can_reset = reset_hwm()
     t0, c0 = time.perf_counter(), time.process_time()
     inputs = from_parquet(work / "survey.parquet")
@@ -381,6 +387,10 @@ def main() -> None:
         print(f"  {name:12s} metric by site pair (both directions): {pair_volumes(p)}")
     print(f"  graph / ra_stripes = {ratio:.3f}; graph / round_robin = "
           f"{m.cross_site_bytes / robin.metrics.cross_site_bytes:.3f}")
+    if cfg.planner.objective != "all_crossings":  # the baseline as the default objective plans it
+        plain = cfg.model_copy(update={"planner": cfg.planner.model_copy(update={"objective": "all_crossings"})})
+        base = plan_campaign(plain, inputs, "ra_stripes", flow).metrics.cross_site_bytes
+        print(f"  graph / ra_stripes planned with objective all_crossings = {m.cross_site_bytes / base:.3f}")
     for name, p in (("graph", plan), ("ra_stripes", stripes)):
         exact, per_tract = crossing_counts(inputs, p)
         print(f"  {name:12s} crossing PVIs {exact:,} once per (visit, detector, site); the per-(visit, tract) "

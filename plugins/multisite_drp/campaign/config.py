@@ -299,6 +299,15 @@ class PlannerSettings(_Strict):
         default=0.002, gt=0.0, lt=0.5,
         description="Largest |achieved - target| share the planner's balancing passes aim for.",
     )
+    objective: Literal["all_crossings", "hub_free"] = Field(
+        default="all_crossings",
+        description="What the graph partition and the visit assignment minimise: 'all_crossings' counts every "
+        "PVI a site other than the visit's needs (once per visit, detector and site); 'hub_free' counts only "
+        "those whose destination is not the hub, as the plan's cross_site_bytes does (every output returns to "
+        "the hub, so PVIs sent there cost no transfer): it favours the hub's region between the remote ones. "
+        "METIS's edge weights stay the symmetric proxy; the refinement, the trial ranking, the exact split of a "
+        "small sky and the visit balancing use the chosen count (DESIGN 55).",
+    )
     orphan_visits: str = Field(
         default="error", pattern=r"^(error|nearest|drop)$",
         description="Visits that overlap no tract: 'error' (fail naming them), 'nearest' (give each to "

@@ -10,6 +10,12 @@ overlapping another site's tracts is a PVI that site's coadds need, counted once
 coadd work (the detector-visits overlapping its tracts) within ``tolerance`` of its
 share, and every site's region connected.
 
+With ``hub`` given (``planner.objective: hub_free``, DESIGN 55), a PVI whose destination is
+the hub is not counted: every output returns to the hub, so the plan's byte metric never
+charges one. Each visit still goes to its majority site; it then crosses the detectors it
+has on the regions of sites other than its own and the hub. Steps 3-4 and the exact split
+use that count; METIS (step 1) and the balancing pass (step 2) keep the symmetric proxy.
+
 1. The tract graph has a vertex per tract with work (weight = detector-visits
    overlapping it) and an edge between geometric neighbours (regions that overlap or
    touch). An edge's weight is the number of detector-visits shared by its two tracts:
@@ -332,19 +338,32 @@ def site_affinity(inputs: SpatialInputs, tract_owner: I64, k: int) -> NDArray[np
     return ds.affinity(ds.site_counts(np.asarray(tract_owner, dtype=np.int64), k), inputs.n_visits)
 
 
-def crossing_work(inputs: SpatialInputs, tract_owner: I64, k: int) -> int:
+def crossing_work(inputs: SpatialInputs, tract_owner: I64, k: int, hub: int | None = None) -> int:
     """The partition's true objective: PVIs planned across sites.
 
     Each visit goes to the site whose region most of its detectors overlap; every one of
     its detectors overlapping a tract of another site is a PVI that site's coadds need,
-    counted once per (visit, detector, site) (:func:`site_affinity`).
+    counted once per (visit, detector, site) (:func:`site_affinity`). With ``hub`` (the
+    ``hub_free`` objective, DESIGN 55) a PVI whose destination is site ``hub`` is not
+    counted: every output returns to the hub, so the plan's byte metric never charges it.
     """
-    return round(_crossing(site_affinity(inputs, tract_owner, k)))
+    return round(_crossing(site_affinity(inputs, tract_owner, k), hub))
 
 
-def _crossing(aff: NDArray[np.float64]) -> float:
-    """Per visit, the detector-site pairs outside its majority site, summed."""
-    return float((aff.sum(axis=1) - aff.max(axis=1)).sum())
+def _visit_crossing(aff: NDArray[np.float64], hub: int | None) -> NDArray[np.float64]:
+    """Per visit (row of ``aff``), the detector-site pairs outside its majority site (the
+    first of equal maxima, as :func:`.planner.assign_visits` takes), less those at ``hub``."""
+    if hub is None:
+        return aff.sum(axis=1) - aff.max(axis=1)
+    home = aff.argmax(axis=1)
+    kept = aff[np.arange(len(aff)), home]
+    return aff.sum(axis=1) - aff[:, hub] - np.where(home != hub, kept, 0.0)
+
+
+def _crossing(aff: NDArray[np.float64], hub: int | None = None) -> float:
+    """Per visit, the detector-site pairs outside its majority site (and, with ``hub``, not at
+    the hub), summed."""
+    return float(_visit_crossing(aff, hub).sum())
 
 
 class _Overlaps:
@@ -353,10 +372,11 @@ class _Overlaps:
 
     A set counts toward a site's affinity while one or more of its tracts are the site's:
     moving tract u from s to r takes the set's detectors off s when u was its last tract
-    there, and adds them to r when it had none there.
+    there, and adds them to r when it had none there. With ``hub``, crossings into the hub
+    are free (:func:`crossing_work`).
     """
 
-    def __init__(self, inputs: SpatialInputs, active: I64, k: int) -> None:
+    def __init__(self, inputs: SpatialInputs, active: I64, k: int, hub: int | None = None) -> None:
         ds = inputs.detector_sets()
         self.ds = ds
         local = np.full(inputs.n_tracts, -1, dtype=np.int64)
@@ -375,6 +395,7 @@ class _Overlaps:
         self.set_visit = ds.visit
         self.set_ndet = ds.ndet.astype(np.float64)
         self.k = k
+        self.hub = hub
         self.n_visits = inputs.n_visits
         self.aff = np.zeros((self.n_visits, k))
         self.count = np.zeros((k, len(ds.visit)), dtype=np.int32)  # member tracts per (site, set)
@@ -407,12 +428,18 @@ class _Overlaps:
         g_lose, g_gain = np.add.reduceat(lose, first), np.add.reduceat(gain, first)
         gc = cand[first]
         a = self.aff[v[first]]
-        before = a.max(axis=1)
         i = np.arange(len(first))
-        a[i, s[first]] -= g_lose
-        a[i, r[first]] += g_gain
-        # crossing per visit = sum - max: its fall is the rise in max less the rise in sum.
-        delta = (a.max(axis=1) - before) - (g_gain - g_lose)
+        if self.hub is None:
+            before = a.max(axis=1)
+            a[i, s[first]] -= g_lose
+            a[i, r[first]] += g_gain
+            # crossing per visit = sum - max: its fall is the rise in max less the rise in sum.
+            delta = (a.max(axis=1) - before) - (g_gain - g_lose)
+        else:
+            before = _visit_crossing(a, self.hub)
+            a[i, s[first]] -= g_lose
+            a[i, r[first]] += g_gain
+            delta = before - _visit_crossing(a, self.hub)
         return np.bincount(gc, weights=delta, minlength=len(tracts))
 
     def move(self, u: int, s: int, r: int) -> I64:
@@ -427,7 +454,7 @@ class _Overlaps:
         return v
 
     def cost(self) -> float:
-        return _crossing(self.aff)
+        return _crossing(self.aff, self.hub)
 
 
 def _stays_connected(owner: I64, u: int, xadj: I64, adjncy: I64) -> bool:
@@ -583,7 +610,8 @@ def _improve(owner: I64, ov: _Overlaps, work: I64, xadj: I64, adjncy: I64, share
 
 
 def partition_graph(inputs: SpatialInputs, shares: Sequence[float], seed: int = 0,
-                    tolerance: float = 0.002, trials: int = 48, exact_tracts: int = EXACT_TRACTS) -> I64:
+                    tolerance: float = 0.002, trials: int = 48, exact_tracts: int = EXACT_TRACTS,
+                    hub: int | None = None) -> I64:
     """Best of ``trials`` METIS partitions, each balanced and refined on the true objective.
 
     See the module docstring. Trial ``t`` runs METIS with seed ``seed + t``; the result
@@ -591,7 +619,9 @@ def partition_graph(inputs: SpatialInputs, shares: Sequence[float], seed: int = 
     shares are a constraint, not a wish) with the least :func:`crossing_work` (the first on
     ties), so the same inputs and seed always give the same partition. A sky of at most
     ``exact_tracts`` tracts split between two or three sites is split exactly instead
-    (:func:`exact_split`: every contiguous split is tried).
+    (:func:`exact_split`: every contiguous split is tried). With ``hub`` (the ``hub_free``
+    objective) the refinement, the ranking and the exact split count no crossing into site
+    ``hub`` (:func:`crossing_work`); METIS's edge weights stay the symmetric proxy.
     """
     import pymetis
 
@@ -601,14 +631,14 @@ def partition_graph(inputs: SpatialInputs, shares: Sequence[float], seed: int = 
     if k == 1:
         owner[active] = 0
         return owner
-    exact = exact_split(inputs, shares, tolerance, max_tracts=exact_tracts)
+    exact = exact_split(inputs, shares, tolerance, max_tracts=exact_tracts, hub=hub)
     if exact is not None and exact.owner is not None:  # a small sky: every split was tried
         return exact.owner
     xadj, adjncy, ew = _graph(inputs, active)
     tp = np.asarray(shares, dtype=float)
     tp = tp / tp.sum()
     aw = work[active]
-    ov = _Overlaps(inputs, active, k)
+    ov = _Overlaps(inputs, active, k, hub)
     best: tuple[float, I64] | None = None
     for t in range(max(1, trials)):
         # ufactor=30 (3% imbalance) gives METIS room; the balancing pass restores the shares.
@@ -644,13 +674,15 @@ def _polish(local: I64, aw: I64, xadj: I64, adjncy: I64, ew: I64, ov: _Overlaps,
     return _improve(local, ov, aw, xadj, adjncy, shares, tolerance)
 
 
-def repair_and_refine(inputs: SpatialInputs, shares: Sequence[float], owner: I64, tolerance: float = 0.002) -> I64:
+def repair_and_refine(inputs: SpatialInputs, shares: Sequence[float], owner: I64, tolerance: float = 0.002,
+                      hub: int | None = None) -> I64:
     """Any starting tract -> site assignment (every tract given a site) made contiguous,
-    balanced and refined on :func:`crossing_work` as the ``graph`` method does its METIS
-    trials: for comparing other partitioners' starts on the same footing (the benchmark)."""
+    balanced and refined on :func:`crossing_work` (with ``hub``, as that counts it) as the
+    ``graph`` method does its METIS trials: for comparing other partitioners' starts on the
+    same footing (the benchmark)."""
     work, active = _check(inputs, shares)
     xadj, adjncy, ew = _graph(inputs, active)
-    ov = _Overlaps(inputs, active, len(shares))
+    ov = _Overlaps(inputs, active, len(shares), hub)
     out = np.full(inputs.n_tracts, -1, dtype=np.int64)
     out[active] = _polish(np.asarray(owner, dtype=np.int64)[active].copy(), work[active], xadj, adjncy, ew, ov,
                           shares, tolerance)
@@ -727,7 +759,9 @@ def partition(inputs: SpatialInputs, shares: Sequence[float], method: str = "gra
               **options: float) -> I64:
     """Owner site index per tract by the named method.
 
-    ``options`` go to the method: ``tolerance`` and ``trials`` for ``graph``.
+    ``options`` go to the method: ``tolerance``, ``trials`` and ``hub`` (the ``hub_free``
+    objective: the hub's index, or None to count every crossing) for ``graph``; the
+    baselines ignore them.
     """
     try:
         fn = METHODS[method]
@@ -752,11 +786,12 @@ class ExactSplit:
 
 
 def exact_split(inputs: SpatialInputs, shares: Sequence[float], tolerance: float,
-                max_tracts: int = 12) -> ExactSplit | None:
+                max_tracts: int = 12, hub: int | None = None) -> ExactSplit | None:
     """Every assignment of the sky's tracts to the sites, by enumeration (``k ** n``; None
     above ``max_tracts`` tracts or 3 sites): those whose regions are all non-empty and
     connected (the planner's own tract adjacency, bridges included), their best share error
-    and, among those within ``tolerance``, the least :func:`crossing_work`. Independent of
+    and, among those within ``tolerance``, the least :func:`crossing_work` (counted with
+    ``hub`` as that function counts it). Independent of
     the heuristics: the planner's answer to "is there a balanced split?" on a small sky,
     and the tests' oracle."""
     work = inputs.tract_work()
@@ -801,6 +836,6 @@ def exact_split(inputs: SpatialInputs, shares: Sequence[float], tolerance: float
     pick = good if len(good) else np.flatnonzero(err <= best_error + 1e-12)
     owners = np.full((len(pick), inputs.n_tracts), -1, dtype=np.int64)
     owners[:, idx] = assign[pick]
-    costs = [crossing_work(inputs, o, k) for o in owners]
+    costs = [crossing_work(inputs, o, k, hub) for o in owners]
     j = int(np.argmin(costs))  # the first on ties: enumeration order, deterministic
     return ExactSplit(n, len(assign), best_error, len(good), int(costs[j]) if len(good) else None, owners[j])

@@ -8,6 +8,9 @@ Steps
    detectors overlap (so most of its PVIs stay home). Visits overlapping
    several regions ("boundary visits") are then moved between sites, cheapest first,
    until each site's detector-visits are within ``planner.share_tolerance`` of its share.
+   ``planner.objective`` says what steps 1-2 count as a crossing: every PVI that moves
+   (``all_crossings``, the default) or only those not sent to the hub (``hub_free``, the
+   PVIs the metric below charges: DESIGN 55).
 3. Derive transfers generically from the dataflow (:mod:`.dataflow`): for every step and
    every type in its ``requires``, where each needed dataset is held (the producing
    step's owner of that visit or tract, or the hub for global steps) and where it is
@@ -58,16 +61,22 @@ class PlanError(InputError, ValueError):
 
 
 def assign_visits(inputs: SpatialInputs, tract_owner: I64, shares: list[float], tolerance: float,
-                  active: NDArray[np.bool_]) -> I64:
+                  active: NDArray[np.bool_], hub: int | None = None) -> I64:
     """Owner site per visit (-1 for inactive visits): majority region, then share balancing.
 
     Balancing moves boundary visits from the most over-full site to a site its visits
     touch, choosing first the visits whose move adds the fewest crossing PVIs per
     detector of work (cost = detectors overlapping the old region - detectors overlapping
-    the new one, each detector once per region: :func:`.partition.site_affinity`).
+    the new one, each detector once per region: :func:`.partition.site_affinity`). With
+    ``hub`` (the ``hub_free`` objective, DESIGN 55) PVIs sent to the hub cost nothing, so
+    the hub's region counts as overlapping no detector in that cost.
     """
     k = len(shares)
     aff = site_affinity(inputs, tract_owner, k)
+    charged = aff  # the detectors a visit at each site keeps from crossing (counted by the objective)
+    if hub is not None:
+        charged = aff.copy()
+        charged[:, hub] = 0.0
     owner = np.argmax(aff, axis=1).astype(np.int64)
     owner[~active] = -1
     work = inputs.visit_ndet.astype(float)
@@ -89,7 +98,7 @@ def assign_visits(inputs: SpatialInputs, tract_owner: I64, shares: list[float], 
                 cand = np.flatnonzero((owner == s) & (aff[:, r] > 0))
                 if not len(cand):
                     continue
-                cost = (aff[cand, s] - aff[cand, r]) / np.maximum(work[cand], 1)
+                cost = (charged[cand, s] - charged[cand, r]) / np.maximum(work[cand], 1)
                 cand = cand[np.lexsort((inputs.visit_id[cand], cost))]
                 # Move while it narrows the gap between s and r; with coarse visits (few visits per
                 # site) move one if it lowers the larger of the two |excess| values.
@@ -125,8 +134,9 @@ def plan_campaign(config: CampaignConfig, inputs: SpatialInputs, method: str | N
     shares = [s.share for s in sites]
     warnings: list[str] = []
 
+    hub = [s.name for s in sites].index(config.hub.name) if settings.objective == "hub_free" else None
     tract_owner = partition(inputs, shares, method, seed=settings.seed, tolerance=settings.share_tolerance,
-                            trials=settings.partition_trials)
+                            trials=settings.partition_trials, hub=hub)
     tract_work = inputs.tract_work()
 
     # Visits overlapping no tract.
@@ -148,7 +158,7 @@ def plan_campaign(config: CampaignConfig, inputs: SpatialInputs, method: str | N
     if not active.any():
         raise PlanError(f"{inputs.source}: empty selection: no visits left to plan; expected at least one")
 
-    visit_owner = assign_visits(inputs, tract_owner, shares, settings.share_tolerance, active & has_tract)
+    visit_owner = assign_visits(inputs, tract_owner, shares, settings.share_tolerance, active & has_tract, hub)
     if len(orphans) and settings.orphan_visits == "nearest":
         from .geometry import lonlat_to_xyz
 
