@@ -132,6 +132,19 @@ class RucioCampaign:
 
         return connection_env(self.connections)
 
+    def say_holds_all_raws(self, site: str, *, pin_data_root: bool = False) -> None:
+        """The campaign copy says ``site`` holds every raw (DMTN-213: FrDF) while its butler
+        starts with none: the nightly DAG is how it gets them. ``pin_data_root``: the file
+        names the sites' data root too (scheduled and backfilled runs take the Params' defaults)."""
+        import yaml
+
+        doc = yaml.safe_load(self.campaign_file.read_text())
+        for s in doc["sites"]:
+            s["holds_all_raws"] = s["name"] == site
+        if pin_data_root:
+            doc["data_root"] = str(self.data_root)
+        self.campaign_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
 
 @pytest.fixture(scope="session")
 def rucio_campaign_factory(local_rucio, tmp_path_factory: pytest.TempPathFactory):

@@ -51,11 +51,7 @@ def _raw_tasks(tis: dict) -> dict:
 @pytest.fixture(scope="module")
 def nightly(rucio_campaign_factory, tmp_path_factory):
     env = rucio_campaign_factory("nightbf")
-    doc = yaml.safe_load(env.campaign_file.read_text())
-    for s in doc["sites"]:
-        s["holds_all_raws"] = s["name"] == "frdf"
-    doc["data_root"] = str(env.data_root)  # scheduled and backfilled runs take the Params' defaults
-    env.campaign_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env.say_holds_all_raws("frdf", pin_data_root=True)
     cfg = load_campaign(env.campaign_file)
     actions.make_plan(cfg, 0)  # the generation's tract regions (drp_campaign's plan task in production)
     dags = tmp_path_factory.mktemp("nightly_dags")

@@ -72,10 +72,7 @@ def _submissions(night_cfg) -> dict:
 @pytest.fixture(scope="module")
 def night(rucio_campaign_factory, tmp_path_factory):
     env = rucio_campaign_factory("nightstep1")
-    doc = yaml.safe_load(env.campaign_file.read_text())
-    for s in doc["sites"]:
-        s["holds_all_raws"] = s["name"] == "frdf"
-    env.campaign_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env.say_holds_all_raws("frdf")
     cfg = load_campaign(env.campaign_file, data_root=env.data_root)
     actions.make_plan(cfg, 0)  # the generation's tract regions (drp_campaign's plan task in production)
     night_cfg = names.night_config(cfg, NIGHT)

@@ -12,7 +12,6 @@ import json
 from collections import Counter
 
 import pytest
-import yaml
 from multisite_drp.campaign import names
 from multisite_drp.campaign.config import load_campaign
 from multisite_drp.services import actions, nightly
@@ -27,10 +26,7 @@ NIGHT = 20240601
 @pytest.fixture(scope="module")
 def night_ctx(rucio_campaign_factory):
     env = rucio_campaign_factory("nightly")
-    doc = yaml.safe_load(env.campaign_file.read_text())
-    for s in doc["sites"]:
-        s["holds_all_raws"] = s["name"] == "frdf"  # it should; the nightly DAG is how it gets them
-    env.campaign_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env.say_holds_all_raws("frdf")
     cfg = load_campaign(env.campaign_file, data_root=env.data_root)
     ctx = actions.CampaignContext(config=cfg, workflows={}, replica=env.service,
                                   butlers={s.name: SiteButler(s.name, cfg.repo_of(s)) for s in cfg.sites})

@@ -50,6 +50,7 @@ __all__ = [
     "ReplicateOutputsOperator",
     "RucioLink",
     "SplitStepOperator",
+    "StepCommandOperator",
     "StepSiteOperator",
     "SubmitWorkflowOperator",
     "ValidateCampaignOperator",
@@ -139,20 +140,20 @@ class SplitStepOperator(CampaignActionOperator):
         return groups
 
 
-class GenerateGraphOperator(CommandOperatorMixin, StepSiteOperator):
-    """Builds the group's graph at the hub through the hub's command runner, and defers while
-    the command runs (a pod in production: tens of GB and hours at DR1 scale, no worker
-    held); then keeps, summarises and distributes the graph (``actions.finish_graph``). A
-    graph already built is found; a retried task finds its predecessor's command by name."""
+class StepCommandOperator(CommandOperatorMixin, StepSiteOperator):
+    """A group's task that is one stack command: ``actions.<command_action>`` says which
+    command is still needed (None: none), the task starts it through the site's command
+    runner and defers while it runs; ``actions.<finish_action>`` then ends the task. A
+    retried task finds its predecessor's command by name."""
 
-    action = "generate_qg"
-    ui_color = "#d9ead3"
+    command_action: ClassVar[str] = ""
+    finish_action: ClassVar[str] = ""
 
     def execute(self, context) -> Any:
         from multisite_drp.services import actions
 
         hook, ctx = self.prepare(context)
-        pending = actions.graph_command(ctx, self.step, self.site, self.group_id)
+        pending = getattr(actions, self.command_action)(ctx, self.step, self.site, self.group_id)
         if pending is None:
             return self._finish(ctx)
         spec, again = pending
@@ -168,9 +169,21 @@ class GenerateGraphOperator(CommandOperatorMixin, StepSiteOperator):
     def _finish(self, ctx) -> Any:
         from multisite_drp.services import actions
 
-        result = actions.finish_graph(ctx, self.step, self.site, self.group_id)
+        result = getattr(actions, self.finish_action)(ctx, self.step, self.site, self.group_id)
         self.log.info("%s: %s", self.task_id, json.dumps(result, default=str)[:4000])
         return result
+
+
+class GenerateGraphOperator(StepCommandOperator):
+    """Builds the group's graph at the hub through the hub's command runner, and defers while
+    the command runs (a pod in production: tens of GB and hours at DR1 scale, no worker
+    held); then keeps, summarises and distributes the graph (``actions.finish_graph``). A
+    graph already built is found."""
+
+    action = "generate_qg"
+    command_action = "graph_command"
+    finish_action = "finish_graph"
+    ui_color = "#d9ead3"
 
 
 class ReplicateInputsOperator(StepSiteOperator):
@@ -208,7 +221,7 @@ class SubmitWorkflowOperator(StepSiteOperator):
         return {**ref, "monitor_url": url}
 
 
-class MergeOutputsOperator(CommandOperatorMixin, StepSiteOperator):
+class MergeOutputsOperator(StepCommandOperator):
     """Checks the site's butler holds every predicted output of the group; if not, and the
     workflow's final job did not merge, runs the merge through the site's command runner
     and defers while it runs (the command itself holds a local butler's write lock, so no
@@ -216,31 +229,9 @@ class MergeOutputsOperator(CommandOperatorMixin, StepSiteOperator):
     (``actions.merge_command``, ``actions.finish_merge``)."""
 
     action = "merge"
+    command_action = "merge_command"
+    finish_action = "finish_merge"
     ui_color = "#d9ead3"
-
-    def execute(self, context) -> Any:
-        from multisite_drp.services import actions
-
-        hook, ctx = self.prepare(context)
-        pending = actions.merge_command(ctx, self.step, self.site, self.group_id)
-        if pending is None:
-            return self._finish(ctx)
-        spec, again = pending
-        return self.start_command(context, hook, spec, again=again)
-
-    # Its own attribute, so that CampaignTaskMixin ends the project's errors here too.
-    execute_complete = CommandOperatorMixin.execute_complete
-
-    def command_done(self, context, ref, result) -> Any:
-        _, ctx = self.prepare(context)
-        return self._finish(ctx)
-
-    def _finish(self, ctx) -> Any:
-        from multisite_drp.services import actions
-
-        result = actions.finish_merge(ctx, self.step, self.site, self.group_id)
-        self.log.info("%s: %s", self.task_id, json.dumps(result, default=str)[:4000])
-        return result
 
 
 class RegisterOutputsOperator(StepSiteOperator):
