@@ -193,8 +193,17 @@ def dag_views(url: str, username: str, password: str, dag_id: str, run_id: str, 
         _click(driver, By.CSS_SELECTOR, "[aria-label='Collapse all task groups']", timeout, "collapse")
         _click(driver, By.CSS_SELECTOR, "[aria-label='Show Grid (Press g)']", timeout, "the grid button")
         driver.get(f"{run_page}/tasks/{quote(mapped_task)}/mapped")
-        mapped_text = _wait(lambda: (t := driver.find_element(By.TAG_NAME, "body").text) and "Map Index" in t and t,
-                            timeout, "the mapped task's list")
+        # The table's header comes before its rows (fetched apart): wait for the rows, and for
+        # two reads in a row to agree.
+        seen: list[str] = []
+
+        def mapped_rows() -> str | None:
+            rows = driver.find_elements(By.XPATH, "//table//tbody/tr")
+            text = driver.find_element(By.TAG_NAME, "body").text if rows else ""
+            seen.append(text)
+            return text if rows and len(seen) > 1 and seen[-2] == text else None
+
+        mapped_text = _wait(mapped_rows, timeout, "the mapped task's rows")
         shot("mapped")
         driver.get(f"{url}/dags/{quote(dag_id)}")
         _click(driver, By.XPATH, "//button[normalize-space(.)='Trigger']", timeout, "the Trigger button")
