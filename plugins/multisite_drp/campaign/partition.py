@@ -392,8 +392,6 @@ class _Overlaps:
         self.visit = ds.visit[self.set]
         self.ndet = ds.ndet[self.set].astype(np.float64)
         self.ptr = np.concatenate([[0], np.cumsum(np.bincount(lt, minlength=len(active)))])
-        self.set_visit = ds.visit
-        self.set_ndet = ds.ndet.astype(np.float64)
         self.k = k
         self.hub = hub
         self.n_visits = inputs.n_visits
@@ -429,17 +427,10 @@ class _Overlaps:
         gc = cand[first]
         a = self.aff[v[first]]
         i = np.arange(len(first))
-        if self.hub is None:
-            before = a.max(axis=1)
-            a[i, s[first]] -= g_lose
-            a[i, r[first]] += g_gain
-            # crossing per visit = sum - max: its fall is the rise in max less the rise in sum.
-            delta = (a.max(axis=1) - before) - (g_gain - g_lose)
-        else:
-            before = _visit_crossing(a, self.hub)
-            a[i, s[first]] -= g_lose
-            a[i, r[first]] += g_gain
-            delta = before - _visit_crossing(a, self.hub)
+        before = _visit_crossing(a, self.hub)
+        a[i, s[first]] -= g_lose
+        a[i, r[first]] += g_gain
+        delta = before - _visit_crossing(a, self.hub)  # integer counts: exact in float64
         return np.bincount(gc, weights=delta, minlength=len(tracts))
 
     def move(self, u: int, s: int, r: int) -> I64:

@@ -308,10 +308,11 @@ class SpatialInputs:
         taken as a set of its own (``exact=False``): a detector on a boundary is then counted
         once per tract.
         """
-        key = tuple((id(a), len(a)) if a is not None else None for a in (
-            self.ov_visit, self.ov_tract, self.ov_ndet, self.multi_visit, self.multi_ndet, self.multi_set,
-            self.multi_tract))
-        if self._sets is not None and self._sets[0] == key:
+        # Keyed by the arrays themselves (held, so never mistaken for new ones at a reused id):
+        # replacing a table attribute builds the sets again.
+        key = (self.ov_visit, self.ov_tract, self.ov_ndet, self.multi_visit, self.multi_ndet, self.multi_set,
+               self.multi_tract)
+        if self._sets is not None and all(a is b for a, b in zip(self._sets[0], key, strict=True)):
             return self._sets[1]
         ov_v, ov_t = self.ov_visit.astype(np.int64), self.ov_tract.astype(np.int64)
         single = self.ov_ndet.astype(np.int64)

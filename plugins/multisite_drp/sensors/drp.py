@@ -193,8 +193,6 @@ class ReplicationSensor(_SiteSensor):
     KINDS = ("distribution", "inputs", "outputs", "night")
     UNGROUPED = ("distribution", "night")
 
-    #: The night a ``night`` wait is on (set from the run's context before the rules are read).
-
     def __init__(self, *, site: str, kind: str, step: str | None = None, group: Any = None,
                  retry_grace: float = 300.0, **kwargs: Any) -> None:
         if kind not in self.KINDS:
