@@ -254,7 +254,6 @@ def plan_groups(config: CampaignConfig, site_plans: list[SitePlan], inputs: Spat
     from .grouping import (
         group_label_text,
         main_tracts,
-        split_weighted,
         tract_weights,
         visit_order,
         visit_weights,
@@ -277,11 +276,22 @@ def plan_groups(config: CampaignConfig, site_plans: list[SitePlan], inputs: Spat
             else:
                 dim, ids = "tract", sorted(sp.tracts)
                 weights = tract_weights(ids, inputs)
-            weight_of = dict(zip(ids, weights, strict=True))
-            for g, gids in enumerate(split_weighted(ids, weights, max_size)):
-                gids = sorted(gids)
-                out.append(GroupPlan(step=st.name, site=sp.name, group=g, dimension=dim, ids=gids,
-                                     weight=sum(weight_of[i] for i in gids), label=group_label_text(dim, gids)))
+            out.extend(split_groups(st.name, sp.name, dim, ids, weights, max_size))
+    return out
+
+
+def split_groups(step: str, site: str, dimension: str, ids: list[int], weights: list[int],
+                 max_size: int) -> list[GroupPlan]:
+    """``ids`` (in the order groups follow) split into consecutive groups of at most
+    ``max_size`` by ``weights`` (:func:`.grouping.split_weighted`), numbered from 0."""
+    from .grouping import group_label_text, split_weighted
+
+    weight_of = dict(zip(ids, weights, strict=True))
+    out = []
+    for g, gids in enumerate(split_weighted(ids, weights, max_size) if ids else []):
+        gids = sorted(gids)
+        out.append(GroupPlan(step=step, site=site, group=g, dimension=dimension, ids=gids,
+                             weight=sum(weight_of[i] for i in gids), label=group_label_text(dimension, gids)))
     return out
 
 
@@ -545,8 +555,6 @@ def night_plan(night_config: CampaignConfig, plan: CampaignPlan, assignment: dic
     chain), and the step split into groups as the campaign splits it (visits ordered by home
     tract then id, weighed by their detectors, at most the step's ``max_group_size``).
     ``night_config`` is ``names.night_config`` of the campaign: its one step is the step."""
-    from .grouping import group_label_text, split_weighted
-
     step = night_config.steps[0]
     max_size = step.max_group_size or night_config.planner.max_group_size
     by_site: dict[str, list[int]] = {}
@@ -557,19 +565,15 @@ def night_plan(night_config: CampaignConfig, plan: CampaignPlan, assignment: dic
     missing = sorted(v for v in home if v not in detectors)
     if missing:
         raise ValueError(f"night {assignment['day_obs']}: no detector count for visits {missing[:10]}")
+    unknown = sorted(set(by_site) - {sp.name for sp in plan.sites})
+    if unknown:
+        raise ValueError(f"night {assignment['day_obs']}: the assignment names sites {unknown} the plan lacks")
     sites, groups = [], []
     for sp in plan.sites:
         visits = sorted(by_site.get(sp.name, []), key=lambda v: (home[v], v))
         sites.append(sp.model_copy(update={"visits": sorted(visits),
                                            "detector_visits": sum(detectors[v] for v in visits)}))
-        weights = [detectors[v] for v in visits]
-        for g, gids in enumerate(split_weighted(visits, weights, max_size) if visits else []):
-            gids = sorted(gids)
-            groups.append(GroupPlan(step=step.name, site=sp.name, group=g, dimension="visit", ids=gids,
-                                    weight=sum(detectors[v] for v in gids), label=group_label_text("visit", gids)))
-    unknown = sorted(set(by_site) - {sp.name for sp in plan.sites})
-    if unknown:
-        raise ValueError(f"night {assignment['day_obs']}: the assignment names sites {unknown} the plan lacks")
+        groups.extend(split_groups(step.name, sp.name, "visit", visits, [detectors[v] for v in visits], max_size))
     return plan.model_copy(update={
         "campaign": night_config.name, "n_visits": len(home), "sites": sites, "steps": [plan.step(step.name)],
         "transfers": [], "orphan_visits": [], "warnings": [], "max_group_size": max_size, "groups": groups})
