@@ -527,11 +527,11 @@ def merge_command(ctx: CampaignContext, step: str, site: str, group: int) -> tup
     succeeded before merged too little and runs again; one still running is waited for."""
     cfg = ctx.config
     spec = workflow_spec(ctx, step, site, group)
-    contents = read_graph(spec.qgraph)
+    predicted = _predicted_outputs(ctx, spec, step, site, group)
     local = ctx.butlers[site]
     local.refresh()
-    counts = local.count(contents.predicted_outputs, spec.output_run)
-    if all(counts[t] >= n for t, n in contents.predicted_outputs.items()):
+    counts = local.count(predicted, spec.output_run)
+    if all(counts[t] >= n for t, n in predicted.items()):
         return None
     ref = ctx.workflows[site].find(spec)
     if ref is not None and ctx.workflows[site].report(ref).merged:
@@ -550,12 +550,21 @@ def finish_merge(ctx: CampaignContext, step: str, site: str, group: int) -> dict
     and add its RUN to the step's chain at the site (``{prefix}/{step}/{site}``)."""
     crashpoint("merge.after_command")
     spec = workflow_spec(ctx, step, site, group)
-    contents = read_graph(spec.qgraph)
+    predicted = _predicted_outputs(ctx, spec, step, site, group)
     local = ctx.butlers[site]
     local.refresh()
-    counts = local.count(contents.predicted_outputs, spec.output_run)
+    counts = local.count(predicted, spec.output_run)
     local.ensure_chain(names.output_chain(ctx.config, step, site), [spec.output_run])  # kept: the other groups' RUNs
-    return {"output_run": spec.output_run, "counts": counts, "predicted": contents.predicted_outputs}
+    return {"output_run": spec.output_run, "counts": counts, "predicted": predicted}
+
+
+def _predicted_outputs(ctx: CampaignContext, spec: WorkflowSpec, step: str, site: str, group: int) -> dict[str, int]:
+    """The group graph's predicted outputs per dataset type: from the summary
+    :func:`finish_graph` wrote beside the hub's graph (a small JSON), else from the graph."""
+    summary = read_json(graph_summary_path(names.graph_path(ctx.config, step, site, ctx.generation, group)))
+    if summary and "predicted_outputs" in summary:
+        return {t: int(n) for t, n in summary["predicted_outputs"].items()}
+    return read_graph(spec.qgraph).predicted_outputs
 
 
 def merge(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
