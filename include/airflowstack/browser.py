@@ -12,6 +12,7 @@ download a browser.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -193,15 +194,19 @@ def dag_views(url: str, username: str, password: str, dag_id: str, run_id: str, 
         _click(driver, By.CSS_SELECTOR, "[aria-label='Collapse all task groups']", timeout, "collapse")
         _click(driver, By.CSS_SELECTOR, "[aria-label='Show Grid (Press g)']", timeout, "the grid button")
         driver.get(f"{run_page}/tasks/{quote(mapped_task)}/mapped")
-        # The table's header comes before its rows (fetched apart): wait for the rows, and for
-        # two reads in a row to agree.
+        # The table's header comes before its rows (fetched apart), and while they load a row
+        # may be a placeholder (the clean-clone CI read the header alone twice, 0.3 s apart):
+        # wait for the count above the table ("2 Task Instances"; the tab's "Task Instances
+        # [0]" is the task's own map index) to be non-zero, and for two reads that agree.
         seen: list[str] = []
 
         def mapped_rows() -> str | None:
             rows = driver.find_elements(By.XPATH, "//table//tbody/tr")
             text = driver.find_element(By.TAG_NAME, "body").text if rows else ""
-            seen.append(text)
-            return text if rows and len(seen) > 1 and seen[-2] == text else None
+            total = re.search(r"^(\d+) Task Instances?$", text, re.MULTILINE)
+            loaded = bool(total) and int(total.group(1)) > 0 and any(r.text.strip() for r in rows)
+            seen.append(text if loaded else "")
+            return text if loaded and len(seen) > 1 and seen[-2] == text else None
 
         mapped_text = _wait(mapped_rows, timeout, "the mapped task's rows")
         shot("mapped")
