@@ -47,6 +47,8 @@ def test_step_groups_read_like_sentences(dag) -> None:
             assert all(g is not None and g is mapped[0] for g in mapped), chain
             assert mapped[0].group_id == f"step{i}.{site}"
             assert [t.task_id for t in mapped[0].iter_mapped_dependencies()] == [split]
+            # With no groups the split skips exactly these at once (not the barrier, not the next step).
+            assert sorted(t.task_id for t in dag.get_task(split).chain_tasks()) == sorted(chain)
         for other in {"usdf", "frdf", "ukdf"} - set(sites):
             assert f"step{i}.{other}.submit" not in ids  # global steps run at the hub only
             assert f"step{i}.split.{other}" not in ids

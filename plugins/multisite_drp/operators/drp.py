@@ -114,10 +114,15 @@ class StepSiteOperator(CampaignActionOperator):
         return getattr(actions, self.action)(ctx, self.step, self.site, self.group_id)
 
 
-class SplitStepOperator(CampaignActionOperator):
+class SplitStepOperator(CampaignActionOperator, SkipMixin):
     """The plan's submission groups of a step at a site, as the list the site's chain is
     mapped over (read at run time: the DAG file does not change with the number of groups).
-    An empty list (the plan gives the site no work in the step) skips the chain."""
+
+    No groups (a step or site the Params leave out, a dry run, a site the plan gives no work
+    in the step): the split skips every task of the site's chain at once (``SkipMixin``,
+    as a short-circuit does) and succeeds. Left to the empty expansion, the skip would
+    walk down the chain one task per scheduler pass: nine passes per site and step, about
+    12 s per unselected step under ``dag.test``."""
 
     ui_color = "#d0e0e3"
 
@@ -132,12 +137,26 @@ class SplitStepOperator(CampaignActionOperator):
         try:
             _, ctx = self.prepare(context)
         except AirflowSkipException as exc:
-            self.log.info("%s/%s: no groups (%s)", self.step, self.site, exc)
-            return []
+            return self._no_groups(context, str(exc))
         groups = actions.groups(ctx, self.step, self.site)
+        if not groups:
+            return self._no_groups(context, "the plan gives the site no group in this step")
         self.log.info("%s/%s: %d groups: %s", self.step, self.site, len(groups),
                       ", ".join(f"[{g['group']}] {g['label']}" for g in groups))
         return groups
+
+    def chain_tasks(self) -> list:
+        """The tasks of the site's chain: the mapped task group this split feeds."""
+        groups = {g.group_id for t in self.downstream_list if (g := t.get_closest_mapped_task_group()) is not None}
+        return [t for t in self.get_flat_relatives(upstream=False)
+                if (g := t.get_closest_mapped_task_group()) is not None and g.group_id in groups]
+
+    def _no_groups(self, context, why: str) -> list:
+        chain = self.chain_tasks()
+        self.log.info("%s/%s: no groups (%s): skipping its %d chain tasks", self.step, self.site, why, len(chain))
+        if chain and context.get("ti") is not None:
+            self.skip(context["ti"], chain)  # raises DownstreamTasksSkipped: the runner skips them, this succeeds
+        return []
 
 
 class StepCommandOperator(CommandOperatorMixin, StepSiteOperator):
