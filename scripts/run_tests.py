@@ -7,6 +7,13 @@ base temp (outside var/, which is an allowed root by default and tests place dat
 the roots on purpose), so neither stops, locks or cleans up the other's. Their output is prefixed
 (``[campaign]``, ``[rest]``) and kept in ``var/test-logs/``; the exit status is non-zero
 if either session fails. Arguments are passed to both sessions.
+
+The campaign session is one chain of waits whose every link is a process start, a graph
+build or a job: its length is set by how soon each link gets a CPU. The rest of the suite
+is many independent tests that can take whatever CPU is left. So the rest session (and
+everything it starts: its Rucio, its Airflow stacks, its pipetask runs) runs at a lower
+priority (``NICE``). Measured on two cores: the campaign session took 1052 s alone
+and 1355 s beside the rest at equal priority (the rest: 854 s alone, 1281 s beside it).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ SESSIONS = {
     "campaign": [E2E],
     "rest": ["tests", f"--ignore={E2E}"],
 }
+#: How much lower the rest session's CPU priority is (``nice``); the campaign session's is unchanged.
+NICE = {"campaign": 0, "rest": 5}
 
 
 def _pump(name: str, proc: subprocess.Popen, log: Path, lock: threading.Lock) -> None:
@@ -46,7 +55,7 @@ def main(argv: list[str]) -> int:
         env = {**os.environ,
                "MULTISITE_DRP_RUCIO_TEST_ROOT": str(ROOT / "var" / f"rucio-test-{name}"),
                "AIRFLOW_HOME": str(ROOT / "var" / f"airflow-test-{name}")}
-        argv_ = [sys.executable, "-m", "pytest", "-q", "--durations=15",
+        argv_ = [*(["nice", "-n", str(NICE[name])] if NICE[name] else []), sys.executable, "-m", "pytest", "-q", "--durations=15",
                  f"--basetemp={Path(tempfile.gettempdir()) / f'multisite-drp-pytest-{name}'}", *selection, *argv]
         procs[name] = subprocess.Popen(argv_, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, bufsize=1)
