@@ -42,7 +42,7 @@ from multisite_drp.hooks.campaign import CampaignHook
 if TYPE_CHECKING:
     from multisite_drp.services.actions import CampaignContext
 
-__all__ = ["GROUP_MAP_INDEX", "MIN_DEFERRAL_SECONDS", "RETRY_DEFAULTS", "SETTLE_SECONDS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "group_id",
+__all__ = ["GROUP_MAP_INDEX", "MIN_DEFERRAL_SECONDS", "RETRY_DEFAULTS", "RUN_STEP1_OFF", "SETTLE_SECONDS", "WRAPPED_METHODS", "CampaignTaskMixin", "drp_errors", "group_id",
            "night_of", "skip_reason"]
 
 #: The retry settings a campaign task gets unless the task or the DAG's default_args set them.
@@ -63,6 +63,9 @@ SETTLE_SECONDS = 10.0
 #: measured in #72716, that exit was read 6.5 s after the deferral, after the resumed try
 #: had started. Costs at most this much on work that ends within it.
 MIN_DEFERRAL_SECONDS = 15.0
+
+#: Why a night's step-1 task is skipped when the run's Param ``run_step1`` is off.
+RUN_STEP1_OFF = "run_step1 is off: this night's raws only"
 
 #: The methods whose errors :func:`drp_errors` translates, in every subclass that defines them.
 WRAPPED_METHODS = ("execute", "execute_complete", "poke")
@@ -217,7 +220,7 @@ class CampaignTaskMixin:
         context. In a dry run no hook is built: the task is skipped first."""
         params = context["params"]
         if self.night_scoped and not params.get("run_step1"):
-            raise AirflowSkipException("run_step1 is off: this night's raws only")
+            raise AirflowSkipException(RUN_STEP1_OFF)
         hook = None if params.get("dry_run") else self.campaign_hook(context)
         if self.night_scoped and hook is not None:
             from multisite_drp.campaign import names

@@ -105,45 +105,46 @@ def _site_chain(step: str, site: str, *, is_global: bool, wait_timeout: timedelt
 
     @task_group(group_id=site, tooltip=f"{step} at {site}, one map index per submission group")
     def chain(group):
+        on = {"step": step, "site": site, "group": group, "night_scoped": night}  # every task of the chain
         qg = GenerateGraphOperator(
-            task_id="generate_qg", night_scoped=night, step=step, site=site, group=group, pool=site_pool(site),
+            task_id="generate_qg", **on, pool=site_pool(site),
             doc_md=f"Build this group's {step} QuantumGraph for {site} at the hub (pipetask qgraph, restricted "
                    f"to the group's visits or tracts by the plan) and copy it, checksummed, to {site}. "
                    "Kept at the hub as provenance. An existing graph is reused. The build runs through the "
                    "hub's command runner (a pod in production) and the task defers while it runs.")
         inputs = ReplicateInputsOperator(
-            task_id="replicate_inputs", night_scoped=night, step=step, site=site, group=group, pool=REPLICATION_POOL,
+            task_id="replicate_inputs", **on, pool=REPLICATION_POOL,
             doc_md=f"The group graph's overall inputs that {site}'s butler lacks become one Rucio dataset "
                    f"with one rule to {site}. Nothing to move: no rule.")
         wait_in = ReplicationSensor(
-            task_id="wait_inputs", night_scoped=night, step=step, site=site, group=group, kind="inputs", timeout=wait_timeout,
+            task_id="wait_inputs", **on, kind="inputs", timeout=wait_timeout,
             doc_md=f"Wait (deferred) until the group's input rule to {site} is OK and ingested there.")
         submit = SubmitWorkflowOperator(
-            task_id="submit", night_scoped=night, step=step, site=site, group=group, pool=workflow_pool(site),
+            task_id="submit", **on, pool=workflow_pool(site),
             weight_rule="absolute", priority_weight=1,
             doc_md=f"Submit the group's graph at {site} (BPS; embedded: detached run-qbb). A workflow of the "
                    "same name is found, not resubmitted; a failed one is restarted. The site's workflow pool "
                    "bounds how many groups are in flight.")
         wait_wf = WorkflowSensor(
-            task_id="wait_workflow", night_scoped=night, step=step, site=site, group=group, timeout=workflow_timeout,
+            task_id="wait_workflow", **on, timeout=workflow_timeout,
             pool=workflow_pool(site), weight_rule="absolute", priority_weight=2,
             doc_md="Wait (deferred, holding a slot of the site's workflow pool) for the group's workflow to end, "
                    "then apply the partial-success policy (failed-quanta threshold). A rejected workflow is "
                    "restarted once before failing.")
         merge = MergeOutputsOperator(
-            task_id="merge", night_scoped=night, step=step, site=site, group=group, pool=site_pool(site),
+            task_id="merge", **on, pool=site_pool(site),
             doc_md=f"Check {site}'s butler holds every predicted output of the group; run the merge if the "
                    "workflow's final job did not; add the group's RUN to the step's chain at the site.")
         register = RegisterOutputsOperator(
-            task_id="register", night_scoped=night, step=step, site=site, group=group, pool=REPLICATION_POOL,
+            task_id="register", **on, pool=REPLICATION_POOL,
             doc_md=f"Register the group's outputs at {site} in Rucio as one dataset, with "
                    "lsst-rucio-register metadata (files already registered are skipped).")
         back = ReplicateOutputsOperator(
-            task_id="replicate_outputs", night_scoped=night, step=step, site=site, group=group, pool=REPLICATION_POOL,
+            task_id="replicate_outputs", **on, pool=REPLICATION_POOL,
             doc_md=("Fan the global step's outputs out to every remote site." if is_global else
                     f"Add the rule returning the group's outputs at {site} to USDF (none for the hub itself)."))
         wait_out = ReplicationSensor(
-            task_id="wait_outputs", night_scoped=night, step=step, site=site, group=group, kind="outputs", timeout=wait_timeout,
+            task_id="wait_outputs", **on, kind="outputs", timeout=wait_timeout,
             doc_md="Wait (deferred) until the group's output rules are OK and the destination butlers "
                    "have ingested every dataset.")
         qg >> inputs >> wait_in >> submit >> wait_wf >> merge >> register >> back >> wait_out

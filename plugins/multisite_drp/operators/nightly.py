@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from airflow.sdk.exceptions import AirflowSkipException
 
 from multisite_drp.hooks.links import RucioLink
-from multisite_drp.hooks.mixin import night_of
+from multisite_drp.hooks.mixin import RUN_STEP1_OFF, night_of
 from multisite_drp.operators.drp import CampaignActionOperator
 
 __all__ = ["NightOperator"]
@@ -60,7 +60,7 @@ class NightOperator(CampaignActionOperator):
             raise AirflowSkipException(f"night {day_obs}: no assignment (the night has no raws)")
         if self.what == "plan":
             if not context["params"].get("run_step1"):
-                raise AirflowSkipException("run_step1 is off: this night's raws only")
+                raise AirflowSkipException(RUN_STEP1_OFF)
             return nightly.plan_night(ctx, assignment)
         if self.what == "register":
             return nightly.register_night(ctx, assignment)
