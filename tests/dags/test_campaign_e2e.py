@@ -337,11 +337,12 @@ def test_outputs_registered_in_site_butlers_and_in_rucio(cfg, plan, rucio) -> No
     datasets, replicas at the site's RSE, and (for returned outputs) at USDF's."""
     client, scope = rucio.root_client, cfg.replication.scope
     rep = _replica(cfg)
+    butlers = {s.name: _butler(cfg, s.name) for s in cfg.sites}  # (opening one costs about a second)
     for g in _groups(plan):
         step, site = g.step, g.site
         summary = json.loads(
             (names.graph_path(cfg, step, site, 0, g.group).with_suffix(".summary.json")).read_text())
-        b = _butler(cfg, site)
+        b = butlers[site]
         run = names.output_run(cfg, step, site, 0, g.group)
         counts = b.count(summary["predicted_outputs"], run)
         assert counts == summary["predicted_outputs"], f"{step}/{site}[{g.group}]: butler lacks predicted outputs"
