@@ -558,11 +558,16 @@ def finish_merge(ctx: CampaignContext, step: str, site: str, group: int) -> dict
     return {"output_run": spec.output_run, "counts": counts, "predicted": predicted}
 
 
+def graph_summary(ctx: CampaignContext, step: str, site: str, group: int) -> dict:
+    """The summary :func:`finish_graph` wrote beside the group's graph at the hub ({}: none yet)."""
+    return read_json(graph_summary_path(names.graph_path(ctx.config, step, site, ctx.generation, group))) or {}
+
+
 def _predicted_outputs(ctx: CampaignContext, spec: WorkflowSpec, step: str, site: str, group: int) -> dict[str, int]:
-    """The group graph's predicted outputs per dataset type: from the summary
-    :func:`finish_graph` wrote beside the hub's graph (a small JSON), else from the graph."""
-    summary = read_json(graph_summary_path(names.graph_path(ctx.config, step, site, ctx.generation, group)))
-    if summary and "predicted_outputs" in summary:
+    """The group graph's predicted outputs per dataset type: from its summary (a small JSON),
+    else from the graph."""
+    summary = graph_summary(ctx, step, site, group)
+    if "predicted_outputs" in summary:
         return {t: int(n) for t, n in summary["predicted_outputs"].items()}
     return read_graph(spec.qgraph).predicted_outputs
 

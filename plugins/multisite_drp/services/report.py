@@ -117,8 +117,7 @@ def campaign_report(ctx, *, airflow_started: float | None = None) -> dict:
                 if ref is None:
                     continue
                 st = ctx.workflows[site].report(ref)
-                graph = read_json(actions.graph_summary_path(
-                    names.graph_path(cfg, step.name, site, ctx.generation, g.group))) or {}
+                graph = actions.graph_summary(ctx, step.name, site, g.group)
                 decision = read_json(Path(ref.submit_dir) / "decision.json") or {}
                 wall = (st.finished - st.started) if st.started and st.finished else 0.0
                 window += [t for t in (st.started, st.finished) if t]
