@@ -136,14 +136,19 @@ class RucioCampaign:
         """The campaign copy says ``site`` holds every raw (DMTN-213: FrDF) while its butler
         starts with none: the nightly DAG is how it gets them. ``pin_data_root``: the file
         names the sites' data root too (scheduled and backfilled runs take the Params' defaults)."""
-        import yaml
+        _say_holds_all_raws(self.campaign_file, (site,), self.data_root if pin_data_root else None)
 
-        doc = yaml.safe_load(self.campaign_file.read_text())
-        for s in doc["sites"]:
-            s["holds_all_raws"] = s["name"] == site
-        if pin_data_root:
-            doc["data_root"] = str(self.data_root)
-        self.campaign_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+def _say_holds_all_raws(campaign_file: Path, sites: tuple[str, ...], data_root: Path | None = None) -> None:
+    """Edit the campaign copy: exactly ``sites`` hold every raw; with ``data_root``, the file names it."""
+    import yaml
+
+    doc = yaml.safe_load(campaign_file.read_text())
+    for s in doc["sites"]:
+        s["holds_all_raws"] = s["name"] in sites
+    if data_root is not None:
+        doc["data_root"] = str(data_root)
+    campaign_file.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 @pytest.fixture(scope="session")
@@ -171,12 +176,7 @@ def rucio_campaign_factory(local_rucio, tmp_path_factory: pytest.TempPathFactory
         build_sites(data_root, scope=scope, holds_all_raws=holds_all_raws)
         campaign_file = campaign_copy(base, scope)
         if holds_all_raws:
-            import yaml
-
-            doc = yaml.safe_load(campaign_file.read_text())
-            for s in doc["sites"]:
-                s["holds_all_raws"] = s["name"] in holds_all_raws
-            campaign_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+            _say_holds_all_raws(campaign_file, holds_all_raws)
         cfg = load_campaign(campaign_file, data_root=data_root)
         creds = prepare(local_rucio, cfg)
         conns = replica_connections(local_rucio, cfg, creds, poll_interval=0.5)

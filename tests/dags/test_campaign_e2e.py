@@ -337,7 +337,7 @@ def test_outputs_registered_in_site_butlers_and_in_rucio(cfg, plan, rucio) -> No
     datasets, replicas at the site's RSE, and (for returned outputs) at USDF's."""
     client, scope = rucio.root_client, cfg.replication.scope
     rep = _replica(cfg)
-    butlers = {s.name: _butler(cfg, s.name) for s in cfg.sites}  # (opening one costs about a second)
+    butlers = {s.name: _butler(cfg, s.name) for s in cfg.sites}
     for g in _groups(plan):
         step, site = g.step, g.site
         summary = json.loads(
