@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from multisite_drp.services.butler import SiteButler
 from multisite_drp.services.replica.base import ReplicaError, RuleState, replication_progress
-from multisite_drp.services.replica.monitor import ReplicaMonitor
+from multisite_drp.services.replica.monitor import OkRules, ReplicaMonitor
 
 from tests.conftest import wait_until
 
@@ -115,6 +115,37 @@ def test_monitor_refuses_a_file_whose_checksum_is_wrong(env) -> None:
     assert monitor.poll() == []  # a refused dataset is not examined again on every pass
     check = service.verify_ingested(rule)
     assert (check.expected, check.found) == (2, 1)  # the DAG would keep waiting, and the failure is recorded
+
+
+def test_the_daemons_listing_asks_only_for_rules_updated_since_the_last(env) -> None:
+    """The Replica Monitor daemon's listing (OkRules) against the real server's filter: a full
+    listing, then only the rules whose updated_at (Rucio's clock) is at or after the newest seen."""
+    import time
+
+    service, scope = env.service, env.cfg.replication.scope
+    refs = _refs(env, "flat", 6)
+
+    def ok_rule(i: int):
+        service.register("usdf", f"Dataset/test/inc/{i}", refs[i:i + 1])
+        rule = service.add_rule(f"Dataset/test/inc/{i}", "ukdf")
+        wait_until(lambda: service.rule_status([rule])[rule.rule_id].state is RuleState.OK)
+        time.sleep(1.1)  # Rucio's dates have whole seconds: the next rule is stamped later
+        return rule.rule_id
+
+    oldest, old = ok_rule(0), ok_rule(1)
+    lister = OkRules(env.root_client, scope, full_seconds=3600, overlap_seconds=0)
+    first = {r["id"]: r for r in lister.list()}
+    mark = lister.mark
+    assert lister.last_was_full and {oldest, old} <= set(first) and mark >= first[old]["updated_at"]
+    newer = ok_rule(2)
+    second = {r["id"]: r for r in lister.list()}
+    assert not lister.last_was_full and newer in second
+    # Only what was stamped at or after the mark: never the oldest rule, stamped a second before it.
+    assert oldest not in second and all(r["updated_at"] >= mark for r in second.values())
+    assert lister.mark >= second[newer]["updated_at"] > mark
+    # A full listing is due again after full_seconds: everything OK is listed.
+    third = {r["id"] for r in lister.list(now=lister.full_at + 3600)}
+    assert lister.last_was_full and {oldest, old, newer} <= third
 
 
 def test_batch_status_costs_one_call_per_site_whatever_the_number_of_rules(env) -> None:

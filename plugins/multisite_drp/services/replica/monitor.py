@@ -4,7 +4,10 @@ DMTN-213 gives this job to a per-site "Replica Monitor" (at Rubin: ctrl_ingestd,
 needs Kafka and is not on PyPI). This is our own, driven by Rucio's catalogue:
 
 1. ask Rucio for the campaign scope's rules that are OK (one list call per pass for every
-   RSE the daemon serves);
+   RSE the daemon serves). The daemon lists them all once every ``FULL_LIST_SECONDS``
+   (60 s) and in between only those updated since the newest ``updated_at`` it has seen
+   (Rucio's own clock, less ``OVERLAP_SECONDS``): a pass costs the same at the campaign's
+   first rule and at its ten-thousandth (see :class:`OkRules`);
 2. for each rule not yet ingested, list its dataset's files with their lsst-rucio-register
    metadata (``rubin_butler``, ``rubin_sidecar``: the DatasetRef as JSON, with its
    data ID's dimension records);
@@ -17,7 +20,8 @@ needs Kafka and is not on PyPI). This is our own, driven by Rucio's catalogue:
    pass costs one list call.
 
 Refusals are bounded. A rule with a refused file (or whose ingest raised) is examined
-again after ``retry_seconds`` (60 s), then twice as long after each further refusal (at
+again after ``retry_seconds`` (60 s; the daemon finds it again at its next full listing),
+then twice as long after each further refusal (at
 most 6 h); after ``max_refusals`` (5) refused passes the monitor gives up on it, says so
 once at ERROR level with the reasons, and examines it again only when a refused file
 changes on disk (its size or modification time: a stat, no checksum). One bad rule never
@@ -49,19 +53,27 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from multisite_drp.crashpoints import crashpoint
 from multisite_drp.services.fileio import adler32_of
 
-__all__ = ["IngestReport", "ReplicaMonitor", "main"]
+__all__ = ["IngestReport", "OkRules", "ReplicaMonitor", "main"]
 
 log = logging.getLogger("multisite_drp.replica_monitor")
 
 INGESTIBLE = ("data_product", "raw_file")
 #: Seconds between two looks for RSEs that carry a ``butler_repo`` attribute (``--discover``).
 DISCOVER_SECONDS = 30.0
+#: Seconds between two full listings of the scope's OK rules by the daemon (:class:`OkRules`).
+FULL_LIST_SECONDS = 60.0
+#: How far before the newest ``updated_at`` seen an incremental listing starts: rules
+#: updated by a daemon whose clock lags, or committed after that listing, are still found.
+OVERLAP_SECONDS = 60.0
+#: Rucio's date format in filters and listings (RFC 1123, UTC).
+RUCIO_DATE_FORMAT = "%a, %d %b %Y %H:%M:%S UTC"
 #: Seconds before a rule with a refused file (size or checksum) is examined again; the
 #: delay doubles with each further refusal, up to MAX_RETRY_SECONDS.
 RETRY_FAILED_SECONDS = 60.0
@@ -270,12 +282,65 @@ class ReplicaMonitor:
                       "; ".join(f"{k}: {v}" for k, v in sorted(report.failed.items())[:10]))
 
 
-def list_ok_rules(client: Any, scope: str, rse: str | None = None) -> list[dict[str, Any]]:
-    """The scope's OK rules (at one RSE, or at every RSE): one call."""
+def list_ok_rules(client: Any, scope: str, rse: str | None = None,
+                  updated_after: datetime | None = None) -> list[dict[str, Any]]:
+    """The scope's OK rules (at one RSE, or at every RSE; only those updated at or after
+    ``updated_after``, a naive UTC time, if given): one call."""
     filters: dict[str, Any] = {"scope": scope, "state": "O"}  # RuleState.OK is stored as "O"
     if rse is not None:
         filters["rse_expression"] = rse
+    if updated_after is not None:
+        filters["updated_after"] = updated_after.strftime(RUCIO_DATE_FORMAT)
     return list(client.list_replication_rules(filters))
+
+
+def _updated_at(rule: dict[str, Any]) -> datetime | None:
+    value = rule.get("updated_at")
+    if isinstance(value, str):  # rucio-clients parses dates; a raw listing keeps the string
+        try:
+            value = datetime.strptime(value, RUCIO_DATE_FORMAT)
+        except ValueError:
+            return None
+    return value if isinstance(value, datetime) else None
+
+
+class OkRules:
+    """The daemon's view of the scope's OK rules, listed incrementally.
+
+    The first listing and one every ``full_seconds`` ask for every OK rule of the scope.
+    The listings in between ask only for rules updated at or after the newest
+    ``updated_at`` seen so far less ``overlap_seconds``. The mark comes from Rucio's own
+    rows, never from this machine's clock; a rule turning OK gets a new ``updated_at``.
+    The overlap covers a rule stamped by a daemon whose clock lags, or committed just
+    after a listing; the full listings are the backstop for anything else, and the passes
+    where refused rules due for another try come round again. Without this, every pass
+    listed every OK rule of the campaign: ~30 kB per call, twice a second, after the
+    embedded campaign's 35 rules, and a campaign has thousands.
+    """
+
+    def __init__(self, client: Any, scope: str, *, full_seconds: float = FULL_LIST_SECONDS,
+                 overlap_seconds: float = OVERLAP_SECONDS) -> None:
+        self.client = client
+        self.scope = scope
+        self.full_seconds = full_seconds
+        self.overlap = timedelta(seconds=overlap_seconds)
+        self.mark: datetime | None = None  # the newest updated_at seen (naive UTC)
+        self.full_at: float | None = None  # time.monotonic() of the last full listing
+        self.last_was_full = False
+
+    def list(self, now: float | None = None) -> list[dict[str, Any]]:
+        """One listing: every OK rule when a full one is due, else the recently updated ones."""
+        now = time.monotonic() if now is None else now
+        full = self.mark is None or self.full_at is None or now - self.full_at >= self.full_seconds
+        rules = list_ok_rules(self.client, self.scope,
+                              updated_after=None if full else self.mark - self.overlap)
+        if full:
+            self.full_at = now
+        self.last_was_full = full
+        stamps = [t for t in map(_updated_at, rules) if t is not None]
+        if stamps and (self.mark is None or max(stamps) > self.mark):
+            self.mark = max(stamps)
+        return rules
 
 
 def _check_file(path: Path, did: dict[str, Any]) -> str:
@@ -344,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     monitors: dict[str, ReplicaMonitor] = {}
+    ok_rules = OkRules(client, args.scope)
     discovered_at = -1e9
     while not stop["now"]:
         try:
@@ -356,8 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         monitors[rse] = ReplicaMonitor(client, args.scope, rse, repo, args.state_dir,
                                                        retry_seconds=args.retry_seconds,
                                                        max_refusals=args.max_refusals, lock_timeout=args.lock_timeout)
+                        ok_rules.full_at = None  # a site served anew: its rules OK before now too
                 discovered_at = time.monotonic()
-            rules = list_ok_rules(client, args.scope)  # one call per pass, whatever the number of RSEs
+            rules = ok_rules.list()  # one call per pass, whatever the number of RSEs
             for mon in monitors.values():
                 for report in mon.poll(rules):
                     print(json.dumps(dataclasses.asdict(report)), flush=True)
