@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from airflowstack import AirflowStack
+from airflowstack.stack import STATIC_DAGS
 
 CAMPAIGN = Path(__file__).resolve().parents[2] / "include" / "campaigns" / "minidrp_embedded.yaml"
 
@@ -46,7 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     old = os.environ.get("MULTISITE_DRP_ALLOWED_ROOTS")
     os.environ["MULTISITE_DRP_ALLOWED_ROOTS"] = f"{data}:{CAMPAIGN.parents[1] / 'pipelines'}"
     root = Path(os.environ["AIRFLOW_HOME"]) / "stack-deadline"
-    st = AirflowStack(root, dags_folder=dags)
+    st = AirflowStack(root, dags_folder=dags, settings=STATIC_DAGS)
     st.down()
     shutil.rmtree(root, ignore_errors=True)
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from airflowstack import AirflowStack
+from airflowstack.stack import STATIC_DAGS
 from multisite_drp.campaign import names
 from multisite_drp.campaign.config import load_campaign
 from multisite_drp.services import actions
@@ -60,7 +61,7 @@ def nightly(rucio_campaign_factory, tmp_path_factory):
                  **env.connection_env(), "MULTISITE_DRP_CAMPAIGN": str(env.campaign_file),
                  "MULTISITE_DRP_ALLOWED_ROOTS": f"{env.base}:{ROOT / 'include' / 'pipelines'}"}
     root = Path(os.environ["AIRFLOW_HOME"]) / "stack-nightly"
-    st = AirflowStack(root, dags_folder=dags, env=stack_env)
+    st = AirflowStack(root, dags_folder=dags, env=stack_env, settings=STATIC_DAGS)
     st.down()
     shutil.rmtree(root, ignore_errors=True)
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from airflowstack import AirflowStack
+from airflowstack.stack import STATIC_DAGS
 from localrucio import _procs
 
 TINY = '''
@@ -51,7 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     # Under the session's Airflow home (var/...), not pytest's 0700 base temp: PostgreSQL runs
     # as its own user and must reach its data directory.
     root = Path(os.environ["AIRFLOW_HOME"]) / "stack-harness"
-    st = AirflowStack(root, dags_folder=dags)
+    st = AirflowStack(root, dags_folder=dags, settings=STATIC_DAGS)
     st.down()
     shutil.rmtree(root, ignore_errors=True)
     try:

@@ -75,7 +75,7 @@ def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campai
         extra = ("--panda-root", str(panda_root), *extra)
     if stack_root is not None:
         # (given up before the subprocess timeout below, so that a summary is written)
-        extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--timeout", "2700", *extra)
+        extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--static-dags", "--timeout", "2700", *extra)
         if fresh_stack:  # an empty metadata database: no run of an interrupted session queued before this one
             extra = ("--fresh-stack", *extra)
     with open(log, "w") as fh:

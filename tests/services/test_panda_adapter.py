@@ -2,8 +2,9 @@
 
 PanDA and iDDS cannot run on this machine. ``include/localpanda`` stands in for them: a
 loopback HTTP server that speaks ``/relay_idds_command`` exactly as ctrl_bps_panda 30.0.0
-calls it, and runs the submitted jobs the way PanDA's pilots would (ctrl_bps_panda's own
-edge-node command decoding, real ``pipetask`` and ``butler`` commands). Everything on our
+calls it, and runs the submitted jobs the way PanDA's pilots would (real ``pipetask`` and ``butler``
+commands; ctrl_bps_panda's own edge-node command decoder in the first test, the tests'
+quick stand-in for it, ``tests/localpanda/quick_decoder.py``, in the others). Everything on our
 side is the production code: ctrl_bps's transform and prepare, ``PanDAService.submit``,
 panda-client's HTTP client with an OIDC token, the adapter's records.
 
@@ -27,6 +28,7 @@ from multisite_drp.services.workflow.base import WmsStates
 from multisite_drp.services.workflow.panda import PanDAAuthError, PanDAUnavailableError, PanDAWorkflowService
 
 from tests.conftest import ROOT, wait_until
+from tests.localpanda._bps import QUICK_RUNNER
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +67,14 @@ def bed(tmp_path_factory, relay):
     return {"base": base, "cfg": cfg}
 
 
-def _service(relay, bed, **extra) -> PanDAWorkflowService:
+def _service(relay, bed, real_decoder: bool = False, **extra) -> PanDAWorkflowService:
+    """The adapter from a Connection-shaped setting. Its jobs decode their command lines with
+    ctrl_bps_panda's own ``cmd_line_decoder`` (``real_decoder``) or with the tests' quick
+    stand-in, which takes the same arguments without importing the stack (~1.6 s of CPU a
+    job here): the decoder is the same for every test, and the first test and the end-to-end
+    campaign run it."""
+    if not real_decoder:
+        extra.setdefault("runner_command", QUICK_RUNNER)
     conn = factory.ConnectionInfo(
         "drp_usdf_workflow", host=relay.url(), password=TOKEN,
         extra={"adapter": "panda", "auth_vo": "Rubin", "poll_interval": 0.5, "number_of_retries": 1,
@@ -95,7 +104,7 @@ def _terminal(service, ref):
 
 
 def test_submit_goes_through_bps_runs_and_is_idempotent(relay, bed, monkeypatch) -> None:
-    service = _service(relay, bed)
+    service = _service(relay, bed, real_decoder=True)
     ctx = _ctx(bed, service, generation=1, monkeypatch=monkeypatch)
     spec = actions.workflow_spec(ctx, "step1", SITE, 0)
     submits_before = relay.stats()["commands"].get("submit", 0)
