@@ -245,7 +245,9 @@ def test_a_sites_group_triggers_share_one_status_call_per_interval(tmp_path: Pat
         assert event.payload["status"] == "done"
         assert list(event.payload["workflows"]) == [f"group{g:03d}"]
         assert event.payload["workflows"][f"group{g:03d}"]["quanta_succeeded"] == 4 + g
-    # ~1.5 s of waiting at 0.1 s: about 15 rounds. Polled one by one it would be ~15 x 12 calls.
-    assert len(calls) >= 10, calls
+    # ~1.5 s of waiting at 0.1 s: about 15 rounds on an idle machine (8 were seen beside a CI
+    # run). Polled one by one it would be 12 calls a round of one workflow each; shared, a
+    # call asks about every group waiting then (the first round may start before all twelve).
+    assert len(calls) >= 2, calls
     assert len(calls) <= 1.5 / 0.1 * 2 + 5, f"{len(calls)} status calls for {n} groups: not shared"
-    assert max(calls) == n  # a round asks about every group's workflow at once
+    assert max(calls) == n and sum(calls) >= (len(calls) - 1) * n, calls
