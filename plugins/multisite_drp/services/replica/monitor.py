@@ -314,8 +314,9 @@ class OkRules:
     The overlap covers a rule stamped by a daemon whose clock lags, or committed just
     after a listing; the full listings are the backstop for anything else, and the passes
     where refused rules due for another try come round again. Without this, every pass
-    listed every OK rule of the campaign: ~30 kB per call, twice a second, after the
-    embedded campaign's 35 rules, and a campaign has thousands.
+    listed every OK rule of the campaign: ~30 kB per call after the embedded campaign's 35
+    rules; with 1001 OK rules on the local Rucio a full listing costs the server 72 ms of
+    CPU and an incremental one 4 ms, and a campaign has thousands.
     """
 
     def __init__(self, client: Any, scope: str, *, full_seconds: float = FULL_LIST_SECONDS,
