@@ -8,7 +8,8 @@ copies the distribution files that are not direct-access (``deliver_input_files`
 only from a local ``file://`` distribution point, the relay's only kind; it has no
 EventService or job-name map. It does not import the LSST stack (the real decoder spends
 ~1.6-3 s of CPU importing lsst.daf.butler and the PanDA client on these machines, per job).
-The tests that check the real decoder use it.
+The tests that are not about the decoder itself use it; the relay's test of the real
+decoder, the PanDA adapter's first test and the end-to-end campaign run the real one.
 """
 
 import binascii
