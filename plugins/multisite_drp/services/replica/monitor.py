@@ -338,9 +338,9 @@ class OkRules:
         if full:
             self.full_at = now
         self.last_was_full = full
-        stamps = [t for t in map(_updated_at, rules) if t is not None]
-        if stamps and (self.mark is None or max(stamps) > self.mark):
-            self.mark = max(stamps)
+        newest = max((t for t in map(_updated_at, rules) if t is not None), default=None)
+        if newest is not None and (self.mark is None or newest > self.mark):
+            self.mark = newest
         return rules
 
 
