@@ -23,9 +23,24 @@ Usage: ``.venv/bin/python bench/campaign_scale.py [--visits N] [--max-group-size
      in one event loop (as in one triggerer), against :class:`BenchDelayWorkflowService`
      (bench-only, ``bench/campaign_scale_support``) whose workflows finish after a delay;
      every status call is counted where it lands.
-3. **Not measured here** (printed as ``na``): the DAG run under the real scheduler. The
-   product's tasks need a butler holding the sky and ``pipetask qgraph`` per group (see
-   ``BLOCKERS``); faking those would not measure the product.
+3. **The real scheduler** (``--no-real`` skips it): the product's own ``dags/drp_campaign.py``
+   under ``airflow scheduler`` (LocalExecutor), ``triggerer``, ``dag-processor`` and
+   ``api-server`` on PostgreSQL (``include/airflowstack``), triggered through the REST API.
+   The sky is DR1's footprint with ``--real-visits`` visits (default 32,000: DR1-sized
+   groups, about 150 of them; the check refuses fewer than ``--min-workflows``), planned by
+   the DAG's own plan task. Every outside system is a bench-only stand-in
+   (``campaign_scale_support.standins``, put in place in the stack's processes by
+   ``campaign_scale_support/site/sitecustomize.py``): workflows finish ``--delay`` seconds
+   after submission, rules are OK ``--replica-delay`` seconds after they are added, graph
+   builds take ``--command-delay`` seconds and write a stand-in graph, the butler is a
+   catalogue of the synthetic sky that holds no outputs. Everything else is the product's
+   code: planner, DAG, operators, actions, sensors, triggers, report. Beside the campaign,
+   a ``bench_bare`` run of ``--bare-tasks`` bare ``@task`` s every ``--bare-every`` seconds
+   gives the floor our tasks are compared with (``task_overhead_ratio``: mean Airflow
+   duration of our non-waiting tasks over the bare tasks'). Measured: the run's wall time,
+   the CPU seconds of each Airflow process over the run, their peak RSS (and the largest task
+   process), the metadata database on disk, the grid's three calls for the run, the
+   triggerer's status calls per poll interval, and an extrapolation to DR1's group count.
 
 The last line is ``campaign_scale: workflows=W tasks=T wall_s=S task_overhead_ratio=R
 scheduler_cpu_s=C parse_s=P status_calls_per_poll=K``.
@@ -35,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -58,25 +74,6 @@ from campaign_scale_support import (
     dr1_campaign,
     install_bench_adapter,
 )
-
-#: Why the full DAG run is not measured here: the product calls a 150-workflow run needs
-#: that have no port this bench could point at a delay stand-in.
-BLOCKERS = [
-    ("plan_campaign -> actions.make_plan -> planner.load_inputs(cfg): reads the hub butler's registry "
-     "(visits, tracts, regions); a DR1-shaped plan needs a butler holding the DR1-shaped sky (no parquet "
-     "input Param reaches the task)"),
-    ("distribute.* -> actions._non_raw_types / distribute_raws / ensure_input_chain: hub butler collection "
-     "queries and SiteButler (services/butler.py has no port: BUTLER_ADAPTERS embedded|production, both a "
-     "real lsst.daf.butler)"),
-    ("stepN.<site>.generate_qg -> middleware.run_command(pipetask qgraph ...) against the hub butler, then "
-     "read_graph of the .qg file (not through the command-runner port)"),
-    ("stepN.<site>.merge / register -> SiteButler.count / refs / dataset_types_in of the group's RUN, and "
-     "read_graph(spec.qgraph)"),
-    "finalize.chain_outputs / collect_provenance / report -> hub butler chains and the graphs' files",
-]
-PORT_NEEDED = ("a butler port (query registry, collections, count/refs of a RUN) with a bench adapter, "
-               "graph builds through the command-runner port (services/commands) with a bench adapter "
-               "writing a graph summary, and a plan input Param (parquet) for plan_campaign")
 
 
 def best_of(n: int, fn):
@@ -235,12 +232,140 @@ def status_calls(campaign: Path, data_root: Path, k: int, delay: float, interval
 
 # -- 4. the real scheduler ----------------------------------------------------------------------
 
+#: Task names (the last part of a task id) that wait on an outside system (deferred while it
+#: works) or run once per campaign: not in the per-task mean.
+WAITING = {"generate_qg", "wait_inputs", "wait_workflow", "wait_outputs", "wait_ingested"}
+ONCE = {"validate_campaign", "plan_campaign", "report"}
 
-def stack_state() -> str:
-    if not (ROOT / "include" / "airflowstack" / "stack.py").exists():
-        return "include/airflowstack is not in this tree"
-    return ("include/airflowstack is present (PostgreSQL + LocalExecutor + scheduler, triggerer, dag-processor, "
-            "API server) but the DAG run at DR1 shape cannot use it without faking the product (below)")
+
+def _conn(extra: dict) -> str:
+    return json.dumps({"conn_type": "generic", "extra": extra}, sort_keys=True)
+
+
+def real_run(args, work: Path) -> dict:
+    """The product's DAG at DR1 shape under the real scheduler, triggerer, dag-processor, API
+    server and LocalExecutor on PostgreSQL (include/airflowstack), triggered through the REST
+    API, every outside system replaced by the stand-ins of ``campaign_scale_support.standins``."""
+    import shutil
+    import threading
+
+    import psutil
+    import yaml
+    from airflowstack import AirflowStack
+    from airflowstack.client import parse_time
+    from airflowstack.stack import STATIC_DAGS
+    from campaign_scale_support import BARE_DAG
+    from campaign_scale_support.standins import SKY_ENV, STATE_ENV
+    from multisite_drp.campaign.config import load_campaign
+
+    from scripts.load_airflow_settings import convert
+
+    real = work / "real"
+    stack = AirflowStack(real / "stack")
+    stack.down()
+    shutil.rmtree(real, ignore_errors=True)
+    state, dags = real / "state", real / "dags"
+    for d in (state, dags):
+        d.mkdir(parents=True)
+    build_inputs(work, args.real_visits, args.seed)  # (writes the parquet the stand-in registry reads)
+    parquet = work / f"survey_{args.real_visits}_{args.seed}.parquet"
+    campaign = dr1_campaign(real / "dr1bench.yaml", real / "data", args.max_group_size, args.poll)
+    cfg = load_campaign(str(campaign), check_pipeline=False)
+    (state / "settings.json").write_text(json.dumps({"poll": args.poll, "command_delay": args.command_delay}))
+    shutil.copy(ROOT / "dags" / "drp_campaign.py", dags / "drp_campaign.py")
+    (dags / "bench_bare.py").write_text(BARE_DAG.replace("{n}", str(args.bare_tasks)))
+    env = {**os.environ, STATE_ENV: str(state), SKY_ENV: str(parquet), "MULTISITE_DRP_CAMPAIGN": str(campaign),
+           "MULTISITE_DRP_ALLOWED_ROOTS": f"{real}:{ROOT / 'include' / 'pipelines'}",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "campaign_scale_support" / "site"), str(ROOT / "bench"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    delay = {"adapter": BENCH_ADAPTER, "delay": args.delay, "poll_interval": args.poll}
+    for s in cfg.sites:
+        env[f"AIRFLOW_CONN_{s.connections.butler.upper()}"] = _conn({"adapter": BENCH_ADAPTER})
+        env[f"AIRFLOW_CONN_{s.connections.workflow.upper()}"] = _conn(delay)
+        env[f"AIRFLOW_CONN_{s.connections.replica.upper()}"] = _conn({**delay, "delay": args.replica_delay})
+    stack = AirflowStack(real / "stack", dags_folder=dags, env=env, settings=STATIC_DAGS)
+    samples: dict[str, int] = {}
+    stop = threading.Event()
+    try:
+        ep = stack.up(fresh=True)
+        print(f"real scheduler: stack up in {stack.last_up['seconds']} s at {ep.url} (PostgreSQL, LocalExecutor)")
+        client = ep.client(timeout=300)
+        _, pools, _ = convert(yaml.safe_load((ROOT / "airflow_settings.yaml").read_text()))
+        for name, pool in pools.items():
+            client.ensure_pool(name, pool["slots"], pool["description"], pool["include_deferred"])
+        for dag_id in ("drp_campaign", "bench_bare"):
+            client.wait_dag(dag_id, timeout=300)
+            client.unpause(dag_id)
+        procs = {n: psutil.Process(pid) for n, pid in ep.pids.items()}
+        cpu0 = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
+
+        def sample() -> None:
+            while not stop.is_set():
+                for n, p in procs.items():
+                    with contextlib.suppress(psutil.Error):
+                        samples[n] = max(samples.get(n, 0), p.memory_info().rss)
+                        for c in p.children(recursive=True):
+                            with contextlib.suppress(psutil.Error):
+                                samples["task process"] = max(samples.get("task process", 0), c.memory_info().rss)
+                stop.wait(2.0)
+
+        threading.Thread(target=sample, daemon=True).start()
+        conf = {"campaign_file": str(campaign), "data_root": str(real / "data"), "generation": 0}
+        t0 = time.time()
+        run_id = client.trigger("drp_campaign", conf)["dag_run_id"]
+        bare_runs, next_bare = [], t0
+        while True:
+            run = client.run("drp_campaign", run_id)
+            if run["state"] in ("success", "failed"):
+                break
+            if time.time() >= next_bare:  # the bare tasks run beside the campaign, under its load
+                bare_runs.append(client.trigger("bench_bare", {})["dag_run_id"])
+                next_bare = time.time() + args.bare_every
+            if time.time() - t0 > args.timeout:
+                raise RuntimeError(f"drp_campaign run {run_id} still {run['state']} after {args.timeout} s")
+            time.sleep(10)
+        wall = time.time() - t0
+        cpu = {n: round(sum(p.cpu_times()[:2]) - cpu0[n], 1) for n, p in procs.items() if p.is_running()}
+        for r in bare_runs:
+            client.wait_run("bench_bare", r, timeout=600, poll=5)
+        tis = client.task_instances("drp_campaign", run_id)
+        bare = [t for r in bare_runs for t in client.task_instances("bench_bare", r)]
+        grid = client.grid_seconds("drp_campaign", run_id)
+    finally:
+        stop.set()
+        stack.down()
+    db_bytes = sum(f.stat().st_size for f in (real / "stack" / "pg" / "base").rglob("*") if f.is_file())
+
+    def seconds(t: dict) -> float | None:
+        start, end = parse_time(t.get("start_date")), parse_time(t.get("end_date"))
+        return end - start if start and end else None
+
+    def from_queued(t: dict) -> float | None:
+        queued, end = parse_time(t.get("queued_when")), parse_time(t.get("end_date"))
+        return end - queued if queued and end else None
+
+    mine = [t for t in tis if t["state"] == "success" and t["task_id"].rsplit(".", 1)[-1] not in WAITING | ONCE]
+    bare_ok = [t for t in bare if t["state"] == "success"]
+    ours = [d for t in mine if (d := seconds(t)) is not None]
+    bare_s = [d for t in bare_ok if (d := seconds(t)) is not None]
+    ours_q = [d for t in mine if (d := from_queued(t)) is not None]
+    bare_q = [d for t in bare_ok if (d := from_queued(t)) is not None]
+    calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()] \
+        if (state / "calls.jsonl").exists() else []
+    return {"run_id": run_id, "state": run["state"], "wall_s": wall, "tis": tis, "ours": ours, "bare": bare_s,
+            "ours_queued": ours_q, "bare_queued": bare_q,
+            "cpu": cpu, "rss": samples, "db_bytes": db_bytes, "grid": grid, "calls": calls, "cfg": cfg,
+            "bare_runs": len(bare_runs)}
+
+
+def per_poll(calls: list[dict], port: str, interval: float) -> tuple[float, int, int]:
+    """The triggerer's status calls of one port per poll interval (over the intervals that had
+    any), the most items one call asked about, and the calls in all."""
+    mine = [c for c in calls if c["port"] == port and c.get("triggerer")]
+    if not mine:
+        return 0.0, 0, 0
+    buckets = Counter(int(c["t"] // interval) for c in mine)
+    return sum(buckets.values()) / len(buckets), max(c["n"] for c in mine), len(mine)
 
 
 def main() -> None:
@@ -252,6 +377,15 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=5.0, help="seconds until a bench workflow finishes")
     ap.add_argument("--poll", type=float, default=1.0, help="the triggers' poll interval (s)")
     ap.add_argument("--workdir", default=str(ROOT / "var" / "bench-campaign-scale"))
+    ap.add_argument("--real-visits", type=int, default=32_000,
+                    help="visits of the sky the real-scheduler run plans (DR1's footprint, fewer visits per tract: "
+                         "DR1-sized groups, fewer of them)")
+    ap.add_argument("--replica-delay", type=float, default=5.0, help="seconds until a bench rule is OK")
+    ap.add_argument("--command-delay", type=float, default=2.0, help="seconds a bench graph build takes")
+    ap.add_argument("--bare-tasks", type=int, default=3, help="bare @task instances per bench_bare run")
+    ap.add_argument("--bare-every", type=float, default=60.0, help="a bench_bare run every S seconds of the run")
+    ap.add_argument("--timeout", type=float, default=4 * 3600.0)
+    ap.add_argument("--no-real", action="store_true", help="skip the real-scheduler run")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -325,17 +459,66 @@ def main() -> None:
           f"(DR1's largest step and site): {results[-1]['per_poll']:.2f}; a poll per trigger would make "
           f"{len(sites) * k_scaled} and {len(sites) * k_full} per interval")
 
-    # The real scheduler.
-    print(f"real scheduler: {stack_state()}")
-    print("real scheduler: the DR1-shaped DAG run is NOT measured: with workflow and replica adapters "
-          "replaced by bench delays, the product's tasks still call:")
-    for b in BLOCKERS:
-        print(f"  - {b}")
-    print(f"  a run at DR1 shape without faking the product would need: {PORT_NEEDED}")
-    print("  not measured: wall_s, task_overhead_ratio, scheduler_cpu_s, peak memory per Airflow process, "
-          "metadata DB size, grid response time")
-    print(f"campaign_scale: workflows={n_scaled} tasks={t_scaled} wall_s=na task_overhead_ratio=na "
-          f"scheduler_cpu_s=na parse_s={parse_s:.3f} status_calls_per_poll={per_poll:.2f}")
+    if args.no_real:
+        print(f"campaign_scale: workflows={n_scaled} tasks={t_scaled} wall_s=na task_overhead_ratio=na "
+              f"scheduler_cpu_s=na parse_s={parse_s:.3f} status_calls_per_poll={per_poll:.2f}")
+        return
+
+    # The real scheduler: the product's DAG on a DR1-footprint sky of --real-visits visits.
+    shallow = build_inputs(work, args.real_visits, args.seed)
+    splan = plan_campaign(cfg, shallow, dataflow=flow)
+    sgroups = Counter((g.step, g.site) for g in plan_groups(cfg, splan.sites, shallow))
+    t_real, _ = task_instances(tasks, sgroups)
+    if sum(sgroups.values()) < args.min_workflows:
+        raise SystemExit(f"--real-visits {args.real_visits}: {sum(sgroups.values())} workflows, fewer than "
+                         f"--min-workflows {args.min_workflows}; expected more visits")
+    print(f"real-scheduler sky: {args.real_visits} visits over DR1's footprint -> {sum(sgroups.values())} groups "
+          f"(workflows) of DR1's size, {t_real} task instances expected")
+    r = real_run(args, work)
+    tis = r["tis"]
+    states = Counter(t["state"] for t in tis)
+    workflows = sum(1 for t in tis if t["task_id"].endswith(".submit") and t["map_index"] >= 0)
+    ours, bare = r["ours"], r["bare"]
+    mean_ours, mean_bare = sum(ours) / len(ours), sum(bare) / len(bare)
+    ratio = mean_ours / mean_bare
+    by_name: dict[str, list[float]] = {}
+    for t in tis:
+        start, end = t.get("start_date"), t.get("end_date")
+        if start and end and t["state"] == "success":
+            from airflowstack.client import parse_time
+
+            by_name.setdefault(t["task_id"].rsplit(".", 1)[-1], []).append(parse_time(end) - parse_time(start))
+    print(f"real scheduler: run {r['run_id']} {r['state']} in {r['wall_s']:.0f} s; {len(tis)} task instances "
+          f"{dict(states)}; {workflows} workflows")
+    print("  mean task duration (start to end, s) by task: " + ", ".join(
+        f"{k} {sum(v) / len(v):.2f} (n={len(v)})" for k, v in sorted(by_name.items())))
+    print(f"  our non-waiting tasks: mean {mean_ours:.2f} s over {len(ours)}; bare @task beside them: mean "
+          f"{mean_bare:.2f} s over {len(bare)} ({r['bare_runs']} bench_bare runs) -> task_overhead_ratio "
+          f"{ratio:.2f} (Airflow's duration: from the task's start, its process already forked and the DAG "
+          "parsed, to its end)")
+    q_ours, q_bare = r["ours_queued"], r["bare_queued"]
+    if q_ours and q_bare:
+            print(f"  from queued to end (the executor's hand-off, the fork and the parse included): ours mean "
+              f"{sum(q_ours) / len(q_ours):.2f} s, bare {sum(q_bare) / len(q_bare):.2f} s -> "
+              f"{(sum(q_ours) / len(q_ours)) / (sum(q_bare) / len(q_bare)):.2f}")
+    print("  CPU seconds during the run: " + ", ".join(f"{k} {v}" for k, v in r["cpu"].items()))
+    print("  peak RSS: " + ", ".join(f"{k} {v / 2**20:.0f} MB" for k, v in r["rss"].items()))
+    print(f"  metadata DB (PostgreSQL base/ on disk): {r['db_bytes'] / 2**20:.1f} MB; grid for the run: "
+          f"{r['grid']}")
+    poll_w, max_w, n_w = per_poll(r["calls"], "workflows", args.poll)
+    poll_r, max_r, n_r = per_poll(r["calls"], "replica", args.poll)
+    poll_c, max_c, n_c = per_poll(r["calls"], "commands", args.poll)
+    print(f"  status calls per {args.poll:.0f} s interval (intervals with any): workflows {poll_w:.2f} ({n_w} calls, "
+          f"up to {max_w} workflows each), rules {poll_r:.2f} ({n_r}, up to {max_r}), commands {poll_c:.2f} "
+          f"({n_c}, up to {max_c})")
+    sched = r["cpu"].get("scheduler", float("nan"))
+    print(f"  extrapolated to DR1's {n_full} workflows ({t_full} task instances): at least "
+          f"{sched / len(tis) * t_full:.0f} scheduler CPU-s (linear in task instances; the scheduler's loop "
+          f"also grows with the instances waiting) and {mean_ours * t_full / 3600:.1f} worker-hours of "
+          f"task start-up alone")
+    print(f"campaign_scale: workflows={workflows} tasks={len(tis)} wall_s={r['wall_s']:.0f} "
+          f"task_overhead_ratio={ratio:.2f} scheduler_cpu_s={sched:.0f} parse_s={parse_s:.3f} "
+          f"status_calls_per_poll={poll_w:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,12 @@
   product's triggers can be driven at many groups per site on this machine;
 * :func:`install_bench_adapter` — registers that stand-in as workflow adapter
   ``bench_delay`` by patching the factory's adapter table *inside the benchmark's own
-  process* (nothing in ``plugins/`` knows the name).
+  process* (nothing in ``plugins/`` knows the name);
+* ``standins`` — the stand-ins of the other ports (butler, replica, command runner, graph
+  reader, the hub registry's sky) for the real-scheduler run, and ``site/sitecustomize.py``,
+  which puts them in place in every process of that run's Airflow stack;
+* :data:`BARE_DAG` — the ``bench_bare`` DAG whose bare ``@task`` s are the floor of
+  ``task_overhead_ratio``.
 """
 
 from __future__ import annotations
@@ -148,3 +153,20 @@ def install_bench_adapter() -> None:
         return BenchDelayWorkflowService(settings["site"], settings["delay"])
 
     factory.workflow_settings, factory.workflow_service = workflow_settings, workflow_service
+
+
+BARE_DAG = '''"""Bench-only: bare @task instances, each returning at once (the floor our tasks are compared with)."""
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="bench_bare", schedule=None, catchup=False, max_active_runs=4, tags=["bench"])
+def bench_bare():
+    @task
+    def bare(i: int) -> int:
+        return i
+
+    bare.expand(i=list(range({n})))
+
+
+bench_bare()
+'''

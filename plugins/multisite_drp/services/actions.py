@@ -94,12 +94,6 @@ def read_graph(path):
     return read(path)
 
 
-def _collection_type():
-    from lsst.daf.butler import CollectionType  # lazy, as read_graph
-
-    return CollectionType
-
-
 # -- campaign start: plan, then distribute what every site needs before step 1 ----------------
 
 
@@ -161,9 +155,8 @@ def make_plan(cfg: CampaignConfig, generation: int = 0) -> dict:
 def _non_raw_types(ctx: CampaignContext) -> list[str]:
     hub = ctx.butlers[ctx.hub]
     types: set[str] = set()
-    for coll in ctx.config.input_collections:
-        for child in hub.butler.collections.query(coll, flatten_chains=True):
-            types.update(hub.dataset_types_in(child))
+    for child in hub.flatten(ctx.config.input_collections):
+        types.update(hub.dataset_types_in(child))
     return sorted(t for t in types if t != RAW)
 
 
@@ -254,9 +247,9 @@ def ensure_input_chain(ctx: CampaignContext, site: str) -> None:
     hub, local = ctx.butlers[ctx.hub], ctx.butlers[site]
     local.refresh()
     for coll in ctx.config.input_collections:
-        info = hub.butler.collections.get_info(coll)
-        if info.type is _collection_type().CHAINED:
-            local.ensure_chain(coll, list(info.children))
+        children = hub.chain_children(coll)
+        if children is not None:
+            local.ensure_chain(coll, children)
 
 
 # -- per step, site and group ------------------------------------------------------------------
@@ -269,8 +262,7 @@ def _step_runs_at_hub(ctx: CampaignContext, steps: list[str]) -> list[str]:
     hub.refresh()
     runs: list[str] = []
     for name in steps:
-        found = hub.butler.collections.query(names.output_run_pattern(ctx.config, name),
-                                             collection_types={_collection_type().RUN})
+        found = hub.runs_matching(names.output_run_pattern(ctx.config, name))
         runs.extend(sorted(found, key=lambda r: (-names.run_generation(r), r)))
     return runs
 

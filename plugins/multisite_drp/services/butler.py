@@ -199,6 +199,23 @@ class SiteButler:
                 pass
         return out
 
+    def flatten(self, collections: str | Sequence[str]) -> list[str]:
+        """The collections named, chains replaced by their members (recursively), in order."""
+        return list(self.butler.collections.query(collections, flatten_chains=True))
+
+    def chain_children(self, name: str) -> list[str] | None:
+        """The members of CHAINED collection ``name``, in order; None if it is not a chain."""
+        from lsst.daf.butler import CollectionType
+
+        info = self.butler.collections.get_info(name)
+        return list(info.children) if info.type is CollectionType.CHAINED else None
+
+    def runs_matching(self, pattern: str) -> list[str]:
+        """The RUN collections whose names match the glob ``pattern`` (``campaign.names``)."""
+        from lsst.daf.butler import CollectionType
+
+        return list(self.butler.collections.query(pattern, collection_types={CollectionType.RUN}))
+
     def dataset_types_in(self, collection: str) -> list[str]:
         """Names of dataset types that have datasets in ``collection`` (registry summary)."""
         if not self.collection_exists(collection):

@@ -325,6 +325,14 @@ def butler_settings(config: CampaignConfig, site: str, extra: Mapping[str, Any],
     return {"adapter": name, "site": site, "repo": config.repo_of(site)}
 
 
+def butler_service(settings: Mapping[str, Any], lock_timeout: float | None):
+    """A site's butler port (``services.butler.SiteButler``: lsst.daf.butler for both the
+    ``embedded`` and the ``production`` adapter; only the repository differs)."""
+    from multisite_drp.services.butler import SiteButler
+
+    return SiteButler(settings["site"], settings["repo"], lock_timeout=lock_timeout)
+
+
 def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, Any]],
                   replica: Mapping[str, Any], butlers: Mapping[str, Mapping[str, Any]], generation: int = 0,
                   replica_secrets: Mapping[str, str] | None = None,
@@ -339,15 +347,13 @@ def build_context(config: CampaignConfig, workflows: Mapping[str, Mapping[str, A
     ``CampaignHook.command_service``, which can build the Kubernetes one); None: every site's
     embedded runner (:func:`command_service`), built on first use."""
     from multisite_drp.services.actions import CampaignContext
-    from multisite_drp.services.butler import SiteButler
 
     secrets = workflow_secrets or {}
     return CampaignContext(
         config=config,
         workflows=LazyPorts(list(workflows), lambda site: workflow_service(workflows[site], secrets.get(site))),
         replica=replica_service(replica, replica_secrets),
-        butlers=LazyPorts(list(butlers), lambda site: SiteButler(site, butlers[site]["repo"],
-                                                                 lock_timeout=config.timeouts.lock_seconds)),
+        butlers=LazyPorts(list(butlers), lambda site: butler_service(butlers[site], config.timeouts.lock_seconds)),
         generation=generation,
         commands=commands,
     )
