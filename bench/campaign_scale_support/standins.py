@@ -26,7 +26,9 @@ graph reader or planner module is first imported, and only when
 ``MULTISITE_DRP_BENCH_STANDINS`` names the bench's state directory.
 
 Every status call of the stand-ins (workflows, rules, commands) is appended to
-``<state>/calls.jsonl`` (time, port, site, items asked): what the bench counts per poll.
+``<state>/calls.jsonl`` (time, port, site, items asked, pid): the bench counts the
+triggerer's per poll interval (a task's own calls, a submit finding its workflow or the
+policy's report, are not polls).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -89,16 +90,9 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-#: Whether this process is the triggerer (its trigger runner is forked from it): the
-#: triggers' status calls are the polls; a task's own calls (a submit finding its workflow,
-#: the policy's report) are not.
-_IN_TRIGGERER = "triggerer" in " ".join(sys.argv)
-
-
 def record_call(port: str, site: str, n: int) -> None:
     """One status call of a stand-in, appended to ``calls.jsonl`` (one short line, atomic)."""
-    line = json.dumps({"t": round(time.time(), 3), "port": port, "site": site, "n": n, "pid": os.getpid(),
-                       "triggerer": _IN_TRIGGERER})
+    line = json.dumps({"t": round(time.time(), 3), "port": port, "site": site, "n": n, "pid": os.getpid()})
     with open(state_dir() / "calls.jsonl", "a") as fh:
         fh.write(line + "\n")
 

@@ -56,3 +56,25 @@ def test_a_butler_connection_with_an_unknown_extra_is_refused(connections, monke
         {"conn_type": "generic", "extra": {"adapter": "embedded", "root": "/x"}}))
     with pytest.raises(AdapterError, match=r"connection 'drp_ukdf_butler': unknown extra fields \['root'\]"):
         CampaignHook(str(CAMPAIGN)).settings  # noqa: B018
+
+
+def test_the_ports_collection_queries_answer_from_the_registry(minidrp_root) -> None:
+    """What the actions ask of the hub's collections goes through the port (``flatten``,
+    ``chain_children``, ``runs_matching``), answered by the registry of a built repository;
+    ``factory.butler_service`` builds that port with the campaign's lock limit."""
+    from lsst.daf.butler import CollectionType
+    from multisite_drp.services import factory
+
+    cfg = load_campaign(CAMPAIGN, check_pipeline=False)
+    hub = factory.butler_service({"site": "usdf", "repo": str(minidrp_root / "usdf")}, cfg.timeouts.lock_seconds)
+    assert (hub.site, hub.lock_timeout) == ("usdf", cfg.timeouts.lock_seconds)
+    members = ["MiniCam/raw/all", "MiniCam/calib", "refcats/mini", "skymaps"]
+    assert hub.chain_children("MiniCam/defaults") == members
+    assert hub.chain_children("MiniCam/calib") is None  # a RUN is no chain
+    assert hub.flatten(["MiniCam/defaults"]) == members
+    # (a prefix of this test's own: the session's repositories serve other tests)
+    for step in ("step1", "step2"):
+        hub.butler.collections.register(f"porttest/{step}/usdf/g0/group000", CollectionType.RUN)
+    hub.ensure_chain("porttest/step1/usdf", ["porttest/step1/usdf/g0/group000"])
+    assert hub.runs_matching("porttest/step1/*") == ["porttest/step1/usdf/g0/group000"]  # not the chain
+    assert hub.runs_matching("porttest/step9/*") == []
