@@ -1,4 +1,4 @@
-"""Bench-only stand-ins for the outside systems of a DR1-shaped DAG run (``bench/campaign_scale.py --real``).
+"""Bench-only stand-ins for the outside systems of a DR1-shaped DAG run (``bench/campaign_scale.py``, its real-scheduler part).
 
 Nothing here is offered to users, and nothing in ``plugins/`` knows these names. They exist
 so that the product's own DAG, operators, actions, triggers, planner and report can run at
@@ -13,7 +13,8 @@ stands in for one port, and does nothing but keep the records the product asks f
   rule is OK ``delay`` seconds after it was added; every ingest check is complete.
 * :class:`BenchDelayCommandService` (the command-runner port): a command succeeds ``delay``
   seconds after it started; a graph build writes a stand-in graph (JSON: the group's visits
-  or tracts from its ``-d`` query, 189 quanta per visit and task, 100 per tract and task).
+  or tracts from its ``-d`` query; one task with 189 quanta per visit or 100 per tract, and
+  a summary task with one quantum per visit or tract).
 * :func:`read_standin_graph` replaces ``services.qgraph.read_graph`` for those files, and
   :func:`load_standin_sky` replaces ``campaign.planner.load_inputs`` (the hub registry's
   visits, detectors and tracts) with the bench's synthetic sky (a parquet).

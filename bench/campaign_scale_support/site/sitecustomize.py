@@ -1,4 +1,4 @@
-"""Bench-only (``bench/campaign_scale.py --real``): on the PYTHONPATH of the bench's Airflow
+"""Bench-only (``bench/campaign_scale.py``, its real-scheduler part): on the PYTHONPATH of the bench's Airflow
 stack only. When ``MULTISITE_DRP_BENCH_STANDINS`` is set, the stand-ins of
 ``campaign_scale_support.standins`` are put in place in this process as soon as the product
 module they replace a function of is imported (and never otherwise: a process that does not
