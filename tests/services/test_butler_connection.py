@@ -58,9 +58,10 @@ def test_a_butler_connection_with_an_unknown_extra_is_refused(connections, monke
         CampaignHook(str(CAMPAIGN)).settings  # noqa: B018
 
 
-def test_the_ports_collection_queries_answer_from_the_registry(minidrp_root) -> None:
-    """What the actions ask of the hub's collections goes through the port (``flatten``,
-    ``chain_children``, ``runs_matching``), answered by the registry of a built repository;
+def test_the_ports_queries_answer_from_the_registry(minidrp_root) -> None:
+    """What the actions ask of the hub's collections and the nightly DAG of its observations
+    goes through the port (``flatten``, ``chain_children``, ``runs_matching``, ``data_ids``,
+    ``dimension_ids``), answered by the registry of a built repository;
     ``factory.butler_service`` builds that port with the campaign's lock limit."""
     from lsst.daf.butler import CollectionType
     from multisite_drp.services import factory
@@ -78,3 +79,12 @@ def test_the_ports_collection_queries_answer_from_the_registry(minidrp_root) -> 
     hub.ensure_chain("porttest/step1/usdf", ["porttest/step1/usdf/g0/group000"])
     assert hub.runs_matching("porttest/step1/*") == ["porttest/step1/usdf/g0/group000"]  # not the chain
     assert hub.runs_matching("porttest/step9/*") == []
+    where = "instrument = 'MiniCam'"
+    visits = sorted(hub.dimension_ids("visit", where))
+    assert visits == sorted(r.id for r in hub.butler.query_dimension_records("visit", where=where, explain=False))
+    assert len(visits) > 10
+    rows = hub.data_ids(["visit", "detector"], f"{where} AND visit IN (v)", bind={"v": visits[:2]})
+    assert {r["visit"] for r in rows} == set(visits[:2]) and all(r["instrument"] == "MiniCam" for r in rows)
+    assert len(rows) == len(list(hub.butler.query_dimension_records(
+        "visit_detector_region", where=f"{where} AND visit IN (v)", bind={"v": visits[:2]}, explain=False)))
+

@@ -216,6 +216,16 @@ class SiteButler:
 
         return list(self.butler.collections.query(pattern, collection_types={CollectionType.RUN}))
 
+    def data_ids(self, dimensions: Sequence[str], where: str, bind: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The registry's data IDs over ``dimensions`` matching ``where`` (one dict per row,
+        the dimensions' required values)."""
+        with self.butler.query() as q:
+            return [dict(d.required) for d in q.data_ids(list(dimensions)).where(where, bind=bind or {})]
+
+    def dimension_ids(self, element: str, where: str) -> list[Any]:
+        """The primary keys of ``element``'s records matching ``where`` (a night's visits)."""
+        return [r.id for r in self.butler.query_dimension_records(element, where=where, explain=False, limit=None)]
+
     def dataset_types_in(self, collection: str) -> list[str]:
         """Names of dataset types that have datasets in ``collection`` (registry summary)."""
         if not self.collection_exists(collection):

@@ -56,13 +56,10 @@ def find_night(ctx, day_obs: int) -> dict:
     hub = ctx.butlers[ctx.hub]
     hub.refresh()
     overlaps: dict[int, Counter] = {}
-    with hub.butler.query() as q:
-        rows = q.data_ids(["visit", "detector", "tract"]).where(
-            f"{_where(ctx, day_obs)} AND skymap = sm", bind={"sm": ctx.config.skymap})
-        for d in rows:
-            overlaps.setdefault(int(d["visit"]), Counter())[int(d["tract"])] += 1
-    visits = {int(r.id) for r in hub.butler.query_dimension_records(
-        "visit", where=_where(ctx, day_obs), explain=False)}
+    for d in hub.data_ids(["visit", "detector", "tract"], f"{_where(ctx, day_obs)} AND skymap = sm",
+                          bind={"sm": ctx.config.skymap}):
+        overlaps.setdefault(int(d["visit"]), Counter())[int(d["tract"])] += 1
+    visits = {int(v) for v in hub.dimension_ids("visit", _where(ctx, day_obs))}
     for v in visits:
         overlaps.setdefault(v, Counter())
     raws = hub.count([RAW], ctx.config.input_collections, where=_where(ctx, day_obs))[RAW] if visits else 0
@@ -173,10 +170,9 @@ def visit_detectors(ctx, visits: list[int]) -> dict[int, int]:
     hub.refresh()
     counts: Counter = Counter()
     if visits:
-        with hub.butler.query() as q:
-            where = f"instrument = '{ctx.config.instrument}' AND visit IN ({', '.join(map(str, sorted(visits)))})"
-            for d in q.data_ids(["visit", "detector"]).where(where):
-                counts[int(d["visit"])] += 1
+        where = f"instrument = '{ctx.config.instrument}' AND visit IN ({', '.join(map(str, sorted(visits)))})"
+        for d in hub.data_ids(["visit", "detector"], where):
+            counts[int(d["visit"])] += 1
     return {int(v): counts[int(v)] for v in visits}
 
 
