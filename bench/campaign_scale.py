@@ -537,8 +537,8 @@ def main() -> None:
     sched = r["cpu"].get("scheduler", float("nan"))
     print(f"  extrapolated to DR1's {n_full} workflows ({t_full} task instances): at least "
           f"{sched / len(tis) * t_full:.0f} scheduler CPU-s (linear in task instances; the scheduler's loop "
-          f"also grows with the instances waiting) and {mean_ours * t_full / 3600:.1f} worker-hours of "
-          f"task start-up alone")
+          f"also grows with the instances waiting) and {mean_ours * t_full / 3600:.1f} worker-hours of task "
+          f"run time at our tasks' mean (the waits' deferral excluded)")
     print(f"campaign_scale: workflows={workflows} tasks={len(tis)} wall_s={r['wall_s']:.0f} "
           f"task_overhead_ratio={ratio:.2f} scheduler_cpu_s={sched:.0f} parse_s={parse_s:.3f} "
           f"status_calls_per_poll={poll_w:.2f}")
