@@ -72,7 +72,12 @@ for p in (ROOT / "plugins", ROOT / "include", ROOT, ROOT / "bench"):
         sys.path.insert(0, str(p))
 
 from campaign_scale_support import (
+    BARE_DAG,
+    BARE_OWN_FILE,
+    BARE_SAME_FILE,
+    BARES,
     BENCH_ADAPTER,
+    STATE_ENV,
     BenchDelayWorkflowService,
     dr1_campaign,
     install_bench_adapter,
@@ -92,11 +97,16 @@ def best_of(n: int, fn):
 # -- 1. campaign and groups ----------------------------------------------------------------------
 
 
+def sky_parquet(work: Path, n_visits: int, seed: int) -> Path:
+    """Where the synthetic sky of ``n_visits`` visits is kept (written by :func:`build_inputs`)."""
+    return work / f"survey_{n_visits}_{seed}.parquet"
+
+
 def build_inputs(work: Path, n_visits: int, seed: int):
     from multisite_drp.campaign import synthetic
     from multisite_drp.campaign.spatial import from_parquet, to_parquet
 
-    parquet = work / f"survey_{n_visits}_{seed}.parquet"
+    parquet = sky_parquet(work, n_visits, seed)
     if not parquet.exists():
         t0 = time.perf_counter()
         inputs = synthetic.synthetic_survey(n_visits, skymap=synthetic.rings_skymap(num_rings=120), seed=seed)
@@ -245,6 +255,14 @@ def _conn(extra: dict) -> str:
     return json.dumps({"conn_type": "generic", "extra": extra}, sort_keys=True)
 
 
+def duration(ti: dict, since: str = "start_date") -> float | None:
+    """Seconds from a task instance's ``since`` (its start, or ``queued_when``) to its end."""
+    from airflowstack.client import parse_time
+
+    t0, t1 = parse_time(ti.get(since)), parse_time(ti.get("end_date"))
+    return t1 - t0 if t0 and t1 else None
+
+
 def real_run(args, work: Path) -> dict:
     """The product's DAG at DR1 shape under the real scheduler, triggerer, dag-processor, API
     server and LocalExecutor on PostgreSQL (include/airflowstack), triggered through the REST
@@ -255,10 +273,8 @@ def real_run(args, work: Path) -> dict:
     import psutil
     import yaml
     from airflowstack import AirflowStack
-    from airflowstack.client import parse_time
     from airflowstack.stack import STATIC_DAGS
-    from campaign_scale_support import BARE_DAG, BARE_OWN_FILE, BARE_SAME_FILE, BARES
-    from campaign_scale_support.standins import SKY_ENV, STATE_ENV
+    from campaign_scale_support.standins import SKY_ENV
     from multisite_drp.campaign.config import load_campaign
 
     from scripts.load_airflow_settings import convert
@@ -270,8 +286,7 @@ def real_run(args, work: Path) -> dict:
     state, dags = real / "state", real / "dags"
     for d in (state, dags):
         d.mkdir(parents=True)
-    build_inputs(work, args.real_visits, args.seed)  # (writes the parquet the stand-in registry reads)
-    parquet = work / f"survey_{args.real_visits}_{args.seed}.parquet"
+    parquet = sky_parquet(work, args.real_visits, args.seed)  # (written by main's build_inputs)
     campaign = dr1_campaign(real / "dr1bench.yaml", real / "data", args.max_group_size, args.poll)
     cfg = load_campaign(str(campaign), check_pipeline=False)
     (state / "settings.json").write_text(json.dumps({"poll": args.poll, "command_delay": args.command_delay}))
@@ -347,19 +362,11 @@ def real_run(args, work: Path) -> dict:
         stack.down()
     db_bytes = sum(f.stat().st_size for f in (real / "stack" / "pg" / "base").rglob("*") if f.is_file())
 
-    def seconds(t: dict) -> float | None:
-        start, end = parse_time(t.get("start_date")), parse_time(t.get("end_date"))
-        return end - start if start and end else None
-
-    def from_queued(t: dict) -> float | None:
-        queued, end = parse_time(t.get("queued_when")), parse_time(t.get("end_date"))
-        return end - queued if queued and end else None
-
     mine = [t for t in tis if t["state"] == "success" and t["task_id"].rsplit(".", 1)[-1] not in WAITING | ONCE]
-    ours = [d for t in mine if (d := seconds(t)) is not None]
-    ours_q = [d for t in mine if (d := from_queued(t)) is not None]
-    bare_s = {b: [d for t in v if t["state"] == "success" and (d := seconds(t)) is not None] for b, v in bare.items()}
-    bare_q = {b: [d for t in v if t["state"] == "success" and (d := from_queued(t)) is not None]
+    ours = [d for t in mine if (d := duration(t)) is not None]
+    ours_q = [d for t in mine if (d := duration(t, "queued_when")) is not None]
+    bare_s = {b: [d for t in v if t["state"] == "success" and (d := duration(t)) is not None] for b, v in bare.items()}
+    bare_q = {b: [d for t in v if t["state"] == "success" and (d := duration(t, "queued_when")) is not None]
               for b, v in bare.items()}
     calls = [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()] \
         if (state / "calls.jsonl").exists() else []
@@ -493,7 +500,6 @@ def main() -> None:
     tis = r["tis"]
     states = Counter(t["state"] for t in tis)
     workflows = sum(1 for t in tis if t["task_id"].endswith(".submit") and t["map_index"] >= 0)
-    from campaign_scale_support import BARE_OWN_FILE, BARE_SAME_FILE
 
     def mean(xs: list[float]) -> float:
         return sum(xs) / len(xs) if xs else float("nan")
@@ -504,11 +510,8 @@ def main() -> None:
     ratio_own = mean_ours / mean(bare[BARE_OWN_FILE])
     by_name: dict[str, list[float]] = {}
     for t in tis:
-        start, end = t.get("start_date"), t.get("end_date")
-        if start and end and t["state"] == "success":
-            from airflowstack.client import parse_time
-
-            by_name.setdefault(t["task_id"].rsplit(".", 1)[-1], []).append(parse_time(end) - parse_time(start))
+        if t["state"] == "success" and (d := duration(t)) is not None:
+            by_name.setdefault(t["task_id"].rsplit(".", 1)[-1], []).append(d)
     print(f"real scheduler: run {r['run_id']} {r['state']} in {r['wall_s']:.0f} s; {len(tis)} task instances "
           f"{dict(states)}; {workflows} workflows")
     print("  mean task duration (start to end, s) by task: " + ", ".join(

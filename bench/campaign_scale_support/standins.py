@@ -48,9 +48,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-STATE_ENV = "MULTISITE_DRP_BENCH_STANDINS"
+from multisite_drp.services.commands.base import CommandRef, CommandResult, CommandService, CommandState
+from multisite_drp.services.replica.base import (
+    IngestCheck,
+    RegisteredDataset,
+    ReplicaService,
+    RuleRef,
+    RuleState,
+    RuleStatus,
+)
+
+from campaign_scale_support import BENCH_ADAPTER as ADAPTER
+from campaign_scale_support import STATE_ENV
+
 SKY_ENV = "MULTISITE_DRP_BENCH_SKY"
-ADAPTER = "bench_delay"
 STANDIN_GRAPH = "bench-standin-graph"
 DETECTORS, PATCHES = 189, 100
 RAW_RUN = "LSSTCam/raw/all"
@@ -247,9 +258,8 @@ class BenchCatalogButler:
 # -- the replica port -----------------------------------------------------------------------------
 
 
-class BenchDelayReplicaService:
-    """Stand-in for the Rucio adapter (see the module docstring). Subclasses the port at
-    construction (:func:`replica_service`) so that the port's own helpers apply."""
+class BenchDelayReplicaService(ReplicaService):
+    """Stand-in for the Rucio adapter (see the module docstring)."""
 
     def __init__(self, settings: dict) -> None:
         self.delay, self.scope = float(settings["delay"]), settings["scope"]
@@ -263,8 +273,6 @@ class BenchDelayReplicaService:
         return self.root / "rules" / f"{_key(dataset, site)}.json"
 
     def register(self, site: str, dataset: str, refs):
-        from multisite_drp.services.replica.base import RegisteredDataset
-
         with _locked(self.root / "lock"):
             old = _read(self._dataset(dataset)) or {"name": dataset, "site": site, "files": []}
             ids = sorted(set(old["files"]) | {str(r.id) for r in refs})
@@ -274,8 +282,6 @@ class BenchDelayReplicaService:
         return RegisteredDataset(name=dataset, site=site, files=len(ids), bytes=40_000 * len(ids), new_files=new)
 
     def _ref(self, data: dict):
-        from multisite_drp.services.replica.base import RuleRef
-
         return RuleRef(rule_id=data["rule_id"], dataset=data["dataset"], site=data["site"], rse=data["rse"])
 
     def add_rule(self, dataset: str, site: str):
@@ -292,8 +298,6 @@ class BenchDelayReplicaService:
         return self._ref(data) if data else None
 
     def rule_status(self, rules):
-        from multisite_drp.services.replica.base import RuleState, RuleStatus
-
         record_call("replica", "all", len(rules))
         now, out = time.time(), {}
         for r in rules:
@@ -309,8 +313,6 @@ class BenchDelayReplicaService:
         return [BenchRef(i, "bench", i.split(":")[0]) for i in data["files"]]
 
     def verify_ingested(self, rule):
-        from multisite_drp.services.replica.base import IngestCheck
-
         n = len((_read(self._dataset(rule.dataset)) or {"files": []})["files"])
         return IngestCheck(dataset=rule.dataset, site=rule.site, expected=n, found=n)
 
@@ -318,17 +320,10 @@ class BenchDelayReplicaService:
         self._rule(rule.dataset, rule.site).unlink(missing_ok=True)
 
 
-def replica_service(settings: dict):
-    from multisite_drp.services.replica.base import ReplicaService
-
-    cls = type("BenchDelayReplicaService", (BenchDelayReplicaService, ReplicaService), {})
-    return cls(settings)
-
-
 # -- the command-runner port ----------------------------------------------------------------------
 
 
-class BenchDelayCommandService:
+class BenchDelayCommandService(CommandService):
     """Stand-in for a site's command runner (see the module docstring)."""
 
     wait_interval = 0.2
@@ -341,8 +336,6 @@ class BenchDelayCommandService:
         return self.root / f"{_key(name)}.json"
 
     def _cref(self, data: dict, found: bool):
-        from multisite_drp.services.commands.base import CommandRef
-
         return CommandRef(name=data["name"], site=self.site, kind=data["kind"], handle=str(self._path(data["name"])),
                           log_path=data["log_path"], attempt=data["attempt"], found=found)
 
@@ -364,8 +357,6 @@ class BenchDelayCommandService:
         return self._cref(data, False)
 
     def status(self, refs):
-        from multisite_drp.services.commands.base import CommandState
-
         record_call("commands", self.site, len(refs))
         now, out = time.time(), {}
         for r in refs:
@@ -375,10 +366,8 @@ class BenchDelayCommandService:
         return out
 
     def result(self, ref):
-        from multisite_drp.services.commands.base import CommandResult
-
         state = self.status([ref])[ref.name]
-        return CommandResult(state=state, exit_code=0 if state.value == "SUCCEEDED" else None, message="bench stand-in")
+        return CommandResult(state=state, exit_code=0 if state is CommandState.SUCCEEDED else None, message="bench stand-in")
 
     def cancel(self, ref) -> None:
         return None
@@ -389,13 +378,6 @@ class BenchDelayCommandService:
             _write(self._path(ref.name), {**data, "discarded": True})
 
 
-def command_service(site: str, delay: float):
-    from multisite_drp.services.commands.base import CommandService
-
-    cls = type("BenchDelayCommandService", (BenchDelayCommandService, CommandService), {})
-    return cls(site, delay)
-
-
 # -- installing them ------------------------------------------------------------------------------
 
 
@@ -404,29 +386,20 @@ def _settings() -> dict:
 
 
 def patch_factory(factory) -> None:
-    """Connections whose extra says ``adapter: bench_delay`` build the stand-ins; every site's
-    command runner is the stand-in (the campaign names no commands connection)."""
-    from campaign_scale_support import BenchDelayWorkflowService
+    """Connections whose extra says ``adapter: bench_delay`` build the stand-ins (the workflow
+    one through :func:`campaign_scale_support.install_bench_adapter`, as the bench's
+    in-process part does); every site's command runner is the stand-in (the campaign names no
+    commands connection)."""
+    from campaign_scale_support import install_bench_adapter
 
     if getattr(factory, "_bench_standins", False):
         return
     factory._bench_standins = True
+    install_bench_adapter()
     conf = _settings()
-    real = {n: getattr(factory, n) for n in ("workflow_settings", "workflow_service", "replica_settings",
-                                              "replica_service", "butler_settings", "butler_service",
-                                              "command_service")}
+    real = {n: getattr(factory, n) for n in ("replica_settings", "replica_service", "butler_settings",
+                                              "butler_service")}
     factory.DEFAULT_POLL_SECONDS[ADAPTER] = float(conf.get("poll", 2.0))
-
-    def workflow_settings(config, site, conn):
-        if conn.extra.get("adapter") != ADAPTER:
-            return real["workflow_settings"](config, site, conn)
-        return {"adapter": ADAPTER, "site": site, "delay": float(conn.extra.get("delay", 5.0)),
-                "poll_interval": float(conn.extra.get("poll_interval", conf.get("poll", 2.0)))}
-
-    def workflow_service(settings, secret=None):
-        if settings["adapter"] != ADAPTER:
-            return real["workflow_service"](settings, secret)
-        return _RecordingWorkflows(settings["site"], settings["delay"])
 
     def replica_settings(config, conns):
         hub = conns[config.hub.name]
@@ -434,13 +407,13 @@ def patch_factory(factory) -> None:
             return real["replica_settings"](config, conns)
         return {"adapter": ADAPTER, "campaign": config.name, "hub": config.hub.name,
                 "scope": config.replication.scope, "delay": float(hub.extra.get("delay", 5.0)),
-                "poll_interval": float(hub.extra.get("poll_interval", conf.get("poll", 2.0))),
+                "poll_interval": factory.poll_seconds(hub.extra, ADAPTER, hub.where),
                 "sites": {s.name: {"rse": s.rse} for s in config.sites}, "webui_url": None}
 
     def replica_service(settings, secrets=None):
         if settings["adapter"] != ADAPTER:
             return real["replica_service"](settings, secrets)
-        return globals()["replica_service"](settings)
+        return BenchDelayReplicaService(settings)
 
     def butler_settings(config, site, extra, where):
         if extra.get("adapter") != ADAPTER:
@@ -452,18 +425,12 @@ def patch_factory(factory) -> None:
             return real["butler_service"](settings, lock_timeout)
         return BenchCatalogButler(settings["site"], settings["hub"])
 
-    def command_service_(settings):
-        return command_service(settings["site"], float(conf.get("command_delay", 1.0)))
+    def command_service(settings):
+        return BenchDelayCommandService(settings["site"], float(conf.get("command_delay", 1.0)))
 
-    class _RecordingWorkflows(BenchDelayWorkflowService):
-        def status(self, refs):
-            record_call("workflows", self.site, len(refs))
-            return super().status(refs)
-
-    factory.workflow_settings, factory.workflow_service = workflow_settings, workflow_service
     factory.replica_settings, factory.replica_service = replica_settings, replica_service
     factory.butler_settings, factory.butler_service = butler_settings, butler_service
-    factory.command_service = command_service_
+    factory.command_service = command_service
 
 
 def patch_qgraph(qgraph) -> None:
