@@ -217,7 +217,7 @@ async def _run_triggers(campaign: Path, data_root: Path, k: int, delay: float, i
                 name = f"dr1bench_step1_{s.name}_g0_group{g:03d}"
                 ref = {"run_id": f"{name}@{deadline:.3f}", "name": name, "site": s.name, "submit_dir": ""}
                 triggers.append(WorkflowTrigger(params, [s.connections.workflow], s.name, [ref], interval,
-                                                label=f"step1.{s.name}.submit[{g}]"))
+                                                label=f"step1.{s.name}.wait_workflow[{g}]"))
         BenchDelayWorkflowService.calls.clear()
         before = dict(SharedPoll.calls)
 
@@ -246,9 +246,8 @@ def status_calls(campaign: Path, data_root: Path, k: int, delay: float, interval
 # -- 4. the real scheduler ----------------------------------------------------------------------
 
 #: Task names (the last part of a task id) that wait on an outside system (deferred while it
-#: works) or run once per campaign: not in the per-task mean. The start-and-wait tasks
-#: (``replicate_inputs``, ``submit``, ``replicate_outputs``) are among them.
-WAITING = {"generate_qg", "replicate_inputs", "submit", "replicate_outputs", "wait_ingested"}
+#: works) or run once per campaign: not in the per-task mean.
+WAITING = {"generate_qg", "wait_inputs", "wait_workflow", "wait_outputs", "wait_ingested"}
 ONCE = {"validate_campaign", "plan_campaign", "report"}
 
 

@@ -5,9 +5,8 @@ refcat and each remote site's raws, verified ingested) → `step1` … `step9` �
 The plan splits each step at a site into submission groups of bounded size
 (`planner.max_group_size`). Each step group holds `stepN.split.<site>` (the plan's groups,
 read at run time) and, per site, a chain mapped over those groups, one map index per
-group: `generate_qg` → `replicate_inputs` → `submit` → `merge` → `register` →
-`replicate_outputs` (the inputs, submit and return tasks each start their work, then wait for
-it deferred, no worker held); then `stepN.barrier`, which
+group: `generate_qg` → `replicate_inputs` → `wait_inputs` → `submit` → `wait_workflow` →
+`merge` → `register` → `replicate_outputs` → `wait_outputs`; then `stepN.barrier`, which
 holds the next step until every group of every site has an accepted workflow and every
 transfer is OK. Global steps (3, 9) run at the hub only, as one group; their outputs fan
 out to the remote sites. The pools `drp_<site>` (graph builds, merges) and

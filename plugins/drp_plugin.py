@@ -1,8 +1,9 @@
 """AirflowPlugin of multisite-drp: registers the operators' extra links with the API server.
 
-"Workflow monitor" (submit): the PanDA monitor's page of the group's request, or the
-embedded workflow's logs directory. "Rucio" (distribute.*, replicate_inputs, register,
-replicate_outputs): the Rucio WebUI page of the task's rule or dataset. See ``multisite_drp.hooks.links``.
+"Workflow monitor" (submit, wait_workflow): the PanDA monitor's page of the group's request,
+or the embedded workflow's logs directory. "Rucio" (distribute.*, replicate_inputs,
+wait_inputs, register, replicate_outputs, wait_outputs): the Rucio WebUI page of the task's
+rule or dataset. See ``multisite_drp.hooks.links``.
 
 The "DRP campaign" page (``multisite_drp.web.app``): a FastAPI app mounted at
 ``/drp-campaign``, reached from the navigation bar (the runs of ``drp_campaign``) and from

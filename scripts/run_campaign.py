@@ -114,8 +114,8 @@ def _conn_extras(items: list[str]) -> None:
 
 
 #: The tasks whose extra links ``--links`` records (first group of each chain, and the distribution).
-LINKED = ("submit", "replicate_inputs", "register", "replicate_outputs", "bootstrap", "raws", "wait_ingested",
-          "plan_campaign")
+LINKED = ("submit", "wait_workflow", "replicate_inputs", "wait_inputs", "register", "replicate_outputs",
+          "wait_outputs", "bootstrap", "raws", "wait_ingested", "plan_campaign")
 
 
 def _migrate() -> None:

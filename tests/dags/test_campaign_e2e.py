@@ -536,8 +536,8 @@ def test_workflow_and_replication_tasks_link_out(cfg, campaign, rucio) -> None:
     """The extra links the UI shows for the main run's task instances (read back through the
     REST API, as the UI reads them; group 0 of every chain and the distribution): the PanDA
     monitor's request page for the PanDA sites' workflows, the logs directory for USDF's
-    embedded ones, and the Rucio WebUI page of each replication task's rule or dataset; the
-    distribution's wait shows the link of the task it waits on; no rule, no link."""
+    embedded ones, and the Rucio WebUI page of each replication task's rule or dataset; a
+    waiting task shows the link of the task it waits on; no rule, no link."""
     from urllib.parse import urlencode
 
     from rucio.common.exception import DataIdentifierNotFound
@@ -564,7 +564,7 @@ def test_workflow_and_replication_tasks_link_out(cfg, campaign, rucio) -> None:
             expected = rule_urls(names.rucio_dataset(cfg, what, parts[1], "inputs" if what == "bootstrap" else "raw", 0))
         else:
             step, site, kind = parts
-            if kind == "submit":
+            if kind in ("submit", "wait_workflow"):
                 sdir = names.submit_dir(cfg, step, site, 0, 0)
                 if site in PANDA_SITES:
                     request = json.loads((sdir / "panda.json").read_text())["submissions"][0]["request_id"]
@@ -578,13 +578,13 @@ def test_workflow_and_replication_tasks_link_out(cfg, campaign, rucio) -> None:
                 assert shown["Rucio"] == f"{RUCIO_WEBUI}/did?{urlencode({'scope': scope, 'name': name})}", label
                 checked["dataset"] += 1
                 continue
-            role = "inputs" if kind == "replicate_inputs" else "outputs"
+            role = "inputs" if kind in ("replicate_inputs", "wait_inputs") else "outputs"
             expected = rule_urls(names.rucio_dataset(cfg, step, site, role, 0, 0))
         assert shown["Rucio"] in expected, (label, shown, expected)
         checked["rule"] += shown["Rucio"] is not None
-    # Every chain's workflow task, every chain's registration, and many rules were checked.
-    assert checked["workflow"] == checked["dataset"] and checked["dataset"] == 7 * 3 + 2, checked
-    assert checked["rule"] >= 7 * 2 + 2, checked
+    # Every chain's two workflow tasks, every chain's registration, and many rules were checked.
+    assert checked["workflow"] == 2 * checked["dataset"] and checked["dataset"] == 7 * 3 + 2, checked
+    assert checked["rule"] >= 2 * (7 * 2 + 2), checked
 
 
 def test_the_campaign_page_shows_the_run_behind_airflows_login(cfg, plan, campaign) -> None:
@@ -742,8 +742,9 @@ def test_clearing_one_groups_tasks_reruns_only_that_group(cfg, campaign) -> None
     assert second.keys() == first.keys()  # the same run, not a new one
     ran = sorted(k for k, t in second.items() if t["start"] and t["start"] >= cleared_at)
     assert ran == sorted((f"step1.frdf.{name}", 1) for name in (
-        "generate_qg", "replicate_inputs", "submit", "merge", "register", "replicate_outputs")), ran
-    # The submit task's wait re-applied the policy to group 1's workflow; group 0's decision is untouched.
+        "generate_qg", "replicate_inputs", "wait_inputs", "submit", "wait_workflow", "merge", "register",
+        "replicate_outputs", "wait_outputs")), ran
+    # The wait re-applied the policy to group 1's workflow; group 0's decision is untouched.
     assert decision.stat().st_mtime_ns > stamps[0] and other.stat().st_mtime_ns == stamps[1]
     for key, t in second.items():  # everything else kept its first run
         if key not in ran:

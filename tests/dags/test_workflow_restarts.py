@@ -1,9 +1,9 @@
 """A workflow that keeps failing: the wait restarts it ``auto_restarts`` times, then fails and alerts.
 
-Through Airflow: a one-task DAG (the real ``SubmitWorkflowOperator``, which submits and then
-waits, in its ``step1.usdf`` groups, ``CampaignAlertNotifier`` as ``on_failure_callback``, no
+Through Airflow: a two-task DAG (the real ``SubmitWorkflowOperator`` and ``WorkflowSensor``
+in their ``step1.usdf`` groups, ``CampaignAlertNotifier`` as ``on_failure_callback``, no
 Airflow retries) run by ``dag.test()`` in a subprocess (Airflow's scheduling loop, the
-task's deferral to the real ``WorkflowTrigger`` run inline, the task's failure callback).
+sensor's deferral to the real ``WorkflowTrigger`` run inline, the task's failure callback).
 Step 1 of one visit at the hub, with the embedded workflow service; one ``isr`` quantum
 fails on every attempt (the test bed's ``MINIDRP_FAIL_QUANTA``), so 1 failed + 1 blocked of
 8 quanta: fraction 0.25, above the campaign's non-zero threshold 0.1.
@@ -40,14 +40,17 @@ DAG_FILE = textwrap.dedent('''
     from airflow.sdk import DAG, TaskGroup
     from multisite_drp.notifiers.alert import CampaignAlertNotifier
     from multisite_drp.operators.drp import SubmitWorkflowOperator
+    from multisite_drp.sensors.drp import WorkflowSensor
 
     with DAG("drp_restarts_test", schedule=None, catchup=False,
              default_args={"retries": 0, "on_failure_callback": CampaignAlertNotifier()},
              params={"campaign_file": "", "data_root": None, "steps": [], "sites": [], "generation": 0,
                      "dry_run": False, "rescue": False}):
         with TaskGroup("step1"), TaskGroup("usdf"):
-            SubmitWorkflowOperator(task_id="submit", step="step1", site="usdf", group=0,
-                                   auto_restarts=__AUTO_RESTARTS__, timeout=timedelta(minutes=10))
+            submit = SubmitWorkflowOperator(task_id="submit", step="step1", site="usdf", group=0)
+            wait = WorkflowSensor(task_id="wait_workflow", step="step1", site="usdf", group=0,
+                                  auto_restarts=__AUTO_RESTARTS__, timeout=timedelta(minutes=10))
+            submit >> wait
 ''').replace("__AUTO_RESTARTS__", str(AUTO_RESTARTS))
 
 
@@ -106,10 +109,8 @@ def run(tmp_path_factory) -> dict:
 def test_the_wait_restarts_exactly_n_times_then_fails(run) -> None:
     cfg = run["cfg"]
     assert run["state"] == "failed", run["tasks"]
-    assert run["tasks"]["step1.usdf.submit"] == ["failed", 1]  # one try: the restarts are the task's own
-    # Submitted once (the restarts are the workflow service's restarts, not new submissions).
-    submitted = {ln for ln in run["log"].splitlines() if '"submission": "new"' in ln}
-    assert len(submitted) == 1, submitted
+    assert run["tasks"]["step1.usdf.submit"] == ["success", 1]
+    assert run["tasks"]["step1.usdf.wait_workflow"] == ["failed", 1]  # one try: the restarts are the sensor's
     # Each restart the sensor asked for happened (none lost to a runner still exiting).
     asked = {ln for ln in run["log"].splitlines() if "; restarting it (attempt " in ln}  # a line logged twice is one
     assert len(asked) == AUTO_RESTARTS, asked
@@ -131,7 +132,7 @@ def test_the_wait_restarts_exactly_n_times_then_fails(run) -> None:
 def test_the_failure_is_an_alert_naming_the_task_fraction_and_threshold(run) -> None:
     alerts = [json.loads(ln) for ln in (run["cfg"].work_path / "alerts.jsonl").read_text().splitlines()]
     alerts = [a for a in alerts if a["level"] == "failure"]
-    assert [a["task_id"] for a in alerts] == ["step1.usdf.submit"]
+    assert [a["task_id"] for a in alerts] == ["step1.usdf.wait_workflow"]
     error = alerts[0]["error"]
     assert (f"minidrp_step1_usdf_g0_group000 rejected by the partial-success policy after {AUTO_RESTARTS + 1} "
             "attempt(s)") \
@@ -146,10 +147,10 @@ def test_each_restart_is_a_warning_and_all_reach_slack(run) -> None:
     alerts = [json.loads(ln) for ln in (run["cfg"].work_path / "alerts.jsonl").read_text().splitlines()]
     warnings = [a for a in alerts if a["level"] == "warning"]
     assert [(w["kind"], w["task_id"]) for w in warnings] == \
-        [("workflow_restarted", "step1.usdf.submit")] * AUTO_RESTARTS
+        [("workflow_restarted", "step1.usdf.wait_workflow")] * AUTO_RESTARTS
     assert "restarted by policy, attempt 2 of 2" in warnings[0]["error"]
     texts = [p["json"]["text"] for p in run["slack"]]
     assert len(texts) == AUTO_RESTARTS + 1, texts
-    assert texts[0].startswith("*DRP warning (workflow_restarted): step1.usdf.submit*")
-    assert texts[-1].startswith("*DRP alert: step1.usdf.submit failed (try 1)*")
+    assert texts[0].startswith("*DRP warning (workflow_restarted): step1.usdf.wait_workflow*")
+    assert texts[-1].startswith("*DRP alert: step1.usdf.wait_workflow failed (try 1)*")
     assert all(p["path"] == "/services/T0/B0/tok" for p in run["slack"])

@@ -20,7 +20,8 @@ from multisite_drp.web.progress import group_progress, open_alerts, step_site_ta
 
 from tests.conftest import CAMPAIGN
 
-CHAIN = ("generate_qg", "replicate_inputs", "submit", "merge", "register", "replicate_outputs")
+CHAIN = ("generate_qg", "replicate_inputs", "wait_inputs", "submit", "wait_workflow", "merge", "register",
+         "replicate_outputs", "wait_outputs")
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,13 @@ def _tract_step_groups(plan: CampaignPlan, site: str) -> list:
 
 
 def _states(plan: CampaignPlan) -> tuple[list[tuple[str, int, str | None]], list, list]:
-    """FrDF's first tract-step group done, its second failed at its workflow's wait (the
-    submit task), USDF's step-1 groups running; everything else not started."""
+    """FrDF's first tract-step group done, its second failed at the wait, USDF's step-1
+    groups running; everything else not started."""
     done, failed = _tract_step_groups(plan, "frdf")[:2]
     tis = [(f"{done.step}.frdf.{t}", done.group, "success") for t in CHAIN]
-    tis += [(f"{failed.step}.frdf.{t}", failed.group, "success") for t in CHAIN[:2]]
-    tis += [(f"{failed.step}.frdf.submit", failed.group, "failed")]
-    tis += [(f"{failed.step}.frdf.{t}", failed.group, "upstream_failed") for t in CHAIN[3:]]
+    tis += [(f"{failed.step}.frdf.{t}", failed.group, "success") for t in CHAIN[:4]]
+    tis += [(f"{failed.step}.frdf.wait_workflow", failed.group, "failed")]
+    tis += [(f"{failed.step}.frdf.{t}", failed.group, "upstream_failed") for t in CHAIN[5:]]
     usdf1 = [g for g in plan.groups if g.step == "step1" and g.site == "usdf"]
     tis += [(f"step1.usdf.{t}", g.group, s) for g in usdf1 for t, s in (("generate_qg", "success"),
                                                                          ("replicate_inputs", "deferred"))]
@@ -82,14 +83,14 @@ def test_groups_steps_and_tracts_progress(planned) -> None:
 def test_open_alerts_close_when_the_task_succeeds() -> None:
     records = [
         {"at": 1, "level": "failure", "run_id": "r", "task_id": "step2.frdf.submit", "map_index": 0},
-        {"at": 2, "level": "failure", "run_id": "r", "task_id": "step4.frdf.submit", "map_index": 1},
-        {"at": 3, "level": "warning", "kind": "replication_stuck", "run_id": "r", "task_id": "step2.frdf.replicate_inputs",
+        {"at": 2, "level": "failure", "run_id": "r", "task_id": "step4.frdf.wait_workflow", "map_index": 1},
+        {"at": 3, "level": "warning", "kind": "replication_stuck", "run_id": "r", "task_id": "step2.frdf.wait_inputs",
          "map_index": 0},
-        {"at": 4, "level": "failure", "run_id": "other", "task_id": "step4.frdf.submit", "map_index": 1},
+        {"at": 4, "level": "failure", "run_id": "other", "task_id": "step4.frdf.wait_workflow", "map_index": 1},
         {"at": 5, "level": "deadline", "run_id": "r", "task_id": None},
     ]
-    states = {("step2.frdf.submit", 0): "success", ("step4.frdf.submit", 1): "failed",
-              ("step2.frdf.replicate_inputs", 0): "success"}
+    states = {("step2.frdf.submit", 0): "success", ("step4.frdf.wait_workflow", 1): "failed",
+              ("step2.frdf.wait_inputs", 0): "success"}
     assert [r["at"] for r in open_alerts(records, "r", states, run_finished=False)] == [5, 3, 2]
     assert [r["at"] for r in open_alerts(records, "r", states, run_finished=True)] == [3, 2]
 
@@ -98,7 +99,7 @@ def test_the_page_is_escaped_and_shows_the_figures(planned) -> None:
     cfg, plan, _ = planned
     tis, _, _ = _states(plan)
     groups = group_progress(plan, tis)
-    alert = {"at": 10, "level": "failure", "run_id": "manual__<x>", "task_id": "step4.frdf.submit",
+    alert = {"at": 10, "level": "failure", "run_id": "manual__<x>", "task_id": "step4.frdf.wait_workflow",
              "map_index": 1, "error": "RuntimeError: <script>alert(1)</script>", "log_url": "javascript:alert(1)"}
     html = render_run(dag_id="drp_campaign", run={"run_id": "manual__<x>", "state": "running", "generation": 0},
                       config=cfg, plan=plan, groups=groups, table=step_site_table(groups),

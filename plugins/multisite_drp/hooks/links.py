@@ -3,7 +3,7 @@
 * ``Workflow monitor``: the workflow's page in its workflow system, the PanDA monitor's
   request page (base: the PanDA connection's ``monitor_url`` extra), or for the embedded
   workflows their logs directory (a ``file://`` URL on the Airflow host); recorded by
-  ``submit`` as XCom ``monitor_url`` once it has submitted, so it shows while the task waits.
+  ``submit`` in its return value (``monitor_url``).
 * ``DRP campaign`` (the plan task): the run's page in the campaign's own view
   (``/drp-campaign/run``, mounted by the project's plugin on Airflow's API server, under
   the deployment's ``[api] base_url`` path).
@@ -11,10 +11,10 @@
   (``/rule?rule_id=...``, ``/did?scope=...&name=...``; base: the hub's replica connection's
   ``webui_url`` extra), recorded by the task as XCom ``rucio_url``.
 
-A group's start-and-wait tasks (``submit``, ``replicate_inputs``, ``replicate_outputs``)
-record their own link before they defer. A wait of its own (``wait_ingested``) shows the
-link of the task before it: the rule it waits on (the ``raws`` task, in ``drp_campaign``'s
-distribution and in ``drp_nightly`` alike). The
+A waiting task (``wait_workflow``, ``wait_inputs``, ``wait_outputs``, ``wait_ingested``)
+shows the link of the task before it in its chain: the workflow or rule it waits on (the
+``raws`` task before ``wait_ingested``, in ``drp_campaign``'s distribution and in
+``drp_nightly`` alike). The
 URLs are built when the task runs, from its connections (the API server that renders a
 link reads only XCom); no secret is in them (base URLs with credentials are refused when
 the connection is read). An unset base URL gives no link, not a broken one.
@@ -26,15 +26,15 @@ from types import SimpleNamespace
 
 from airflow.sdk import BaseOperatorLink
 
-__all__ = ["CAMPAIGN_PAGE", "RUCIO_URL_KEY", "WAITS_ON", "WORKFLOW_URL_KEY", "CampaignPageLink", "RucioLink", "WorkflowMonitorLink"]
+__all__ = ["CAMPAIGN_PAGE", "RUCIO_URL_KEY", "WAITS_ON", "CampaignPageLink", "RucioLink", "WorkflowMonitorLink"]
 
 #: Where the project's plugin mounts the campaign page (``web/app.py``'s PREFIX).
 CAMPAIGN_PAGE = "/drp-campaign"
 
 #: A waiting task links to what the task before it in its chain created.
-WAITS_ON = {"wait_ingested": "raws"}
+WAITS_ON = {"wait_workflow": "submit", "wait_inputs": "replicate_inputs", "wait_outputs": "replicate_outputs",
+            "wait_ingested": "raws"}
 RUCIO_URL_KEY = "rucio_url"
-WORKFLOW_URL_KEY = "monitor_url"
 
 
 def _source(ti_key) -> SimpleNamespace:
@@ -47,15 +47,15 @@ def _source(ti_key) -> SimpleNamespace:
 
 
 class WorkflowMonitorLink(BaseOperatorLink):
-    """The workflow's page (XCom ``monitor_url`` of the submit task)."""
+    """The workflow's page (``monitor_url`` in the submit task's return value)."""
 
     name = "Workflow monitor"
 
     def get_link(self, operator, *, ti_key) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
-        value = XCom.get_value(ti_key=_source(ti_key), key=WORKFLOW_URL_KEY)
-        return value if isinstance(value, str) else ""
+        value = XCom.get_value(ti_key=_source(ti_key), key="return_value")
+        return str(value.get("monitor_url") or "") if isinstance(value, dict) else ""
 
 
 class RucioLink(BaseOperatorLink):

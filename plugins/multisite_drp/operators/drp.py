@@ -1,13 +1,5 @@
 """Thin operators: each one calls one idempotent action of ``services.actions``.
 
-The per-group tasks that start something outside and then wait for it (``submit``,
-``replicate_inputs``, ``replicate_outputs``) are one task each, the way a provider's
-deferrable "start and wait" operator is: they subclass the sensors of
-``multisite_drp.sensors.drp``, act, then defer until the workflow ends or the rules are OK
-and ingested. A group's chain is six tasks (graph, inputs, submit, merge, register,
-return), not nine: at DR1 scale the scheduler's loop over waiting task instances is what
-limits the campaign (``bench/campaign_scale``).
-
 Every operator reads the DAG run's Params (campaign file, data root, sites, steps,
 generation, dry_run), builds the ports through ``CampaignHook`` and decides first
 whether it has anything to do (``hooks.mixin.CampaignTaskMixin.prepare``, shared with the
@@ -40,16 +32,9 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, SkipMixin
 
-from multisite_drp.hooks.links import (
-    RUCIO_URL_KEY,
-    WORKFLOW_URL_KEY,
-    CampaignPageLink,
-    RucioLink,
-    WorkflowMonitorLink,
-)
+from multisite_drp.hooks.links import RUCIO_URL_KEY, CampaignPageLink, RucioLink, WorkflowMonitorLink
 from multisite_drp.hooks.mixin import GROUP_MAP_INDEX, CampaignTaskMixin, group_id
 from multisite_drp.operators.commands import CommandOperatorMixin
-from multisite_drp.sensors.drp import ReplicationSensor, WorkflowSensor
 
 __all__ = [
     "BarrierOperator",
@@ -220,70 +205,28 @@ class GenerateGraphOperator(StepCommandOperator):
     ui_color = "#d9ead3"
 
 
-class _ReplicateThenWait(ReplicationSensor):
-    """A group's replication task: ``actions.<action>`` adds the group's rule(s) (once; a
-    rerun or a retry finds them), records the Rucio WebUI link, then waits (deferred) until
-    the rules are OK and the destination butlers ingested every dataset
-    (``ReplicationSensor.wait``). No rule: nothing to wait for."""
-
-    action: ClassVar[str] = ""
-    kind: ClassVar[str] = ""  # type: ignore[misc]
-    ui_color = "#fce5cd"
-
-    def __init__(self, *, step: str, site: str, group: Any, **kwargs: Any) -> None:
-        super().__init__(step=step, site=site, group=group, kind=type(self).kind, **kwargs)
-
-    def execute(self, context) -> Any:
-        from multisite_drp.services import actions
-
-        hook, ctx = self.prepare(context)
-        result = getattr(actions, self.action)(ctx, self.step, self.site, self.group_id)
-        self.log.info("%s: %s", self.task_id, json.dumps(result, default=str)[:4000])
-        _push_link(self, context, RUCIO_URL_KEY, ctx.replica.webui_link(result), "in Rucio")
-        if not self.deferrable:
-            return ReplicationSensor.poke_loop(self, context)
-        return self.wait(hook, ctx, context)
-
-
-def _push_link(task, context, key: str, url: str | None, what: str) -> None:
-    """Record a link's URL as XCom ``key`` while the task runs (the link shows while it waits)."""
-    if url and context.get("ti") is not None:
-        context["ti"].xcom_push(key=key, value=url)
-        task.log.info("%s: %s at %s", task.task_id, what, url)
-
-
-class ReplicateInputsOperator(_ReplicateThenWait):
-    """The group graph's overall inputs that the site's butler lacks: one Rucio dataset, one
-    rule to the site; then the wait for it to be OK and ingested there."""
-
+class ReplicateInputsOperator(StepSiteOperator):
+    links_to_rucio = True
     operator_extra_links = (RucioLink(),)
     action = "replicate_inputs"
-    kind = "inputs"
+    ui_color = "#fce5cd"
 
 
-class SubmitWorkflowOperator(WorkflowSensor):
+class SubmitWorkflowOperator(StepSiteOperator):
     """Submits once; finds an earlier submission; restarts a FAILED one (``bps restart``), or
     with the Param ``rescue`` makes a rescue submission, and raises a ``workflow_restarted``
-    warning alert when it does. Records the workflow system's page (the PanDA monitor) for
-    its extra link, then waits for the workflow, deferred, and applies the partial-success
-    policy (``WorkflowSensor.wait``; a rejected workflow is restarted up to ``auto_restarts``
-    times). The task holds a slot of the site's workflow pool from submission to the end."""
+    warning alert when it does. Shows the workflow system's page (the PanDA monitor) as an
+    extra link."""
 
     ui_color = "#cfe2f3"
     operator_extra_links = (WorkflowMonitorLink(),)
 
-    def execute(self, context) -> Any:
-        hook, ctx = self.prepare(context)
-        self._submit(ctx, context)
-        if not self.deferrable:
-            return WorkflowSensor.poke_loop(self, context)
-        return self.wait(hook, ctx, context)
-
-    def _submit(self, ctx, context) -> dict:
+    def act(self, ctx, context) -> Any:
         from multisite_drp.services import actions
-        from multisite_drp.services.workflow.base import WorkflowRef
 
         ref = actions.submit(ctx, self.step, self.site, self.group_id, rescue=bool(context["params"].get("rescue")))
+        from multisite_drp.services.workflow.base import WorkflowRef
+
         url = ctx.workflows[self.site].monitor_url(WorkflowRef.from_dict(ref))
         if ref["submission"] in ("restarted", "rescued"):
             ti = context.get("ti")
@@ -292,9 +235,9 @@ class SubmitWorkflowOperator(WorkflowSensor):
                       f"{ref['submission']} (run {ref['previous_run_id']} -> {ref['run_id']})",
                       key=f"workflow_restarted:{ref['name']}:{ref['previous_run_id']}:{ref['submission']}:"
                           f"{ref['run_id']}:{getattr(ti, 'run_id', None)}:{getattr(ti, 'try_number', None)}")
-        self.log.info("%s: %s", self.task_id, json.dumps(ref, default=str)[:4000])
-        _push_link(self, context, WORKFLOW_URL_KEY, url, "follow it")
-        return ref
+        if url:
+            self.log.info("%s/%s group %d: follow it at %s", self.step, self.site, self.group_id, url)
+        return {**ref, "monitor_url": url}
 
 
 class MergeOutputsOperator(StepCommandOperator):
@@ -317,14 +260,11 @@ class RegisterOutputsOperator(StepSiteOperator):
     ui_color = "#fce5cd"
 
 
-class ReplicateOutputsOperator(_ReplicateThenWait):
-    """The rule returning the group's outputs at the site to USDF (none for the hub itself;
-    a global step's outputs are fanned out to every remote site); then the wait for the
-    rules to be OK and the outputs ingested at their destinations."""
-
+class ReplicateOutputsOperator(StepSiteOperator):
+    links_to_rucio = True
     operator_extra_links = (RucioLink(),)
     action = "replicate_outputs"
-    kind = "outputs"
+    ui_color = "#fce5cd"
 
 
 class DistributeOperator(CampaignActionOperator):

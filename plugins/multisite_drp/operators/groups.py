@@ -24,7 +24,7 @@ from multisite_drp.operators.drp import (
     SplitStepOperator,
     SubmitWorkflowOperator,
 )
-from multisite_drp.sensors.drp import ReplicationSensor
+from multisite_drp.sensors.drp import ReplicationSensor, WorkflowSensor
 
 __all__ = ["distribution_group", "site_pool", "step_group", "workflow_pool"]
 
@@ -63,11 +63,8 @@ def distribution_group(remote_sites: list[str], *, wait_timeout: timedelta) -> T
 
 
 def workflow_pool(site: str) -> str:
-    """The pool bounding how many of a site's groups have a workflow in flight: ``submit`` holds
-    a slot from submission until its deferred wait ends (the pool counts deferred tasks).
-    When a wait resumes, the slot is free until the task is queued again; the scheduler
-    queues by map index among equal priorities, so the groups already in flight (lower
-    indexes, submitted first) win it over new submissions."""
+    """The pool bounding how many of a site's groups have a workflow in flight: ``submit`` and
+    the deferred ``wait_workflow`` take a slot each (the pool counts deferred tasks)."""
     return f"drp_{site}_workflows"
 
 
@@ -75,9 +72,8 @@ def step_group(step: str, sites: list[str], *, is_global: bool, description: str
                wait_timeout: timedelta, workflow_timeout: timedelta,
                night: bool = False) -> tuple[TaskGroup, BarrierOperator]:
     """One DRP step: per site, the plan's groups (``split``), then the site's chain mapped over
-    them (graph → inputs → submit → merge → register → return, one map index per group; the
-    inputs, submit and return tasks each wait, deferred, for what they started); then a
-    barrier after every group of every site.
+    them (graph → inputs → submit → wait → merge → register → return, one map index per
+    group); then a barrier after every group of every site.
 
     ``night``: the same tasks scoped to the run's night (``drp_nightly``'s step 1: every name
     from ``names.night_config``, the night's plan; skipped unless the Param ``run_step1``)."""
@@ -117,17 +113,24 @@ def _site_chain(step: str, site: str, *, is_global: bool, wait_timeout: timedelt
                    "Kept at the hub as provenance. An existing graph is reused. The build runs through the "
                    "hub's command runner (a pod in production) and the task defers while it runs.")
         inputs = ReplicateInputsOperator(
-            task_id="replicate_inputs", **on, pool=REPLICATION_POOL, timeout=wait_timeout,
+            task_id="replicate_inputs", **on, pool=REPLICATION_POOL,
             doc_md=f"The group graph's overall inputs that {site}'s butler lacks become one Rucio dataset "
-                   f"with one rule to {site}; then wait (deferred) until the rule is OK and ingested there. "
-                   "Nothing to move: no rule, no wait.")
+                   f"with one rule to {site}. Nothing to move: no rule.")
+        wait_in = ReplicationSensor(
+            task_id="wait_inputs", **on, kind="inputs", timeout=wait_timeout,
+            doc_md=f"Wait (deferred) until the group's input rule to {site} is OK and ingested there.")
         submit = SubmitWorkflowOperator(
-            task_id="submit", **on, pool=workflow_pool(site), timeout=workflow_timeout,
-            doc_md=f"Submit the group's graph at {site} (BPS; embedded: detached run-qbb), then wait (deferred, "
-                   "holding a slot of the site's workflow pool) for the workflow to end and apply the "
-                   "partial-success policy (failed-quanta threshold). A workflow of the same name is found, "
-                   "not resubmitted; a failed one is restarted; a rejected one is restarted once before the "
-                   "task fails. The pool bounds how many groups are in flight.")
+            task_id="submit", **on, pool=workflow_pool(site),
+            weight_rule="absolute", priority_weight=1,
+            doc_md=f"Submit the group's graph at {site} (BPS; embedded: detached run-qbb). A workflow of the "
+                   "same name is found, not resubmitted; a failed one is restarted. The site's workflow pool "
+                   "bounds how many groups are in flight.")
+        wait_wf = WorkflowSensor(
+            task_id="wait_workflow", **on, timeout=workflow_timeout,
+            pool=workflow_pool(site), weight_rule="absolute", priority_weight=2,
+            doc_md="Wait (deferred, holding a slot of the site's workflow pool) for the group's workflow to end, "
+                   "then apply the partial-success policy (failed-quanta threshold). A rejected workflow is "
+                   "restarted once before failing.")
         merge = MergeOutputsOperator(
             task_id="merge", **on, pool=site_pool(site),
             doc_md=f"Check {site}'s butler holds every predicted output of the group; run the merge if the "
@@ -137,12 +140,14 @@ def _site_chain(step: str, site: str, *, is_global: bool, wait_timeout: timedelt
             doc_md=f"Register the group's outputs at {site} in Rucio as one dataset, with "
                    "lsst-rucio-register metadata (files already registered are skipped).")
         back = ReplicateOutputsOperator(
-            task_id="replicate_outputs", **on, pool=REPLICATION_POOL, timeout=wait_timeout,
-            doc_md=("Fan the global step's outputs out to every remote site" if is_global else
-                    f"Add the rule returning the group's outputs at {site} to USDF (none for the hub itself)")
-                   + "; then wait (deferred) until the rules are OK and the destination butlers have "
-                     "ingested every dataset.")
-        qg >> inputs >> submit >> merge >> register >> back
-        return back
+            task_id="replicate_outputs", **on, pool=REPLICATION_POOL,
+            doc_md=("Fan the global step's outputs out to every remote site." if is_global else
+                    f"Add the rule returning the group's outputs at {site} to USDF (none for the hub itself)."))
+        wait_out = ReplicationSensor(
+            task_id="wait_outputs", **on, kind="outputs", timeout=wait_timeout,
+            doc_md="Wait (deferred) until the group's output rules are OK and the destination butlers "
+                   "have ingested every dataset.")
+        qg >> inputs >> wait_in >> submit >> wait_wf >> merge >> register >> back >> wait_out
+        return wait_out
 
     return chain

@@ -8,11 +8,6 @@ deferral), and otherwise defers to a trigger in ``multisite_drp.triggers`` with 
 
 ``deferrable=False`` falls back to Airflow's classic poke loop (``poke`` below).
 
-The wait is also the second half of the per-group tasks that start something and then wait
-for it (``operators.drp``: ``submit``, ``replicate_inputs``, ``replicate_outputs``): they
-subclass these sensors, act first, then call ``wait``, as a provider's deferrable
-"start and wait" operator does. One task instance per start-and-wait, not two.
-
 The preamble (build the hook, decide the skip, get the context) and the ending of the
 project's errors (an ``InputError`` fails at once, a ``TransientError`` is retried with
 backoff) are ``hooks.mixin.CampaignTaskMixin``'s, shared with the operators.
@@ -71,10 +66,6 @@ class _SiteSensor(CampaignTaskMixin, BaseSensorOperator):
     def label(self) -> str:
         return f"{self.step}/{self.site}[{self.group_id}]"
 
-    def poke_loop(self, context) -> Any:
-        """``deferrable=False``: Airflow's classic loop of ``poke`` calls, holding the worker."""
-        return BaseSensorOperator.execute(self, context)
-
     @property
     def _timeout(self) -> timedelta:
         t = self.timeout
@@ -113,13 +104,8 @@ class WorkflowSensor(_SiteSensor):
 
     def execute(self, context) -> Any:
         if not self.deferrable:
-            return self.poke_loop(context)
+            return super().execute(context)
         hook, ctx = self.prepare(context)
-        return self.wait(hook, ctx, context)
-
-    def wait(self, hook: CampaignHook, ctx, context) -> Any:
-        """The wait itself, once the task is prepared: over at once or within ``settle_seconds``
-        (then the policy's ending), else deferred to the site's ``WorkflowTrigger``."""
         ref = self._ref(ctx)
         if self.settled(lambda: ctx.workflows[self.site].status([ref])[ref.run_id].terminal):
             return self._finish(ctx, ref, context, hook)
@@ -275,14 +261,8 @@ class ReplicationSensor(_SiteSensor):
 
     def execute(self, context) -> Any:
         if not self.deferrable:
-            return self.poke_loop(context)
+            return super().execute(context)
         hook, ctx = self.prepare(context)
-        return self.wait(hook, ctx, context)
-
-    def wait(self, hook: CampaignHook, ctx, context) -> Any:
-        """The wait itself, once the task is prepared: no rule, or every rule OK at once or
-        within ``settle_seconds`` (then the ingest check), else deferred to the
-        ``ReplicationTrigger``. A retried try first hands its STUCK rules back to Rucio."""
         rules = self._rules(ctx, self._night(context))
         if not rules:
             self.log.info("%s: no transfer was needed", self.task_id)
