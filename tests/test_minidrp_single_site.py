@@ -1,9 +1,10 @@
 """The nine-step MiniCam pipeline at one site (usdf) with the real middleware.
 
-Most real thing here: `pipetask qgraph`, `pipetask pre-exec-init-qbb`, `pipetask run-qbb`
-and `butler aggregate-graph` run as subprocesses (argv lists) against a real butler
-repository; the PipelineTasks are real lsst.pipe.base tasks. No mocks. The argv builders
-are `multisite_drp.services.middleware`, the module the orchestrator uses at every site.
+Most real thing here: one `pipetask run` per step as a subprocess (argv list) against a
+real butler repository; the PipelineTasks are real lsst.pipe.base tasks. No mocks. The
+argv starts from `multisite_drp.services.middleware.qgraph_argv`, the graph build the
+orchestrator runs at the hub; the argv builders of the campaign's quantum-backed commands
+are checked below.
 """
 
 from __future__ import annotations
@@ -47,8 +48,7 @@ def test_every_step_ran_and_was_timed(minidrp_validation: dict) -> None:
     assert [s["step"] for s in steps] == list(constants.STEPS)
     assert not any(s["skipped"] for s in steps)
     assert minidrp_validation["total_wall_s"] > 0
-    assert all(set(s["timings"]) >= {"qgraph", "run_qbb"} and all(v > 0 for v in s["timings"].values())
-               for s in steps)
+    assert all(set(s["timings"]) == {"run"} and s["timings"]["run"] > 0 for s in steps)
 
 
 def test_output_chain_holds_every_step(minidrp_validation: dict, minidrp_root: Path) -> None:
@@ -122,15 +122,6 @@ def test_argv_builders_make_lists_with_real_flags(tmp_path: Path) -> None:
     assert argv[argv.index("-d") + 1] == constants.DATA_QUERY  # one argv element, no shell quoting
     assert mw.pre_exec_init_qbb_argv("/repo", qg)[1:] == ["pre-exec-init-qbb", "/repo", str(qg)]
     assert mw.run_qbb_argv("/repo", qg, processes=2)[1:] == ["run-qbb", "/repo", str(qg), "-j", "2"]
-    assert mw.aggregate_graph_argv(qg, "/repo")[1:] == [
-        "aggregate-graph",
-        str(qg),
-        "/repo",
-        "-j",
-        "1",
-        "--register-dataset-types",
-        "--update-output-chain",
-    ]
     assert "--update-output-chain" in mw.transfer_from_graph_argv(qg, "/repo")
 
 

@@ -1,11 +1,12 @@
 """Single-site validation: run the nine steps at usdf with the real middleware, count outputs.
 
-For each step: ``pipetask qgraph`` (saved ``.qg`` with datastore records),
-``pipetask pre-exec-init-qbb``, ``pipetask run-qbb``, then ``butler
-aggregate-graph --register-dataset-types --update-output-chain`` to merge the
-outputs into the registry and prepend the step's RUN to the output chain.
-Commands are argv lists built by `multisite_drp.services.middleware`, the same
-code the orchestrator uses at every site.
+For each step, one ``pipetask run`` with a full butler: the step's graph is built,
+executed and its outputs written to the registry in one process, and the step's RUN is
+prepended to the output chain. The argv starts from
+`multisite_drp.services.middleware.qgraph_argv`, the graph build the orchestrator runs at
+the hub. The campaign itself executes quantum-backed (``pre-exec-init-qbb``, ``run-qbb``,
+``transfer-from-graph``) at three sites: two execution paths that must give the same
+outputs (the golden counts and digests below).
 
 Golden counts (``golden_counts.json``): for each step, the number of datasets
 of each *science* output type in that step's RUN. Bookkeeping datasets
@@ -22,13 +23,12 @@ last bits). Every run of the test bed must reproduce them, the single-site valid
 and the three-site campaign alike (:func:`digest_mismatches`): that is what shows the
 outputs are deterministic and that splitting the work among sites changes nothing in them.
 
-Execution uses ``run-qbb -j 1`` by default: measured on this 2-core machine,
+Execution uses ``-j 1`` by default: measured on this 2-core machine,
 ``-j 2`` (spawn or forkserver) starts a fresh Python per quantum and costs
 ~1.5-3.5 s each, while in-process execution costs ~0.06 s per quantum.
 
-Re-running is safe: a step whose RUN already exists is skipped; a step whose
-graph file exists but was not merged reuses that graph (same dataset UUIDs),
-so run-qbb skips quanta whose outputs already exist.
+Re-running is safe: a step whose RUN already exists is skipped. (A step interrupted
+mid-run leaves its RUN behind: remove the validation chain's RUNs, or build fresh sites.)
 """
 
 from __future__ import annotations
@@ -234,6 +234,21 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def run_argv(repo: Path, pipeline: Path, inputs: tuple[str, ...], output_chain: str, run: str, *, subset: str,
+             data_query: str, processes: int = 1) -> list[str]:
+    """``pipetask run`` of one step with a full butler: the graph built, executed and written
+    to the registry in one process, ``run`` prepended to ``output_chain``. The argv starts
+    from ``middleware.qgraph_argv`` (the campaign's graph build: same checks, same inputs and
+    query), as ``run`` instead of ``qgraph``, without the graph file."""
+    mw = _middleware()
+    argv = mw.qgraph_argv(repo, pipeline, inputs, output_chain, run, "unused.qg", subset=subset,
+                          data_query=data_query, datastore_records=False)
+    at = argv.index("--save-qgraph")
+    del argv[at:at + 2]
+    argv[1] = "run"
+    return [*argv, "--register-dataset-types", "-j", str(processes)]
+
+
 def run_step(
     repo: Path,
     step: str,
@@ -245,47 +260,18 @@ def run_step(
     pipeline: Path = PIPELINE_PATH,
     processes: int = 1,
 ) -> StepResult:
-    """Build, execute and merge one pipeline step at one repository."""
+    """Run one pipeline step at one repository (``pipetask run``); a step whose RUN exists is skipped."""
     mw = _middleware()
     run = f"{output_chain}/{step}"
     result = StepResult(step=step, output_run=run)
     if _run_exists(repo, run):
         result.skipped = True
     else:
-        env = stack_env()
-        graph = work_dir / "graphs" / f"{step}.qg"
-        logs = work_dir / "logs"
-        graph.parent.mkdir(parents=True, exist_ok=True)
-        commands: list[tuple[str, list[str]]] = []
-        if not graph.exists():
-            tmp_graph = graph.with_name(f"{step}.tmp.qg")
-            tmp_graph.unlink(missing_ok=True)
-            commands.append(
-                (
-                    "qgraph",
-                    mw.qgraph_argv(
-                        repo,
-                        pipeline,
-                        inputs,
-                        output_chain,
-                        run,
-                        tmp_graph,
-                        subset=step,
-                        data_query=data_query,
-                    ),
-                )
-            )
-        commands += [
-            ("pre_exec_init", mw.pre_exec_init_qbb_argv(repo, graph)),
-            ("run_qbb", mw.run_qbb_argv(repo, graph, processes=processes)),
-            ("aggregate", mw.aggregate_graph_argv(graph, repo, processes=1)),
-        ]
-        for label, argv in commands:
-            t0 = time.perf_counter()
-            mw.run_command(argv, logs / f"{step}-{label}.log", env=env)
-            if label == "qgraph":
-                (graph.with_name(f"{step}.tmp.qg")).rename(graph)
-            result.timings[label] = round(time.perf_counter() - t0, 2)
+        argv = run_argv(repo, pipeline, inputs, output_chain, run, subset=step, data_query=data_query,
+                        processes=processes)
+        t0 = time.perf_counter()
+        mw.run_command(argv, work_dir / "logs" / f"{step}-run.log", env=stack_env())
+        result.timings["run"] = round(time.perf_counter() - t0, 2)
     result.counts, result.quanta = count_run(repo, run)
     return result
 

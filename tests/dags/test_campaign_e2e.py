@@ -6,7 +6,9 @@ the run triggered through the REST API as the UI does, on freshly built sites in
 directory. USDF runs its workflows with the embedded adapter; FrDF and UKDF submit theirs
 through BPS and ctrl_bps_panda's real submission code to the local PanDA relay
 (``include/localpanda``, the stand-in for PanDA and iDDS, which cannot run here), whose
-pilots run the jobs. While it runs, a watcher SIGKILLs the step1 workflow at usdf in the
+pilots run the jobs: FrDF's through ctrl_bps_panda's real edge-node decoder
+(``cmd_line_decoder``), UKDF's through the tests' quick decoder (``tests/localpanda``: the
+same arguments and substitutions without importing the stack, about 1.2 CPU-s less per job). While it runs, a watcher SIGKILLs the step1 workflow at usdf in the
 middle of run-qbb (the DAG must restart it and finish), the relay kills UKDF's step1 job
 mid-run (PanDA retries the job), and the Rucio server goes away for a while. At its end the
 run's extra links and campaign page are read from the API server, and a headless Chromium
@@ -46,6 +48,7 @@ from multisite_drp.campaign.plan import CampaignPlan
 from multisite_drp.services.butler import SiteButler
 
 from tests.conftest import RUCIO_TEST_ROOT
+from tests.localpanda._bps import QUICK_RUNNER
 
 pytestmark = pytest.mark.e2e
 
@@ -56,6 +59,7 @@ STEPS = [f"step{i}" for i in range(1, 10)]
 KILL_STEP, KILL_SITE = "step1", "usdf"  # the embedded adapter's restart
 PANDA_KILL_SITE = "ukdf"  # a PanDA job killed under the relay's pilot: PanDA retries it
 PANDA_SITES = ("frdf", "ukdf")
+QUICK_DECODER_SITE = "ukdf"  # its pilots run the tests' quick decoder; FrDF's the real one
 # The main run's web pages (no such servers here: the links are only built and shown).
 RUCIO_WEBUI, MONITOR = "https://rucio-ui.example.org", "https://panda-mon.example.org/"
 
@@ -72,7 +76,8 @@ def _run_dag(data_root: Path, airflow_home: Path, out: Path, *extra: str, campai
     if campaign is not None:
         extra = ("--campaign", str(campaign), *extra)
     if panda_root is not None:
-        extra = ("--panda-root", str(panda_root), *extra)
+        extra = ("--panda-root", str(panda_root), "--conn-extra",
+                 f"drp_{QUICK_DECODER_SITE}_workflow:runner_command={QUICK_RUNNER}", *extra)
     if stack_root is not None:
         # (given up before the subprocess timeout below, so that a summary is written)
         extra = ("--scheduler", "real", "--stack-root", str(stack_root), "--static-dags", "--timeout", "2700", *extra)

@@ -88,3 +88,27 @@ def test_the_ports_queries_answer_from_the_registry(minidrp_root) -> None:
     assert len(rows) == len(list(hub.butler.query_dimension_records(
         "visit_detector_region", where=f"{where} AND visit IN (v)", bind={"v": visits[:2]}, explain=False)))
 
+
+
+def test_site_butlers_of_a_process_share_one_opened_repository(tmp_path) -> None:
+    """``SiteButler`` opens each repository once per process and hands out clones: each has
+    caches of its own, so one sees what another wrote after it opened; a repository built
+    again at the same path is opened afresh, not read through the old one's connections."""
+    import shutil
+
+    from minidrp.build import build_sites
+    from multisite_drp.services import butler as port
+
+    repo = build_sites(tmp_path / "sites")["usdf"]
+    first, second = port.SiteButler("usdf", str(repo)), port.SiteButler("usdf", str(repo))
+    assert first.butler is not second.butler
+    mine = [k for k in port._TEMPLATES if k[1] == str(repo)]
+    assert len(mine) == 1, mine
+    assert not second.collection_exists("porttest/clone/run")  # second opened, then first writes
+    first.butler.collections.register("porttest/clone/run")
+    assert second.collection_exists("porttest/clone/run")
+    shutil.rmtree(tmp_path / "sites")
+    build_sites(tmp_path / "sites")
+    again = port.SiteButler("usdf", str(repo))
+    assert not again.collection_exists("porttest/clone/run")  # the new repository, not the old one's pool
+    assert len([k for k in port._TEMPLATES if k[1] == str(repo)]) == 2

@@ -9,13 +9,10 @@ log file and raises with its tail on failure. The functions are general
 the single-site validation of the embedded test bed and the multi-site
 campaign use the same code. No Airflow imports: this is the services layer.
 
-Merging outputs: ``butler aggregate-graph GRAPH REPO -j N
---register-dataset-types --update-output-chain`` works with lsst-pipe-base
-30.2026.500 / lsst-daf-butler 30.2026.4300 and is what BPS's finalJob runs in
-v30; it needs the ``.qg`` (predicted quantum graph) format. It also creates the
-output CHAINED collection (inputs flattened) when missing. ``butler
-transfer-from-graph`` (the older finalJob) is kept as
-:func:`transfer_from_graph_argv`.
+Merging outputs: ``butler transfer-from-graph`` (:func:`merge_argv`), what the embedded
+runner's final job, ``actions.merge`` and the PanDA workflows' BPS finalJob all run (BPS
+v30's finalJob can run ``butler aggregate-graph`` instead). Graph files use the ``.qg``
+(predicted quantum graph) format.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ from multisite_drp.services.procs import child_env
 __all__ = [
     "MiddlewareCommandError",
     "MiddlewareTimeoutError",
-    "aggregate_graph_argv",
     "butler_executable",
     "collection_chain_argv",
     "merge_argv",
@@ -141,7 +137,7 @@ def _check_label(name: str, what: str) -> str:
 def _graph_path(path: str | os.PathLike[str]) -> str:
     p = str(path)
     if not p.endswith(".qg"):
-        raise ValueError(f"quantum graph path {p!r} must end with '.qg' (the format aggregate-graph reads)")
+        raise ValueError(f"quantum graph path {p!r} must end with '.qg' (the predicted quantum graph format)")
     return p
 
 
@@ -238,24 +234,6 @@ def run_qbb_argv(
         argv.append("--fail-fast")
     if no_existing_outputs:
         argv.append("--no-existing-outputs")
-    return argv
-
-
-def aggregate_graph_argv(
-    qgraph_path: str | os.PathLike[str],
-    repo: str | os.PathLike[str],
-    *,
-    processes: int = 1,
-    register_dataset_types: bool = True,
-    update_output_chain: bool = True,
-    incomplete: bool = False,
-) -> list[str]:
-    """``butler aggregate-graph``: ingest a run's outputs into the butler (v30 BPS finalJob)."""
-    argv = [butler_executable(), "aggregate-graph", _graph_path(qgraph_path), str(repo), "-j", str(processes)]
-    argv.append("--register-dataset-types" if register_dataset_types else "--no-register-dataset-types")
-    argv.append("--update-output-chain" if update_output_chain else "--no-update-output-chain")
-    if incomplete:
-        argv.append("--incomplete")
     return argv
 
 
