@@ -156,10 +156,10 @@ def _open(repo: str, writeable: bool) -> Butler:
 class SiteButler:
     """A site's butler, opened lazily; the same code for every site and every adapter."""
 
-    def __init__(self, site: str, repo: str, *, writeable: bool = True,
+    def __init__(self, site: str, repo: str | os.PathLike[str], *, writeable: bool = True,
                  lock_timeout: float | None = DEFAULT_LOCK_SECONDS) -> None:
         self.site = site
-        self.repo = repo
+        self.repo = str(repo)  # callers may pass a Path; the lock and the cache key read a str
         self.writeable = writeable
         self.lock_timeout = lock_timeout
 
