@@ -2,9 +2,8 @@
 
 Most real thing here: one `pipetask run` per step as a subprocess (argv list) against a
 real butler repository; the PipelineTasks are real lsst.pipe.base tasks. No mocks. The
-argv starts from `multisite_drp.services.middleware.qgraph_argv`, the graph build the
-orchestrator runs at the hub; the argv builders of the campaign's quantum-backed commands
-are checked below.
+argv builders (`multisite_drp.services.middleware`, the module the orchestrator uses at
+every site) are checked below.
 """
 
 from __future__ import annotations
@@ -122,6 +121,11 @@ def test_argv_builders_make_lists_with_real_flags(tmp_path: Path) -> None:
     assert argv[argv.index("-d") + 1] == constants.DATA_QUERY  # one argv element, no shell quoting
     assert mw.pre_exec_init_qbb_argv("/repo", qg)[1:] == ["pre-exec-init-qbb", "/repo", str(qg)]
     assert mw.run_qbb_argv("/repo", qg, processes=2)[1:] == ["run-qbb", "/repo", str(qg), "-j", "2"]
+    run = mw.run_argv("/repo", "/p.yaml", ["MiniCam/defaults"], "out", "out/run", subset="step1",
+                      data_query=constants.DATA_QUERY)
+    assert run[1:8] == ["run", *argv[2:8]]  # the graph build's own options
+    assert run[run.index("-d") + 1] == constants.DATA_QUERY and "--save-qgraph" not in run
+    assert run[-3:] == ["--register-dataset-types", "-j", "1"]
     assert "--update-output-chain" in mw.transfer_from_graph_argv(qg, "/repo")
 
 

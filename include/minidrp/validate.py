@@ -2,9 +2,8 @@
 
 For each step, one ``pipetask run`` with a full butler: the step's graph is built,
 executed and its outputs written to the registry in one process, and the step's RUN is
-prepended to the output chain. The argv starts from
-`multisite_drp.services.middleware.qgraph_argv`, the graph build the orchestrator runs at
-the hub. The campaign itself executes quantum-backed (``pre-exec-init-qbb``, ``run-qbb``,
+prepended to the output chain. The argv is `multisite_drp.services.middleware.run_argv`,
+built from the same options as the graph build the orchestrator runs at the hub. The campaign itself executes quantum-backed (``pre-exec-init-qbb``, ``run-qbb``,
 ``transfer-from-graph``) at three sites: two execution paths that must give the same
 outputs (the golden counts and digests below).
 
@@ -234,21 +233,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def run_argv(repo: Path, pipeline: Path, inputs: tuple[str, ...], output_chain: str, run: str, *, subset: str,
-             data_query: str, processes: int = 1) -> list[str]:
-    """``pipetask run`` of one step with a full butler: the graph built, executed and written
-    to the registry in one process, ``run`` prepended to ``output_chain``. The argv starts
-    from ``middleware.qgraph_argv`` (the campaign's graph build: same checks, same inputs and
-    query), as ``run`` instead of ``qgraph``, without the graph file."""
-    mw = _middleware()
-    argv = mw.qgraph_argv(repo, pipeline, inputs, output_chain, run, "unused.qg", subset=subset,
-                          data_query=data_query, datastore_records=False)
-    at = argv.index("--save-qgraph")
-    del argv[at:at + 2]
-    argv[1] = "run"
-    return [*argv, "--register-dataset-types", "-j", str(processes)]
-
-
 def run_step(
     repo: Path,
     step: str,
@@ -267,8 +251,8 @@ def run_step(
     if _run_exists(repo, run):
         result.skipped = True
     else:
-        argv = run_argv(repo, pipeline, inputs, output_chain, run, subset=step, data_query=data_query,
-                        processes=processes)
+        argv = mw.run_argv(repo, pipeline, inputs, output_chain, run, subset=step, data_query=data_query,
+                           processes=processes)
         t0 = time.perf_counter()
         mw.run_command(argv, work_dir / "logs" / f"{step}-run.log", env=stack_env())
         result.timings["run"] = round(time.perf_counter() - t0, 2)

@@ -7,8 +7,9 @@ directory. USDF runs its workflows with the embedded adapter; FrDF and UKDF subm
 through BPS and ctrl_bps_panda's real submission code to the local PanDA relay
 (``include/localpanda``, the stand-in for PanDA and iDDS, which cannot run here), whose
 pilots run the jobs: FrDF's through ctrl_bps_panda's real edge-node decoder
-(``cmd_line_decoder``), UKDF's through the tests' quick decoder (``tests/localpanda``: the
-same arguments and substitutions without importing the stack, about 1.2 CPU-s less per job). While it runs, a watcher SIGKILLs the step1 workflow at usdf in the
+(``cmd_line_decoder``, which spends ~1.2 CPU-s per job importing the stack), UKDF's through
+the tests' quick decoder (``tests/localpanda``: the same arguments and substitutions, no
+stack import). While it runs, a watcher SIGKILLs the step1 workflow at usdf in the
 middle of run-qbb (the DAG must restart it and finish), the relay kills UKDF's step1 job
 mid-run (PanDA retries the job), and the Rucio server goes away for a while. At its end the
 run's extra links and campaign page are read from the API server, and a headless Chromium

@@ -41,6 +41,7 @@ __all__ = [
     "qgraph_argv",
     "register_argv",
     "rucio_register_executable",
+    "run_argv",
     "run_command",
     "run_qbb_argv",
     "transfer_from_graph_argv",
@@ -141,6 +142,19 @@ def _graph_path(path: str | os.PathLike[str]) -> str:
     return p
 
 
+def _graph_options(repo: str | os.PathLike[str], pipeline: str | os.PathLike[str], inputs: Iterable[str],
+                   output_chain: str | None, output_run: str, subset: str | None) -> list[str]:
+    """The options a graph is built from (``qgraph`` and ``run`` alike), each name checked:
+    ``-b REPO -p PIPELINE[#SUBSET] -i INPUTS [-o CHAIN] --output-run RUN``."""
+    input_list = [_check_collection(c, "input collection") for c in inputs]
+    if not input_list:
+        raise ValueError("a graph needs at least one input collection")
+    pipeline_uri = str(pipeline) + (f"#{_check_label(subset, 'subset')}" if subset else "")
+    return ["-b", str(repo), "-p", pipeline_uri, "-i", ",".join(input_list),
+            *(["-o", _check_collection(output_chain, "output chain")] if output_chain is not None else []),
+            "--output-run", _check_collection(output_run, "output run")]
+
+
 def qgraph_argv(
     repo: str | os.PathLike[str],
     pipeline: str | os.PathLike[str],
@@ -167,25 +181,8 @@ def qgraph_argv(
     writes ``output_run``, whatever chain the caller keeps (the campaign's per-step chains
     hold only their RUNs, so a new generation would otherwise be refused).
     """
-    input_list = [_check_collection(c, "input collection") for c in inputs]
-    if not input_list:
-        raise ValueError("qgraph needs at least one input collection")
-    pipeline_uri = str(pipeline) + (f"#{_check_label(subset, 'subset')}" if subset else "")
-    argv = [
-        pipetask_executable(),
-        "qgraph",
-        "-b",
-        str(repo),
-        "-p",
-        pipeline_uri,
-        "-i",
-        ",".join(input_list),
-        *(["-o", _check_collection(output_chain, "output chain")] if output_chain is not None else []),
-        "--output-run",
-        _check_collection(output_run, "output run"),
-        "--save-qgraph",
-        _graph_path(qgraph_path),
-    ]
+    argv = [pipetask_executable(), "qgraph", *_graph_options(repo, pipeline, inputs, output_chain, output_run, subset),
+            "--save-qgraph", _graph_path(qgraph_path)]
     if datastore_records:
         argv.append("--qgraph-datastore-records")
     if data_query:
@@ -198,6 +195,29 @@ def qgraph_argv(
         argv += ["--skip-existing-in", _check_collection(coll, "skip-existing-in collection")]
     argv += list(extra)
     return argv
+
+
+def run_argv(
+    repo: str | os.PathLike[str],
+    pipeline: str | os.PathLike[str],
+    inputs: Iterable[str],
+    output_chain: str | None,
+    output_run: str,
+    *,
+    subset: str | None = None,
+    data_query: str | None = None,
+    processes: int = 1,
+) -> list[str]:
+    """``pipetask run`` with a full butler: the graph :func:`qgraph_argv` would build (same
+    options), executed and its outputs written to the registry in one process, dataset types
+    registered; with ``output_chain``, ``output_run`` is prepended to it. What the embedded
+    test bed's single-site validation runs, not the campaign."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    argv = [pipetask_executable(), "run", *_graph_options(repo, pipeline, inputs, output_chain, output_run, subset)]
+    if data_query:
+        argv += ["-d", data_query]
+    return [*argv, "--register-dataset-types", "-j", str(processes)]
 
 
 def pre_exec_init_qbb_argv(repo: str | os.PathLike[str], qgraph_path: str | os.PathLike[str]) -> list[str]:
